@@ -1,0 +1,120 @@
+//! A fixed-size ring of events that can live in shared memory: plain `Copy` data, no pointers.
+
+use crate::event::{Event, EventKind};
+
+/// Bytes kept of an event's detail; longer texts are cut at a character boundary, marked `…`.
+pub const DETAIL_BYTES: usize = 240;
+
+#[derive(Clone, Copy)]
+struct Slot {
+    at: i64,
+    kind: u8,
+    len: u8,
+    detail: [u8; DETAIL_BYTES],
+}
+
+const EMPTY: Slot = Slot {
+    at: 0,
+    kind: 0,
+    len: 0,
+    detail: [0; DETAIL_BYTES],
+};
+
+/// The most recent `N` events; older ones are overwritten.
+#[derive(Clone, Copy)]
+pub struct Ring<const N: usize> {
+    /// How many events were ever pushed; the next one goes to `pushed % N`.
+    pushed: u64,
+    slots: [Slot; N],
+}
+
+impl<const N: usize> Ring<N> {
+    pub const fn new() -> Self {
+        Ring {
+            pushed: 0,
+            slots: [EMPTY; N],
+        }
+    }
+
+    pub fn push(&mut self, event: &Event) {
+        let text = truncate(&event.detail, DETAIL_BYTES);
+        let mut slot = Slot {
+            at: event.at,
+            kind: event.kind as u8,
+            len: text.len() as u8,
+            detail: [0; DETAIL_BYTES],
+        };
+        slot.detail[..text.len()].copy_from_slice(text.as_bytes());
+        self.slots[(self.pushed % N as u64) as usize] = slot;
+        self.pushed += 1;
+    }
+
+    /// Events from oldest to newest.
+    pub fn events(&self) -> Vec<Event> {
+        let kept = self.pushed.min(N as u64);
+        (self.pushed - kept..self.pushed)
+            .map(|i| {
+                let slot = &self.slots[(i % N as u64) as usize];
+                Event {
+                    at: slot.at,
+                    kind: EventKind::from_u8(slot.kind).expect("only valid kinds are stored"),
+                    detail: String::from_utf8_lossy(&slot.detail[..usize::from(slot.len)]).into_owned(),
+                }
+            })
+            .collect()
+    }
+}
+
+impl<const N: usize> Default for Ring<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The longest prefix of `text` within `max` bytes (ending in `…` when cut), at a char boundary.
+pub fn truncate(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return text.into();
+    }
+    let ellipsis = "…";
+    let mut end = max - ellipsis.len();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{ellipsis}", &text[..end]).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(i: i64) -> Event {
+        Event::new(i, EventKind::CheckFailed, format!("event {i}"))
+    }
+
+    #[test]
+    fn keeps_the_most_recent_in_order() {
+        let mut ring = Ring::<4>::new();
+        assert!(ring.events().is_empty());
+        for i in 0..3 {
+            ring.push(&ev(i));
+        }
+        assert_eq!(ring.events(), (0..3).map(ev).collect::<Vec<_>>());
+        for i in 3..10 {
+            ring.push(&ev(i));
+        }
+        assert_eq!(ring.events(), (6..10).map(ev).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn long_details_are_cut_at_a_char_boundary() {
+        let mut ring = Ring::<2>::new();
+        let long = "é".repeat(DETAIL_BYTES);
+        ring.push(&Event::new(1, EventKind::Refused, long.clone()));
+        let got = &ring.events()[0].detail;
+        assert!(got.len() <= DETAIL_BYTES);
+        assert!(got.ends_with('…'));
+        assert!(long.starts_with(got.trim_end_matches('…')));
+        assert_eq!(truncate("short", 10), "short");
+    }
+}
