@@ -85,10 +85,13 @@ fn classify_connect_error(message: &str) -> Verdict {
     }
 }
 
-/// libpq prefixes every attempt with `connection to server at "h" (a), port p failed: `; keep
-/// the last attempt's reason, which is what the DBA needs.
+/// libpq prefixes every attempt with `connection to server at "h" (a), port p failed: ` and
+/// indents its hints on the next lines; keep the last attempt's reason, which is what the DBA needs.
 fn server_text(message: &str) -> &str {
-    let line = message.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("");
+    let line = message
+        .lines()
+        .rfind(|l| !l.trim().is_empty() && !l.starts_with([' ', '\t']))
+        .unwrap_or_else(|| first_line(message));
     let reason = line.rsplit_once(" failed: ").map_or(line, |(_, r)| r);
     reason.trim()
 }
@@ -121,7 +124,8 @@ mod tests {
             "could not send SSL negotiation packet: Connection reset by peer",
         ] {
             let v = connect(&format!("{PREFIX}{reason}"));
-            assert!(matches!(v, Verdict::Down(_)), "{reason}: {v:?}");
+            let first = reason.lines().next().unwrap();
+            assert_eq!(v, Verdict::Down(first.into()), "{reason}");
         }
         assert!(matches!(
             connect("could not translate host name \"db\" to address"),

@@ -8,6 +8,7 @@ pub mod classify;
 pub mod conninfo;
 pub mod decide;
 pub mod event;
+pub mod fixed;
 pub mod lsn;
 pub mod ring;
 pub mod schedule;

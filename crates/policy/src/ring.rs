@@ -1,6 +1,7 @@
 //! A fixed-size ring of events that can live in shared memory: plain `Copy` data, no pointers.
 
 use crate::event::{Event, EventKind};
+use crate::fixed::FixedText;
 
 /// Bytes kept of an event's detail; longer texts are cut at a character boundary, marked `…`.
 pub const DETAIL_BYTES: usize = 240;
@@ -9,15 +10,13 @@ pub const DETAIL_BYTES: usize = 240;
 struct Slot {
     at: i64,
     kind: u8,
-    len: u8,
-    detail: [u8; DETAIL_BYTES],
+    detail: FixedText<DETAIL_BYTES>,
 }
 
 const EMPTY: Slot = Slot {
     at: 0,
     kind: 0,
-    len: 0,
-    detail: [0; DETAIL_BYTES],
+    detail: FixedText::empty(),
 };
 
 /// The most recent `N` events; older ones are overwritten.
@@ -37,14 +36,11 @@ impl<const N: usize> Ring<N> {
     }
 
     pub fn push(&mut self, event: &Event) {
-        let text = truncate(&event.detail, DETAIL_BYTES);
-        let mut slot = Slot {
+        let slot = Slot {
             at: event.at,
             kind: event.kind as u8,
-            len: text.len() as u8,
-            detail: [0; DETAIL_BYTES],
+            detail: FixedText::new(&event.detail),
         };
-        slot.detail[..text.len()].copy_from_slice(text.as_bytes());
         self.slots[(self.pushed % N as u64) as usize] = slot;
         self.pushed += 1;
     }
@@ -58,7 +54,7 @@ impl<const N: usize> Ring<N> {
                 Event {
                     at: slot.at,
                     kind: EventKind::from_u8(slot.kind).expect("only valid kinds are stored"),
-                    detail: String::from_utf8_lossy(&slot.detail[..usize::from(slot.len)]).into_owned(),
+                    detail: slot.detail.as_str().to_owned(),
                 }
             })
             .collect()
@@ -69,19 +65,6 @@ impl<const N: usize> Default for Ring<N> {
     fn default() -> Self {
         Self::new()
     }
-}
-
-/// The longest prefix of `text` within `max` bytes (ending in `…` when cut), at a char boundary.
-pub fn truncate(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
-    if text.len() <= max {
-        return text.into();
-    }
-    let ellipsis = "…";
-    let mut end = max - ellipsis.len();
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}{ellipsis}", &text[..end]).into()
 }
 
 #[cfg(test)]
@@ -115,6 +98,5 @@ mod tests {
         assert!(got.len() <= DETAIL_BYTES);
         assert!(got.ends_with('…'));
         assert!(long.starts_with(got.trim_end_matches('…')));
-        assert_eq!(truncate("short", 10), "short");
     }
 }

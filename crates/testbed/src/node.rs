@@ -1,0 +1,388 @@
+//! A PostgreSQL cluster on loopback: a primary made with initdb or a standby
+//! made with pg_basebackup, plus the crude ways tests hurt it.
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::pg::{chown_to_server_user, free_port, pg_command, psql_at, run, run_ok};
+use crate::wait::try_wait_until;
+
+/// Parent of every node's base directory.
+const ROOT: &str = "/tmp/pg_promoter_testbed";
+
+/// How long a node may take to start, stop, or accept connections.
+const SERVER_TIMEOUT: Duration = Duration::from_secs(60);
+
+const PG_HBA: &str = "\
+# testbed: these clusters only listen on loopback, so trust everyone.
+local   all          all                 trust
+local   replication  all                 trust
+host    all          all   127.0.0.1/32  trust
+host    replication  all   127.0.0.1/32  trust
+";
+
+/// One running (or deliberately broken) PostgreSQL cluster. Dropping it stops
+/// the server and deletes its files.
+pub struct Node {
+    name: String,
+    base: PathBuf,
+    data: PathBuf,
+    log: PathBuf,
+    port: u16,
+    /// Processes stopped by `freeze`, so `thaw` (and drop) resume exactly
+    /// them even if the postmaster has since been killed.
+    frozen: Mutex<Vec<i32>>,
+}
+
+impl Node {
+    /// A new primary: initdb, testbed settings, then `extra` appended verbatim
+    /// as `key = value` (so it overrides the defaults), started and accepting
+    /// connections. `shared_preload_libraries` defaults to `'pg_promoter'`.
+    pub fn primary(name: &str, extra: &[(&str, &str)]) -> Node {
+        let node = Node::allocate(name);
+        let mut initdb = pg_command("initdb");
+        initdb
+            .arg("-D")
+            .arg(&node.data)
+            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C"])
+            // The clusters are disposable; skipping fsync saves seconds each.
+            .arg("--no-sync");
+        node.run_or_panic("initdb", initdb, Duration::from_secs(120));
+
+        let port = node.port.to_string();
+        let sockets = node.socket_dir_setting();
+        let mut settings = vec![
+            ("listen_addresses", "'127.0.0.1'"),
+            ("port", port.as_str()),
+            ("unix_socket_directories", sockets.as_str()),
+            ("wal_level", "replica"),
+            ("max_wal_senders", "10"),
+            ("hot_standby", "on"),
+            ("logging_collector", "off"),
+            ("log_line_prefix", "'%m [%p] '"),
+            ("wal_keep_size", "'256MB'"),
+        ];
+        if !extra.iter().any(|(k, _)| *k == "shared_preload_libraries") {
+            settings.push(("shared_preload_libraries", "'pg_promoter'"));
+        }
+        settings.extend_from_slice(extra);
+        node.append_settings(&settings);
+        fs::write(node.data.join("pg_hba.conf"), PG_HBA)
+            .unwrap_or_else(|e| panic!("{}: writing pg_hba.conf: {e}", node.name));
+        node.start();
+        node
+    }
+
+    /// A new hot standby of `from`, base-backed-up and then streaming through
+    /// 127.0.0.1:`upstream_port` (normally `from.port()`, or a proxy in front
+    /// of it). `extra` is appended after the inherited configuration.
+    pub fn standby(name: &str, from: &Node, upstream_port: u16, extra: &[(&str, &str)]) -> Node {
+        let node = Node::allocate(name);
+        let mut backup = pg_command("pg_basebackup");
+        backup
+            .arg("-D")
+            .arg(&node.data)
+            .args(["-R", "-X", "stream", "-c", "fast", "-h", "127.0.0.1", "-p"])
+            .arg(upstream_port.to_string())
+            .args(["-U", "postgres", "--no-sync"]);
+        if let Err(e) = run_ok(backup, Duration::from_secs(300)) {
+            panic!(
+                "{}: pg_basebackup from {} via port {upstream_port} failed: {e}\n\
+                 --- {} log tail ---\n{}",
+                node.name,
+                from.name,
+                from.name,
+                from.log_tail(20)
+            );
+        }
+
+        let port = node.port.to_string();
+        let sockets = node.socket_dir_setting();
+        let mut settings = vec![
+            ("port", port.as_str()),
+            ("unix_socket_directories", sockets.as_str()),
+        ];
+        settings.extend_from_slice(extra);
+        node.append_settings(&settings);
+        node.start();
+        node
+    }
+
+    /// Reserves a port and an empty, correctly owned base and data directory.
+    fn allocate(name: &str) -> Node {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        fs::create_dir_all(ROOT).unwrap_or_else(|e| panic!("creating {ROOT}: {e}"));
+        // Another user may own it already; then its mode is theirs to keep.
+        let _ = fs::set_permissions(ROOT, fs::Permissions::from_mode(0o755));
+
+        let base = Path::new(ROOT).join(format!("{name}-{}-{n}", std::process::id()));
+        // Only a crashed earlier process with our pid can have left this.
+        let _ = fs::remove_dir_all(&base);
+        let data = base.join("data");
+        for (dir, mode) in [(&base, 0o755), (&data, 0o700)] {
+            fs::create_dir(dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+            fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+                .unwrap_or_else(|e| panic!("chmod {}: {e}", dir.display()));
+            chown_to_server_user(dir);
+        }
+        Node {
+            name: name.to_string(),
+            log: base.join("server.log"),
+            base,
+            data,
+            port: free_port(),
+            frozen: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn socket_dir_setting(&self) -> String {
+        format!("'{}'", self.base.display())
+    }
+
+    fn append_settings(&self, settings: &[(&str, &str)]) {
+        let block: String = settings.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
+        self.append_conf(&format!("\n# added by testbed for node {}\n{block}", self.name));
+    }
+
+    fn run_or_panic(&self, what: &str, cmd: Command, timeout: Duration) {
+        if let Err(e) = run_ok(cmd, timeout) {
+            panic!(
+                "{}: {what} failed: {e}\n--- log tail ---\n{}",
+                self.name,
+                self.log_tail(30)
+            );
+        }
+    }
+
+    fn pg_ctl(&self, args: &[&str]) -> Command {
+        let mut cmd = pg_command("pg_ctl");
+        cmd.arg("-D").arg(&self.data).args(args);
+        cmd
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data
+    }
+
+    /// A libpq connection string for this node over TCP.
+    pub fn conninfo(&self) -> String {
+        format!("host=127.0.0.1 port={} user=postgres dbname=postgres", self.port)
+    }
+
+    /// Starts the server and waits until it accepts connections (a standby:
+    /// read-only ones). Panics with the log tail when it does not come up.
+    pub fn start(&self) {
+        let mut cmd = self.pg_ctl(&["start", "-w", "-t", "60", "-l"]);
+        cmd.arg(&self.log);
+        self.run_or_panic("pg_ctl start", cmd, SERVER_TIMEOUT + Duration::from_secs(10));
+        // pg_ctl -w trusts postmaster.pid; confirm with a real connection.
+        if try_wait_until(SERVER_TIMEOUT, || self.psql("SELECT 1").is_ok()).is_none() {
+            panic!(
+                "{}: started but refuses connections for {SERVER_TIMEOUT:?}\n\
+                 --- log tail ---\n{}",
+                self.name,
+                self.log_tail(30)
+            );
+        }
+    }
+
+    /// Fast shutdown (`pg_ctl stop -m fast -w -t 60`); returns how long it took.
+    pub fn stop_fast(&self) -> Duration {
+        let start = Instant::now();
+        self.run_or_panic(
+            "pg_ctl stop -m fast",
+            self.pg_ctl(&["stop", "-m", "fast", "-w", "-t", "60"]),
+            SERVER_TIMEOUT + Duration::from_secs(10),
+        );
+        start.elapsed()
+    }
+
+    pub fn restart(&self) {
+        self.stop_fast();
+        self.start();
+    }
+
+    /// SIGKILLs the postmaster only, like a crash of the server process; its
+    /// children notice on their own and exit.
+    pub fn kill9(&self) {
+        let pid = self.expect_postmaster_pid();
+        signal(pid, libc::SIGKILL);
+    }
+
+    /// SIGSTOPs the postmaster and all its descendants: the server hangs
+    /// while the kernel still completes TCP handshakes for it.
+    pub fn freeze(&self) {
+        let postmaster = self.expect_postmaster_pid();
+        let mut frozen = self.frozen_pids();
+        signal(postmaster, libc::SIGSTOP);
+        frozen.push(postmaster);
+        // A second walk catches children forked while the first was running.
+        for _ in 0..2 {
+            for pid in descendants(postmaster) {
+                if !frozen.contains(&pid) {
+                    signal(pid, libc::SIGSTOP);
+                    frozen.push(pid);
+                }
+            }
+        }
+    }
+
+    /// SIGCONTs whatever `freeze` stopped; a no-op when nothing is frozen.
+    pub fn thaw(&self) {
+        // Children first, so the postmaster wakes up to a running family.
+        for pid in self.frozen_pids().drain(..).rev() {
+            signal(pid, libc::SIGCONT);
+        }
+    }
+
+    fn frozen_pids(&self) -> std::sync::MutexGuard<'_, Vec<i32>> {
+        // A panic elsewhere must not stop Drop from thawing.
+        self.frozen.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The pid on the first line of postmaster.pid, if the file exists. It
+    /// survives a kill -9, so check `is_running` for liveness.
+    pub fn postmaster_pid(&self) -> Option<i32> {
+        let text = fs::read_to_string(self.data.join("postmaster.pid")).ok()?;
+        text.lines().next()?.trim().parse().ok()
+    }
+
+    fn expect_postmaster_pid(&self) -> i32 {
+        self.postmaster_pid()
+            .unwrap_or_else(|| panic!("{}: no postmaster.pid, server not running", self.name))
+    }
+
+    /// Whether the postmaster process exists (a zombie counts as dead).
+    pub fn is_running(&self) -> bool {
+        self.postmaster_pid().is_some_and(alive)
+    }
+
+    /// Runs `sql` with psql: `Ok(stdout)` or `Err(stderr)`, trimmed. Gives up
+    /// after 5 s connecting and 15 s overall.
+    pub fn psql(&self, sql: &str) -> Result<String, String> {
+        psql_at(self.port, sql)
+    }
+
+    /// Like [`Node::psql`], but panics on error.
+    pub fn query(&self, sql: &str) -> String {
+        self.psql(sql)
+            .unwrap_or_else(|e| panic!("{}: query {sql:?} failed: {e}", self.name))
+    }
+
+    /// Appends one line to postgresql.conf (it wins over earlier lines once
+    /// the server reloads or restarts).
+    pub fn append_conf(&self, line: &str) {
+        let path = self.data.join("postgresql.conf");
+        OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| writeln!(f, "{line}"))
+            .unwrap_or_else(|e| panic!("{}: appending to {}: {e}", self.name, path.display()));
+    }
+
+    pub fn reload(&self) {
+        self.query("SELECT pg_reload_conf()");
+    }
+
+    /// `pg_is_in_recovery()`, or None when the node cannot answer.
+    pub fn in_recovery(&self) -> Option<bool> {
+        match self.psql("SELECT pg_is_in_recovery()").as_deref() {
+            Ok("t") => Some(true),
+            Ok("f") => Some(false),
+            _ => None,
+        }
+    }
+
+    /// The whole server log (empty if the server never wrote one).
+    pub fn log(&self) -> String {
+        fs::read(&self.log)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = self.log();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // A stopped server ignores SIGQUIT until continued.
+        self.thaw();
+        // Errors are expected here (e.g. after kill9) and nothing can be done
+        // about them during drop.
+        let _ = run(
+            self.pg_ctl(&["stop", "-m", "immediate", "-w", "-t", "30"]),
+            SERVER_TIMEOUT,
+        );
+        if std::env::var("TESTBED_KEEP").as_deref() == Ok("1") {
+            eprintln!("testbed: kept node {} at {}", self.name, self.base.display());
+        } else if let Err(e) = fs::remove_dir_all(&self.base) {
+            eprintln!("testbed: cannot remove {}: {e}", self.base.display());
+        }
+    }
+}
+
+fn signal(pid: i32, sig: libc::c_int) {
+    // SAFETY: kill has no memory-safety preconditions. A failure means the
+    // process is already gone, which is what every caller is after anyway
+    // or will see through is_running.
+    unsafe { libc::kill(pid, sig) };
+}
+
+fn alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists and may be
+    // signalled; it has no memory-safety preconditions.
+    let exists =
+        unsafe { libc::kill(pid, 0) } == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    // A killed postmaster is reparented to pid 1, which may be slow to reap
+    // it (or never do so in a container); kill(pid, 0) succeeds on zombies.
+    exists && proc_stat(pid).is_some_and(|(state, _)| state != 'Z')
+}
+
+/// State letter and parent pid from /proc/<pid>/stat.
+fn proc_stat(pid: i32) -> Option<(char, i32)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name in parentheses may itself contain spaces or ')'.
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some((state, ppid))
+}
+
+/// All live descendants of `root`, parents before children.
+fn descendants(root: i32) -> Vec<i32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let parents: Vec<(i32, i32)> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter_map(|pid| Some((pid, proc_stat(pid)?.1)))
+        .collect();
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(parents.iter().filter(|(_, pp)| *pp == parent).map(|(p, _)| *p));
+        i += 1;
+    }
+    found.remove(0);
+    found
+}

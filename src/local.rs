@@ -1,0 +1,72 @@
+//! Facts about this server: recovery, WAL positions and the WAL receiver's last sign of life.
+#![allow(unsafe_code)]
+
+use pgrx::pg_sys;
+
+#[derive(Clone, Copy, Debug)]
+pub struct Local {
+    pub in_recovery: bool,
+    pub receive_lsn: Option<u64>,
+    pub replay_lsn: Option<u64>,
+    pub walrcv_streaming: bool,
+    /// When the WAL receiver last got a message (WAL or keepalive) from the primary.
+    pub walrcv_last_msg: Option<i64>,
+}
+
+pub fn in_recovery() -> bool {
+    // SAFETY: reads shared recovery state; callable in any process attached to shared memory.
+    unsafe { pg_sys::RecoveryInProgress() }
+}
+
+pub fn now() -> i64 {
+    // SAFETY: reads the clock.
+    unsafe { pg_sys::GetCurrentTimestamp() }
+}
+
+pub fn read() -> Local {
+    let in_recovery = in_recovery();
+    let nonzero = |lsn: u64| (lsn != 0).then_some(lsn);
+    let (receive_lsn, replay_lsn) = if in_recovery {
+        // SAFETY: both take their spinlocks themselves; NULL out-parameters are allowed.
+        unsafe {
+            (
+                nonzero(pg_sys::GetWalRcvFlushRecPtr(
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                )),
+                nonzero(pg_sys::GetXLogReplayRecPtr(std::ptr::null_mut())),
+            )
+        }
+    } else {
+        (None, None)
+    };
+    let (walrcv_streaming, walrcv_last_msg) = walreceiver();
+    Local {
+        in_recovery,
+        receive_lsn,
+        replay_lsn,
+        walrcv_streaming,
+        walrcv_last_msg,
+    }
+}
+
+/// The WAL receiver's state and last message time, read under its spinlock as
+/// `pg_stat_get_wal_receiver` does.
+fn walreceiver() -> (bool, Option<i64>) {
+    // SAFETY: WalRcv points into shared memory for the server's life (or is NULL before it is
+    // set up); the fields are read under the structure's own spinlock, held for two loads.
+    unsafe {
+        let w = pg_sys::WalRcv;
+        if w.is_null() {
+            return (false, None);
+        }
+        pg_sys::SpinLockAcquire(&raw mut (*w).mutex);
+        let state = (*w).walRcvState;
+        let last = (*w).lastMsgReceiptTime;
+        pg_sys::SpinLockRelease(&raw mut (*w).mutex);
+        (
+            state == pg_sys::WalRcvState::WALRCV_STREAMING,
+            (last != 0).then_some(last),
+        )
+    }
+}

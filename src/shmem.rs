@@ -1,0 +1,111 @@
+//! The state the worker shares with backends: one `Copy` struct behind a named LWLock, plus the
+//! ring of recent events. Backends read it for the SQL functions; pause/resume write one flag.
+#![allow(unsafe_code)]
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use pgrx::prelude::*;
+use pgrx::{pg_shmem_init, PGRXSharedMemory, PgLwLock};
+use policy::fixed::FixedText;
+use policy::ring::Ring;
+use policy::{Event, Phase};
+
+/// Events kept in shared memory.
+pub const EVENTS: usize = 256;
+
+/// What the worker last published. Times are `TimestampTz` microseconds.
+#[derive(Clone, Copy, Debug)]
+pub struct Status {
+    pub worker_pid: i32,
+    pub started_at: Option<i64>,
+    pub phase: Phase,
+    pub failures: u32,
+    pub ever_reached: bool,
+    pub last_check_at: Option<i64>,
+    pub last_success_at: Option<i64>,
+    pub last_check_us: Option<i64>,
+    pub last_error: FixedText<256>,
+    pub primary_in_recovery: Option<bool>,
+    pub primary_lsn: Option<u64>,
+    pub promoted_at: Option<i64>,
+    /// The conninfo the worker checks with, password masked.
+    pub conninfo: FixedText<512>,
+}
+
+#[derive(Clone, Copy)]
+pub struct Shared {
+    pub status: Status,
+    pub paused: bool,
+    pub events: Ring<EVENTS>,
+}
+
+// SAFETY: plain data with no pointers, identical in every process of the server.
+unsafe impl PGRXSharedMemory for Shared {}
+
+impl Shared {
+    const fn new() -> Shared {
+        Shared {
+            status: Status {
+                worker_pid: 0,
+                started_at: None,
+                phase: Phase::Starting,
+                failures: 0,
+                ever_reached: false,
+                last_check_at: None,
+                last_success_at: None,
+                last_check_us: None,
+                last_error: FixedText::empty(),
+                primary_in_recovery: None,
+                primary_lsn: None,
+                promoted_at: None,
+                conninfo: FixedText::empty(),
+            },
+            paused: false,
+            events: Ring::new(),
+        }
+    }
+}
+
+// SAFETY: the name is ours alone (it is the extension's name).
+static SHARED: PgLwLock<Shared> = unsafe { PgLwLock::new(c"pg_promoter") };
+
+/// Set in `_PG_init` when loaded by `shared_preload_libraries`, and inherited by every process
+/// the postmaster forks; without it the lock above points nowhere.
+static AVAILABLE: AtomicBool = AtomicBool::new(false);
+
+pub fn init() {
+    pg_shmem_init!(SHARED = Shared::new());
+    AVAILABLE.store(true, Ordering::Relaxed);
+}
+
+/// Raises the error every SQL function gives when the library was not preloaded.
+pub fn require() {
+    if !AVAILABLE.load(Ordering::Relaxed) {
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "pg_promoter is not loaded",
+            "The pg_promoter library must be loaded through shared_preload_libraries.",
+        );
+    }
+}
+
+/// A copy of the shared state, taken under a shared lock.
+pub fn read() -> Shared {
+    *SHARED.share()
+}
+
+pub fn update<R>(f: impl FnOnce(&mut Shared) -> R) -> R {
+    f(&mut SHARED.exclusive())
+}
+
+/// Records events in the ring and in the server log.
+pub fn record(events: &[Event]) {
+    if events.is_empty() {
+        return;
+    }
+    update(|s| events.iter().for_each(|e| s.events.push(e)));
+    for e in events {
+        log!("pg_promoter: {}: {}", e.kind.as_str(), e.detail);
+    }
+}

@@ -1,0 +1,271 @@
+//! The SQL surface: status and events for `pg_monitor`, pause/resume/promote for superusers.
+#![allow(unsafe_code)]
+
+use std::time::Instant;
+
+use pgrx::callconv::{BoxRet, FcInfo};
+use pgrx::datum::Datum;
+use pgrx::datum::TimestampWithTimeZone;
+use pgrx::prelude::*;
+use pgrx::{impl_sql_translatable, IntoDatum};
+use policy::decide::{manual_guards, reasons};
+use policy::{Event, EventKind, Facts};
+
+use crate::{guc, latch, local, promote, shmem};
+
+/// A WAL position, returned as `pg_lsn`.
+pub struct Lsn(u64);
+
+impl IntoDatum for Lsn {
+    fn into_datum(self) -> Option<pg_sys::Datum> {
+        Some(pg_sys::Datum::from(self.0))
+    }
+    fn type_oid() -> pg_sys::Oid {
+        pg_sys::PG_LSNOID
+    }
+}
+
+impl_sql_translatable!(Lsn, "pg_lsn");
+
+// SAFETY: returns the by-value int64 datum that pg_lsn is.
+unsafe impl BoxRet for Lsn {
+    unsafe fn box_into<'fcx>(self, fcinfo: &mut FcInfo<'fcx>) -> Datum<'fcx> {
+        // SAFETY: a pg_lsn datum is its 64-bit value, as the declared return type says.
+        unsafe { fcinfo.return_raw_datum(pg_sys::Datum::from(self.0)) }
+    }
+}
+
+fn ts(t: Option<i64>) -> Option<TimestampWithTimeZone> {
+    t.and_then(|t| TimestampWithTimeZone::try_from(t).ok())
+}
+
+/// One row: what the worker knows and what this server is.
+// pgrx reads the column names from the signature itself, so the row type cannot be an alias.
+#[allow(clippy::type_complexity)]
+#[pg_extern(volatile, parallel_safe)]
+fn pg_promoter_status() -> TableIterator<
+    'static,
+    (
+        name!(role, String),
+        name!(state, String),
+        name!(enabled, bool),
+        name!(paused, bool),
+        name!(primary_conninfo, String),
+        name!(keep_alive_ms, i32),
+        name!(keepalives_count, i32),
+        name!(check_timeout_ms, i32),
+        name!(consecutive_failures, i64),
+        name!(primary_reached, bool),
+        name!(last_check_at, Option<TimestampWithTimeZone>),
+        name!(last_success_at, Option<TimestampWithTimeZone>),
+        name!(last_check_ms, Option<f64>),
+        name!(last_error, Option<String>),
+        name!(primary_in_recovery, Option<bool>),
+        name!(primary_lsn, Option<Lsn>),
+        name!(receive_lsn, Option<Lsn>),
+        name!(replay_lsn, Option<Lsn>),
+        name!(walreceiver_streaming, bool),
+        name!(walreceiver_last_msg_at, Option<TimestampWithTimeZone>),
+        name!(promoted_at, Option<TimestampWithTimeZone>),
+        name!(worker_pid, Option<i32>),
+        name!(worker_started_at, Option<TimestampWithTimeZone>),
+    ),
+> {
+    shmem::require();
+    let shared = shmem::read();
+    let st = shared.status;
+    let local = local::read();
+    let role = if local.in_recovery { "standby" } else { "primary" };
+    let running = st.worker_pid != 0;
+    let state = if running { st.phase.as_str() } else { "stopped" };
+    let error = st.last_error.as_str();
+    let conninfo = if running {
+        st.conninfo.as_str().to_string()
+    } else {
+        String::new()
+    };
+    let row = (
+        role.to_string(),
+        state.to_string(),
+        guc::enabled(),
+        shared.paused,
+        conninfo,
+        guc::keep_alive_ms(),
+        guc::keepalives_count(),
+        guc::check_timeout_ms(),
+        i64::from(st.failures),
+        st.ever_reached,
+        ts(st.last_check_at),
+        ts(st.last_success_at),
+        st.last_check_us.map(|us| us as f64 / 1000.0),
+        (!error.is_empty()).then(|| error.to_string()),
+        st.primary_in_recovery,
+        st.primary_lsn.map(Lsn),
+        local.receive_lsn.map(Lsn),
+        local.replay_lsn.map(Lsn),
+        local.walrcv_streaming,
+        ts(local.walrcv_last_msg),
+        ts(st.promoted_at),
+        running.then_some(st.worker_pid),
+        ts(st.started_at),
+    );
+    TableIterator::once(row)
+}
+
+/// The most recent events, oldest first.
+#[pg_extern(volatile, parallel_safe)]
+fn pg_promoter_events() -> TableIterator<
+    'static,
+    (
+        name!(at, Option<TimestampWithTimeZone>),
+        name!(event, String),
+        name!(detail, String),
+    ),
+> {
+    shmem::require();
+    let events = shmem::read().events.events();
+    TableIterator::new(
+        events
+            .into_iter()
+            .map(|e| (ts(Some(e.at)), e.kind.as_str().to_string(), e.detail)),
+    )
+}
+
+fn set_paused(paused: bool) -> bool {
+    shmem::require();
+    let was = shmem::update(|s| std::mem::replace(&mut s.paused, paused));
+    if was != paused {
+        let (kind, detail) = if paused {
+            (
+                EventKind::Paused,
+                "automatic promotion paused by pg_promoter_pause()",
+            )
+        } else {
+            (
+                EventKind::Resumed,
+                "automatic promotion resumed by pg_promoter_resume()",
+            )
+        };
+        shmem::record(&[Event::new(local::now(), kind, detail)]);
+    }
+    was != paused
+}
+
+/// Stops automatic promotion until `pg_promoter_resume()`; checks and reports go on.
+/// Returns false when already paused.
+#[pg_extern(volatile)]
+fn pg_promoter_pause() -> bool {
+    set_paused(true)
+}
+
+/// Allows automatic promotion again. Returns false when not paused.
+#[pg_extern(volatile)]
+fn pg_promoter_resume() -> bool {
+    set_paused(false)
+}
+
+/// Promotes this standby now, through the same path as the worker, and waits until it accepts
+/// writes. Without `force`, refuses when the primary was never reached since the worker started.
+#[pg_extern(volatile)]
+fn pg_promoter_promote(force: default!(bool, false)) -> bool {
+    shmem::require();
+    let now = local::now();
+    let facts = Facts {
+        now,
+        in_recovery: local::in_recovery(),
+        paused: false,
+        walrcv_last_msg: None,
+    };
+    let held = manual_guards(force, facts.in_recovery, shmem::read().status.ever_reached);
+    if !held.is_empty() {
+        let why = reasons(&held, &facts);
+        shmem::record(&[Event::new(
+            now,
+            EventKind::Refused,
+            format!("manual promotion refused: {why}"),
+        )]);
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "cannot promote this server",
+            format!("{}.", capitalize(&why)),
+        );
+    }
+    let detail = if force {
+        "manual promotion requested (force)"
+    } else {
+        "manual promotion requested"
+    };
+    shmem::record(&[Event::new(now, EventKind::Decided, detail)]);
+    let start = Instant::now();
+    if let Err(e) = promote::signal() {
+        shmem::record(&[Event::new(local::now(), EventKind::PromoteFailed, e.clone())]);
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_SYSTEM_ERROR,
+            "could not request promotion",
+            format!("{e}.")
+        );
+    }
+    shmem::record(&[Event::new(
+        local::now(),
+        EventKind::PromoteRequested,
+        "promote signal sent to the postmaster",
+    )]);
+    // Interrupts (statement_timeout, cancel) raise their ERROR here; promotion goes on anyway.
+    let interrupted = || {
+        pgrx::check_for_interrupts!();
+        false
+    };
+    match promote::wait_until_writable(&interrupted) {
+        Ok(Some(waited)) => {
+            let detail = format!(
+                "recovery ended {} ms after the request; request to writable {} ms",
+                waited.as_millis(),
+                start.elapsed().as_millis()
+            );
+            shmem::update(|s| s.status.promoted_at = Some(local::now()));
+            shmem::record(&[Event::new(local::now(), EventKind::Promoted, detail)]);
+            true
+        }
+        Ok(None) | Err(latch::Interrupted) => {
+            let detail = format!(
+                "recovery had not ended {} s after the request",
+                promote::WAIT.as_secs()
+            );
+            shmem::record(&[Event::new(local::now(), EventKind::PromoteFailed, detail)]);
+            warning!(
+                "pg_promoter: server did not promote within {} seconds",
+                promote::WAIT.as_secs()
+            );
+            false
+        }
+    }
+}
+
+fn capitalize(s: &str) -> String {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .map(|c| c.to_uppercase().chain(chars).collect())
+        .unwrap_or_default()
+}
+
+extension_sql!(
+    r#"
+CREATE VIEW pg_promoter_status AS SELECT * FROM pg_promoter_status();
+
+-- Reading is for monitoring roles; changing behaviour is for superusers only.
+REVOKE ALL ON FUNCTION pg_promoter_status() FROM PUBLIC;
+REVOKE ALL ON FUNCTION pg_promoter_events() FROM PUBLIC;
+REVOKE ALL ON pg_promoter_status FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION pg_promoter_status() TO pg_monitor;
+GRANT EXECUTE ON FUNCTION pg_promoter_events() TO pg_monitor;
+GRANT SELECT ON pg_promoter_status TO pg_monitor;
+REVOKE ALL ON FUNCTION pg_promoter_pause() FROM PUBLIC;
+REVOKE ALL ON FUNCTION pg_promoter_resume() FROM PUBLIC;
+REVOKE ALL ON FUNCTION pg_promoter_promote(boolean) FROM PUBLIC;
+"#,
+    name = "privileges",
+    finalize,
+);

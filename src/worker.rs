@@ -1,0 +1,369 @@
+//! The background worker: a latch loop that checks the primary at a fixed rate, asks the policy
+//! what that means, and carries out the answer. It decides nothing itself.
+#![allow(unsafe_code)]
+
+use std::ffi::CString;
+use std::time::{Duration, Instant};
+
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
+use pgrx::prelude::*;
+use policy::fixed::FixedText;
+use policy::{
+    classify, conninfo, decide, schedule, Action, Event, EventKind, Facts, Phase, Settings, State, Verdict,
+};
+
+use crate::latch::sleep_until;
+use crate::probe::Probe;
+use crate::{guc, libpq, local, promote, shmem};
+
+/// The postmaster restarts a crashed worker after this long (never the whole server).
+const RESTART_AFTER: Duration = Duration::from_secs(5);
+
+pub fn register() {
+    BackgroundWorkerBuilder::new("pg_promoter")
+        .set_type("pg_promoter")
+        .set_library("pg_promoter")
+        .set_function("pg_promoter_worker_main")
+        .enable_shmem_access(None)
+        .set_start_time(BgWorkerStartTime::ConsistentState)
+        .set_restart_time(Some(RESTART_AFTER))
+        .load();
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn pg_promoter_worker_main(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    Worker::start().run();
+}
+
+/// SIGTERM: the flag PostgreSQL's own handler sets too; it is never reset, so every wait sees it.
+fn stop_requested() -> bool {
+    // SAFETY: a sig_atomic_t written only by the signal handler.
+    unsafe { std::ptr::read_volatile(&raw const pg_sys::ShutdownRequestPending) != 0 }
+}
+
+/// SIGHUP: true once per reload request.
+fn take_reload_request() -> bool {
+    // SAFETY: a sig_atomic_t set by the signal handler and cleared here, as PostgreSQL does.
+    unsafe {
+        let pending = std::ptr::read_volatile(&raw const pg_sys::ConfigReloadPending) != 0;
+        if pending {
+            std::ptr::write_volatile(&raw mut pg_sys::ConfigReloadPending, 0);
+        }
+        pending
+    }
+}
+
+struct Worker {
+    state: State,
+    probe: Probe,
+    settings: Settings,
+    check_timeout_ms: i32,
+    /// The effective conninfo (unmasked) and the parameters libpq will get, or why there are none.
+    conninfo: String,
+    params: Result<Vec<(String, String)>, String>,
+    last_start: Option<i64>,
+}
+
+impl Worker {
+    fn start() -> Worker {
+        let now = local::now();
+        // A restarted worker keeps what the previous one knew: the primary was reached.
+        let ever_reached = shmem::read().status.ever_reached;
+        let mut worker = Worker {
+            state: State::new(now, ever_reached),
+            probe: Probe::default(),
+            settings: guc::settings(),
+            check_timeout_ms: guc::check_timeout_ms(),
+            conninfo: String::new(),
+            params: Err(String::new()),
+            last_start: None,
+        };
+        worker.load_conninfo();
+        // SAFETY: MyProcPid is this process's pid.
+        let pid = unsafe { pg_sys::MyProcPid };
+        shmem::update(|s| {
+            s.status.worker_pid = pid;
+            s.status.started_at = Some(now);
+            s.status.phase = Phase::Starting;
+        });
+        let role = if local::in_recovery() {
+            "standby"
+        } else {
+            "primary"
+        };
+        let detail = format!(
+            "worker started on a {role} (PID {pid}): {}",
+            worker.describe_settings()
+        );
+        shmem::record(&[Event::new(now, EventKind::Start, detail)]);
+        worker
+    }
+
+    fn run(mut self) {
+        loop {
+            if stop_requested() {
+                self.record(EventKind::Stop, "worker stopping: shutdown requested".into());
+                shmem::update(|s| s.status.worker_pid = 0);
+                return;
+            }
+            if take_reload_request() {
+                // SAFETY: re-reads the configuration files, as every PostgreSQL process does on SIGHUP.
+                unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+                self.reload();
+            }
+            let now = local::now();
+            if !local::in_recovery() {
+                // A primary has nothing to check; it only reports its role.
+                self.step(None, now);
+                let _ = sleep_until(Instant::now() + ms(self.settings.keep_alive_ms), &stop_requested);
+                continue;
+            }
+            let due = schedule::next_check(self.last_start, self.settings.keep_alive_ms, now);
+            if due > now {
+                let _ = sleep_until(
+                    Instant::now() + Duration::from_micros((due - now) as u64),
+                    &stop_requested,
+                );
+                continue;
+            }
+            self.last_start = Some(now);
+            let verdict = match self.check() {
+                Ok(verdict) => verdict,
+                Err(()) => continue,
+            };
+            self.step(verdict.as_ref(), local::now());
+        }
+    }
+
+    /// One check, published as soon as it ends; `Err` when a shutdown interrupted it.
+    fn check(&mut self) -> Result<Option<Verdict>, ()> {
+        let params = match &self.params {
+            Ok(params) => params,
+            Err(reason) => {
+                let reason = reason.clone();
+                shmem::update(|s| s.status.last_error = FixedText::new(&reason));
+                return Ok(None);
+            }
+        };
+        let started = Instant::now();
+        let deadline = started + ms(self.check_timeout_ms);
+        let outcome = self
+            .probe
+            .check(params, deadline, &stop_requested)
+            .map_err(|_| ())?;
+        let took = started.elapsed();
+        let now = local::now();
+        let verdict = classify(&outcome);
+        shmem::update(|s| {
+            let st = &mut s.status;
+            st.last_check_at = Some(now);
+            st.last_check_us = Some(took.as_micros() as i64);
+            if let policy::Outcome::Answered { in_recovery, lsn } = outcome {
+                st.last_success_at = Some(now);
+                st.primary_in_recovery = Some(in_recovery);
+                st.primary_lsn = lsn.or(st.primary_lsn);
+            }
+        });
+        Ok(Some(verdict))
+    }
+
+    /// Feeds the policy and carries out what it returns.
+    fn step(&mut self, verdict: Option<&Verdict>, now: i64) {
+        let local = local::read();
+        let facts = Facts {
+            now,
+            in_recovery: local.in_recovery,
+            paused: shmem::read().paused,
+            walrcv_last_msg: local.walrcv_last_msg,
+        };
+        let before = (self.state.phase, self.state.failures);
+        let decision = decide(&self.state, verdict, &facts, &self.settings);
+        shmem::record(&decision.events);
+        self.state = decision.state;
+        self.publish();
+        if before != (self.state.phase, self.state.failures) {
+            self.set_title();
+        }
+        for action in decision.actions {
+            match action {
+                Action::Promote => self.promote(),
+                Action::Warn(reason) => {
+                    warning!("pg_promoter: the primary is alive but refuses the check: {reason}")
+                }
+            }
+        }
+    }
+
+    fn promote(&mut self) {
+        let decided = Instant::now();
+        if let Err(e) = promote::signal() {
+            self.record(EventKind::PromoteFailed, e);
+            self.state.phase = Phase::Refusing;
+            return;
+        }
+        let signalled = decided.elapsed();
+        self.record(
+            EventKind::PromoteRequested,
+            format!(
+                "promote signal sent to the postmaster in {} ms",
+                signalled.as_millis()
+            ),
+        );
+        match promote::wait_until_writable(&stop_requested) {
+            Ok(Some(waited)) => {
+                let now = local::now();
+                let total = decided.elapsed();
+                shmem::update(|s| s.status.promoted_at = Some(now));
+                let detail = format!(
+                    "recovery ended {} ms after the request; decision to writable {} ms",
+                    waited.as_millis(),
+                    total.as_millis()
+                );
+                self.record(EventKind::Promoted, detail);
+                self.step(None, now);
+            }
+            Ok(None) => {
+                let detail = format!(
+                    "recovery had not ended {} s after the request",
+                    promote::WAIT.as_secs()
+                );
+                self.record(EventKind::PromoteFailed, detail);
+                self.state.phase = Phase::Refusing;
+                self.publish();
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// Applies reloaded settings and records what changed.
+    fn reload(&mut self) {
+        let old = (self.settings, self.check_timeout_ms, self.conninfo.clone());
+        self.settings = guc::settings();
+        self.check_timeout_ms = guc::check_timeout_ms();
+        self.load_conninfo();
+        let mut changes = Vec::new();
+        let mut changed = |name: &str, from: String, to: String| {
+            if from != to {
+                changes.push(format!("{name} {from} -> {to}"));
+            }
+        };
+        changed(
+            "keep_alive",
+            format!("{} ms", old.0.keep_alive_ms),
+            format!("{} ms", self.settings.keep_alive_ms),
+        );
+        changed(
+            "keepalives_count",
+            old.0.keepalives_count.to_string(),
+            self.settings.keepalives_count.to_string(),
+        );
+        changed(
+            "check_timeout",
+            format!("{} ms", old.1),
+            format!("{} ms", self.check_timeout_ms),
+        );
+        changed(
+            "enabled",
+            onoff(old.0.enabled).into(),
+            onoff(self.settings.enabled).into(),
+        );
+        changed("primary_conninfo", quoted(&old.2), quoted(&self.conninfo));
+        let detail = if changes.is_empty() {
+            "configuration reloaded: no pg_promoter setting changed".to_string()
+        } else {
+            format!("configuration reloaded: {}", changes.join(", "))
+        };
+        self.record(EventKind::Reload, detail);
+    }
+
+    /// Reads the effective conninfo and, when it changed, parses it and drops the old connection.
+    fn load_conninfo(&mut self) {
+        let current = guc::primary_conninfo();
+        if current == self.conninfo && self.params.is_ok() {
+            return;
+        }
+        self.probe.disconnect();
+        self.params = if current.trim().is_empty() {
+            Err(
+                "no conninfo to check the primary with: set pg_promoter.primary_conninfo or primary_conninfo"
+                    .into(),
+            )
+        } else {
+            CString::new(current.clone())
+                .map_err(|_| "primary_conninfo contains a zero byte".to_string())
+                .and_then(|c| libpq::parse_conninfo(&c))
+                .map(|pairs| conninfo::check_params(&pairs))
+                .map_err(|e| format!("invalid primary_conninfo: {e}"))
+        };
+        if let Err(reason) = &self.params {
+            warning!("pg_promoter: {reason}");
+        }
+        self.conninfo = current;
+        let shown = conninfo::mask_password(&self.conninfo);
+        shmem::update(|s| s.status.conninfo = FixedText::new(&shown));
+    }
+
+    fn describe_settings(&self) -> String {
+        format!(
+            "keep_alive {} ms, keepalives_count {}, check_timeout {} ms, enabled {}, primary_conninfo {}",
+            self.settings.keep_alive_ms,
+            self.settings.keepalives_count,
+            self.check_timeout_ms,
+            onoff(self.settings.enabled),
+            quoted(&self.conninfo)
+        )
+    }
+
+    fn record(&self, kind: EventKind, detail: String) {
+        shmem::record(&[Event::new(local::now(), kind, detail)]);
+    }
+
+    fn publish(&self) {
+        let st = &self.state;
+        shmem::update(|s| {
+            s.status.phase = st.phase;
+            s.status.failures = st.failures;
+            s.status.ever_reached = st.ever_reached;
+            if let Some(e) = &st.last_error {
+                s.status.last_error = FixedText::new(e);
+            }
+        });
+    }
+
+    /// `ps` shows what the worker is doing.
+    fn set_title(&self) {
+        let title = match self.state.phase {
+            Phase::Suspecting | Phase::Refusing => {
+                format!(
+                    "{} {}/{}",
+                    self.state.phase.as_str(),
+                    self.state.failures,
+                    self.settings.keepalives_count
+                )
+            }
+            phase => phase.as_str().to_string(),
+        };
+        let title = CString::new(title).expect("no zero byte in a phase name");
+        // SAFETY: set_ps_display copies the string.
+        unsafe { pg_sys::set_ps_display(title.as_ptr()) };
+    }
+}
+
+fn ms(ms: i32) -> Duration {
+    Duration::from_millis(ms.max(0) as u64)
+}
+
+fn onoff(b: bool) -> &'static str {
+    if b {
+        "on"
+    } else {
+        "off"
+    }
+}
+
+/// A conninfo as it may appear in events and the log: password masked.
+fn quoted(conninfo: &str) -> String {
+    format!("'{}'", conninfo::mask_password(conninfo))
+}
