@@ -8,6 +8,7 @@ mod guc;
 mod latch;
 mod libpq;
 mod local;
+mod logmask;
 mod probe;
 mod promote;
 mod shmem;
@@ -24,6 +25,7 @@ pub extern "C-unwind" fn _PG_init() {
     // CREATE EXTENSION works on any node.
     // SAFETY: a plain flag set by the postmaster while it loads preloaded libraries.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        logmask::init();
         shmem::init();
         worker::register();
     }

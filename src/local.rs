@@ -8,8 +8,9 @@ pub struct Local {
     pub in_recovery: bool,
     pub receive_lsn: Option<u64>,
     pub replay_lsn: Option<u64>,
+    /// The WAL receiver is connected to the primary.
     pub walrcv_streaming: bool,
-    /// When the WAL receiver last got a message (WAL or keepalive) from the primary.
+    /// When the connected WAL receiver last got a message (WAL or keepalive) from the primary.
     pub walrcv_last_msg: Option<i64>,
 }
 
@@ -50,8 +51,13 @@ pub fn read() -> Local {
     }
 }
 
-/// The WAL receiver's state and last message time, read under its spinlock as
-/// `pg_stat_get_wal_receiver` does.
+/// Whether the WAL receiver is connected, and when it last heard from the primary, read under
+/// its spinlock as `pg_stat_get_wal_receiver` does.
+///
+/// A starting WAL receiver sets its state to streaming and its last message time to "now"
+/// *before* it connects, and it restarts every `wal_retrieve_retry_interval` while the primary is
+/// gone: taken alone, those fields would fake a sign of life. Only `ready_to_display`, set once
+/// the connection is made and cleared when the receiver exits, proves contact.
 fn walreceiver() -> (bool, Option<i64>) {
     // SAFETY: WalRcv points into shared memory for the server's life (or is NULL before it is
     // set up); the fields are read under the structure's own spinlock, held for two loads.
@@ -61,12 +67,9 @@ fn walreceiver() -> (bool, Option<i64>) {
             return (false, None);
         }
         pg_sys::SpinLockAcquire(&raw mut (*w).mutex);
-        let state = (*w).walRcvState;
+        let connected = (*w).ready_to_display && (*w).walRcvState == pg_sys::WalRcvState::WALRCV_STREAMING;
         let last = (*w).lastMsgReceiptTime;
         pg_sys::SpinLockRelease(&raw mut (*w).mutex);
-        (
-            state == pg_sys::WalRcvState::WALRCV_STREAMING,
-            (last != 0).then_some(last),
-        )
+        (connected, (connected && last != 0).then_some(last))
     }
 }

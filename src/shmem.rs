@@ -42,24 +42,30 @@ pub struct Shared {
 // SAFETY: plain data with no pointers, identical in every process of the server.
 unsafe impl PGRXSharedMemory for Shared {}
 
+impl Status {
+    pub const fn new() -> Status {
+        Status {
+            worker_pid: 0,
+            started_at: None,
+            phase: Phase::Starting,
+            failures: 0,
+            ever_reached: false,
+            last_check_at: None,
+            last_success_at: None,
+            last_check_us: None,
+            last_error: FixedText::empty(),
+            primary_in_recovery: None,
+            primary_lsn: None,
+            promoted_at: None,
+            conninfo: FixedText::empty(),
+        }
+    }
+}
+
 impl Shared {
     const fn new() -> Shared {
         Shared {
-            status: Status {
-                worker_pid: 0,
-                started_at: None,
-                phase: Phase::Starting,
-                failures: 0,
-                ever_reached: false,
-                last_check_at: None,
-                last_success_at: None,
-                last_check_us: None,
-                last_error: FixedText::empty(),
-                primary_in_recovery: None,
-                primary_lsn: None,
-                promoted_at: None,
-                conninfo: FixedText::empty(),
-            },
+            status: Status::new(),
             paused: false,
             events: Ring::new(),
         }

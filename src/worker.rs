@@ -35,6 +35,10 @@ pub fn register() {
 pub extern "C-unwind" fn pg_promoter_worker_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     Worker::start().run();
+    // Exit code 1: the postmaster restarts the worker unless the server is shutting down, so a
+    // stray pg_terminate_backend() cannot silently end automatic failover (exit 0 would).
+    // SAFETY: ends this process the PostgreSQL way, running its exit callbacks.
+    unsafe { pg_sys::proc_exit(1) }
 }
 
 /// SIGTERM: the flag PostgreSQL's own handler sets too; it is never reset, so every wait sees it.
@@ -80,14 +84,20 @@ impl Worker {
             params: Err(String::new()),
             last_start: None,
         };
-        worker.load_conninfo();
         // SAFETY: MyProcPid is this process's pid.
         let pid = unsafe { pg_sys::MyProcPid };
+        // The status describes this worker's checks; only what outlives a worker is kept
+        // (the primary was reached, when the server was promoted).
         shmem::update(|s| {
-            s.status.worker_pid = pid;
-            s.status.started_at = Some(now);
-            s.status.phase = Phase::Starting;
+            s.status = shmem::Status {
+                worker_pid: pid,
+                started_at: Some(now),
+                ever_reached,
+                promoted_at: s.status.promoted_at,
+                ..shmem::Status::new()
+            };
         });
+        worker.load_conninfo();
         let role = if local::in_recovery() {
             "standby"
         } else {

@@ -100,6 +100,22 @@ fn mask_uri(s: &str) -> String {
     format!("{head}{authority}{tail}")
 }
 
+/// PostgreSQL logs a reloaded setting's new value verbatim (`parameter "primary_conninfo"
+/// changed to "… password=…"`). For any setting whose name ends in `conninfo`, returns the same
+/// message with the password masked; `None` for every other message.
+pub fn mask_reload_message(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("parameter \"")?;
+    let (name, rest) = rest.split_once('"')?;
+    let value = rest.strip_prefix(" changed to \"")?.strip_suffix('"')?;
+    if !name.ends_with("conninfo") {
+        return None;
+    }
+    Some(format!(
+        "parameter \"{name}\" changed to \"{}\"",
+        mask_password(value)
+    ))
+}
+
 /// The name the check shows in the primary's `pg_stat_activity`.
 pub const APPLICATION_NAME: &str = "pg_promoter";
 
@@ -170,6 +186,25 @@ mod tests {
         ];
         for (input, want) in cases {
             assert_eq!(mask_password(input), want, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn masks_reload_messages_of_conninfo_settings_only() {
+        let msg = r#"parameter "pg_promoter.primary_conninfo" changed to "host=a password=hunter2""#;
+        assert_eq!(
+            mask_reload_message(msg).as_deref(),
+            Some(r#"parameter "pg_promoter.primary_conninfo" changed to "host=a password=********""#)
+        );
+        let core = r#"parameter "primary_conninfo" changed to "postgresql://u:hunter2@h/db""#;
+        assert!(!mask_reload_message(core).unwrap().contains("hunter2"));
+        for other in [
+            r#"parameter "work_mem" changed to "password=x""#,
+            "received SIGHUP, reloading configuration files",
+            r#"parameter "primary_conninfo" cannot be changed"#,
+            "",
+        ] {
+            assert_eq!(mask_reload_message(other), None, "{other}");
         }
     }
 

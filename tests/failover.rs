@@ -1,0 +1,99 @@
+//! The primary really dies: the standby promotes, reports it, and accepts writes.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use testbed::{wait_until, Node, Writer};
+
+#[test]
+fn kill_9_of_the_primary_promotes_the_standby_which_accepts_writes() {
+    let (primary, standby) = pair("kill9", FAST, None);
+    let writer = Writer::start(primary.port(), "load", Duration::from_millis(50));
+    wait_until("some writes reach the standby", LONG, || {
+        standby.psql("SELECT count(*) > 5 FROM load").as_deref() == Ok("t")
+    });
+    primary.kill9();
+    wait_promoted(&standby);
+    writer.stop();
+
+    assert_eq!(status(&standby, "role"), "primary");
+    wait_until("the worker reports the new role", LONG, || {
+        state(&standby) == "primary"
+    });
+    assert_ne!(status(&standby, "promoted_at"), "");
+    standby.query("INSERT INTO load VALUES (-1, now())");
+    assert_eq!(standby.query("SELECT count(*) FROM load WHERE id = -1"), "1");
+
+    let kinds: Vec<String> = events(&standby).into_iter().map(|(e, _)| e).collect();
+    for expected in [
+        "start",
+        "first_contact",
+        "check_failed",
+        "decided",
+        "promote_requested",
+        "promoted",
+    ] {
+        assert!(
+            kinds.iter().any(|k| k == expected),
+            "no {expected} event in {kinds:?}"
+        );
+    }
+    let pos = |k: &str| kinds.iter().position(|x| x == k).unwrap();
+    assert!(
+        pos("check_failed") < pos("decided") && pos("decided") < pos("promoted"),
+        "{kinds:?}"
+    );
+    assert!(has_event(&standby, "decided", "3 consecutive failed checks"));
+    assert!(has_event(&standby, "promoted", "decision to writable"));
+}
+
+#[test]
+fn a_frozen_primary_is_declared_dead_and_the_standby_promotes() {
+    let (primary, standby) = pair("freeze", FAST, None);
+    primary.freeze();
+    wait_promoted(&standby);
+    assert!(
+        has_event(&standby, "check_failed", "timed out"),
+        "{:#?}",
+        events(&standby)
+    );
+    standby.query("CREATE TABLE written_after_freeze (x int)");
+    primary.thaw();
+}
+
+#[test]
+fn the_worker_on_a_primary_reports_primary_and_never_checks() {
+    let primary = Node::primary("onprimary", FAST);
+    primary.query("CREATE EXTENSION pg_promoter");
+    wait_until("the worker reports its role", LONG, || {
+        state(&primary) == "primary"
+    });
+    assert_eq!(status(&primary, "role"), "primary");
+    assert_eq!(status(&primary, "last_check_at"), "");
+    assert!(has_event(&primary, "role_changed", "nothing to watch"));
+}
+
+#[test]
+fn a_terminated_worker_is_restarted_and_remembers_the_primary() {
+    let (_primary, standby) = pair("restart", FAST, None);
+    let pid = terminate_worker(&standby);
+    wait_new_worker(&standby, &pid);
+    assert_eq!(status(&standby, "primary_reached"), "t");
+    let starts = events(&standby).iter().filter(|(e, _)| e == "start").count();
+    assert_eq!(starts, 2);
+    assert!(has_event(&standby, "stop", "shutdown requested"));
+}
+
+#[test]
+fn at_default_settings_a_retrying_wal_receiver_does_not_hold_the_promotion_back() {
+    // Defaults: a 5 s window, the same as wal_retrieve_retry_interval, at which a new WAL
+    // receiver starts (and stamps itself as having just heard from the primary) while it is gone.
+    let (primary, standby) = pair("defaults", &[], None);
+    assert_eq!(status(&standby, "keep_alive_ms"), "1000");
+    assert_eq!(status(&standby, "keepalives_count"), "5");
+    primary.kill9();
+    wait_promoted(&standby);
+    assert!(has_event(&standby, "decided", "consecutive failed checks"));
+}
