@@ -117,6 +117,7 @@ fn pg_promoter_status() -> TableIterator<
 fn pg_promoter_events() -> TableIterator<
     'static,
     (
+        name!(seq, i64),
         name!(at, Option<TimestampWithTimeZone>),
         name!(event, String),
         name!(detail, String),
@@ -124,11 +125,10 @@ fn pg_promoter_events() -> TableIterator<
 > {
     shmem::require();
     let events = shmem::read().events.events();
-    TableIterator::new(
-        events
-            .into_iter()
-            .map(|e| (ts(Some(e.at)), e.kind.as_str().to_string(), e.detail)),
-    )
+    let rows = events
+        .into_iter()
+        .map(|(seq, e)| (seq as i64, ts(Some(e.at)), e.kind.as_str().to_string(), e.detail));
+    TableIterator::new(rows)
 }
 
 fn set_paused(paused: bool) -> bool {

@@ -34,7 +34,7 @@ pub fn state(node: &Node) -> String {
 
 /// `(event, detail)` pairs, oldest first.
 pub fn events(node: &Node) -> Vec<(String, String)> {
-    let out = node.query("SELECT event || '|' || detail FROM pg_promoter_events() ORDER BY at");
+    let out = node.query("SELECT event || '|' || detail FROM pg_promoter_events() ORDER BY seq");
     out.lines()
         .filter_map(|l| l.split_once('|'))
         .map(|(e, d)| (e.to_string(), d.to_string()))

@@ -45,17 +45,19 @@ impl<const N: usize> Ring<N> {
         self.pushed += 1;
     }
 
-    /// Events from oldest to newest.
-    pub fn events(&self) -> Vec<Event> {
+    /// Events from oldest to newest, each with its sequence number (1 for the first event ever
+    /// pushed), which orders events that share a timestamp.
+    pub fn events(&self) -> Vec<(u64, Event)> {
         let kept = self.pushed.min(N as u64);
         (self.pushed - kept..self.pushed)
             .map(|i| {
                 let slot = &self.slots[(i % N as u64) as usize];
-                Event {
+                let event = Event {
                     at: slot.at,
                     kind: EventKind::from_u8(slot.kind).expect("only valid kinds are stored"),
                     detail: slot.detail.as_str().to_owned(),
-                }
+                };
+                (i + 1, event)
             })
             .collect()
     }
@@ -82,11 +84,17 @@ mod tests {
         for i in 0..3 {
             ring.push(&ev(i));
         }
-        assert_eq!(ring.events(), (0..3).map(ev).collect::<Vec<_>>());
+        assert_eq!(
+            ring.events(),
+            (0..3).map(|i| (i as u64 + 1, ev(i))).collect::<Vec<_>>()
+        );
         for i in 3..10 {
             ring.push(&ev(i));
         }
-        assert_eq!(ring.events(), (6..10).map(ev).collect::<Vec<_>>());
+        assert_eq!(
+            ring.events(),
+            (6..10).map(|i| (i as u64 + 1, ev(i))).collect::<Vec<_>>()
+        );
     }
 
     #[test]
@@ -94,7 +102,7 @@ mod tests {
         let mut ring = Ring::<2>::new();
         let long = "é".repeat(DETAIL_BYTES);
         ring.push(&Event::new(1, EventKind::Refused, long.clone()));
-        let got = &ring.events()[0].detail;
+        let got = &ring.events()[0].1.detail;
         assert!(got.len() <= DETAIL_BYTES);
         assert!(got.ends_with('…'));
         assert!(long.starts_with(got.trim_end_matches('…')));

@@ -95,7 +95,7 @@ fn run(clock: &Clock, standby_slot: &mut Option<Node>) {
 
     clock.say("5. pg_promoter's event timeline on the new primary");
     let events = standby
-        .query("SELECT to_char(at, 'HH24:MI:SS.MS'), event, detail FROM pg_promoter_events() ORDER BY at");
+        .query("SELECT to_char(at, 'HH24:MI:SS.MS'), event, detail FROM pg_promoter_events() ORDER BY seq");
     let rows: Vec<Vec<&str>> = std::iter::once("time|event|detail")
         .chain(events.lines())
         .map(|line| line.splitn(3, '|').collect())
