@@ -7,6 +7,7 @@ use std::ffi::{c_char, c_void, CStr, CString};
 
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::pg_sys;
+use policy::members::{self, Member, Naming};
 use policy::{conninfo, schedule, Settings};
 
 use crate::libpq;
@@ -16,6 +17,11 @@ static KEEP_ALIVE: GucSetting<i32> = GucSetting::<i32>::new(1000);
 static KEEPALIVES_COUNT: GucSetting<i32> = GucSetting::<i32>::new(5);
 static CHECK_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(0);
 static ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
+static MAX_LAG_ON_FAILOVER: GucSetting<i32> = GucSetting::<i32>::new(16 << 20);
+static WITNESS_CONNINFO: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
+static PRE_PROMOTE_COMMAND: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
+static POST_PROMOTE_COMMAND: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
+static COMMAND_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(30_000);
 
 pub fn init() {
     // SAFETY: the hooks below follow PostgreSQL's GUC hook contracts.
@@ -72,6 +78,59 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::empty(),
     );
+    GucRegistry::define_int_guc(
+        c"pg_promoter.max_lag_on_failover",
+        c"Largest estimated data loss a promotion may cause; -1 turns the bound off.",
+        c"The estimate is the primary's WAL position at the last successful check minus what this \
+          standby has received.",
+        &MAX_LAG_ON_FAILOVER,
+        -1,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_BYTE,
+    );
+    // SAFETY: the hooks below follow PostgreSQL's GUC hook contracts.
+    unsafe {
+        GucRegistry::define_string_guc_with_hooks(
+            c"pg_promoter.witness_conninfo",
+            c"Witnesses, as \"conninfo; conninfo\" (optionally \"name: conninfo\").",
+            c"With witnesses, a standby promotes only when a majority of the primary, itself and the \
+              witnesses says the primary is gone. A witness needs the extension created, nothing else.",
+            &WITNESS_CONNINFO,
+            GucContext::Sighup,
+            GucFlags::SUPERUSER_ONLY,
+            Some(check_witnesses),
+            None,
+            Some(show_witnesses),
+        );
+    }
+    GucRegistry::define_string_guc(
+        c"pg_promoter.pre_promote_command",
+        c"Shell command run before promoting; a failure or a timeout aborts the promotion.",
+        c"Placeholders: %d data directory, %t timeline, %h and %p old primary host and port, \
+          %n cluster_name, %% a percent sign.",
+        &PRE_PROMOTE_COMMAND,
+        GucContext::Sighup,
+        GucFlags::SUPERUSER_ONLY,
+    );
+    GucRegistry::define_string_guc(
+        c"pg_promoter.post_promote_command",
+        c"Shell command run once the promoted server accepts writes.",
+        c"Same placeholders as pre_promote_command; %t is the new timeline.",
+        &POST_PROMOTE_COMMAND,
+        GucContext::Sighup,
+        GucFlags::SUPERUSER_ONLY,
+    );
+    GucRegistry::define_int_guc(
+        c"pg_promoter.command_timeout",
+        c"Longest a pre- or post-promote command may run before it is killed.",
+        c"",
+        &COMMAND_TIMEOUT,
+        100,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
     // SAFETY: reserves our prefix so a misspelt pg_promoter.* setting is reported.
     unsafe { pg_sys::MarkGUCPrefixReserved(c"pg_promoter".as_ptr()) };
 }
@@ -98,8 +157,40 @@ pub fn settings() -> Settings {
         keep_alive_ms: keep_alive_ms(),
         keepalives_count: keepalives_count(),
         enabled: enabled(),
+        max_lag_bytes: u64::try_from(MAX_LAG_ON_FAILOVER.get()).ok(),
+        witnesses: witnesses().len(),
     }
 }
+
+pub fn max_lag_on_failover() -> i32 {
+    MAX_LAG_ON_FAILOVER.get()
+}
+
+fn text(setting: &GucSetting<Option<CString>>) -> String {
+    setting
+        .get()
+        .map(|c| c.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// The configured witnesses (the check hook has validated the list).
+pub fn witnesses() -> Vec<Member> {
+    members::parse(&text(&WITNESS_CONNINFO), WITNESS_NAMING).unwrap_or_default()
+}
+
+pub fn pre_promote_command() -> String {
+    text(&PRE_PROMOTE_COMMAND)
+}
+
+pub fn post_promote_command() -> String {
+    text(&POST_PROMOTE_COMMAND)
+}
+
+pub fn command_timeout_ms() -> i32 {
+    COMMAND_TIMEOUT.get()
+}
+
+const WITNESS_NAMING: Naming = Naming::Optional { prefix: "witness" };
 
 /// The conninfo the check uses: ours, or else the server's `primary_conninfo`.
 pub fn primary_conninfo() -> String {
@@ -117,6 +208,34 @@ pub fn primary_conninfo() -> String {
     }
 }
 
+/// The candidate value of a string GUC in a check hook.
+///
+/// # Safety
+/// `newval` must be the pointer PostgreSQL passes to a string check hook.
+unsafe fn candidate(newval: *mut *mut c_char) -> Option<String> {
+    // SAFETY: per the contract, a valid pointer to NULL or a NUL-terminated string.
+    unsafe {
+        (*newval)
+            .as_ref()
+            .map(|p| CStr::from_ptr(p).to_string_lossy().into_owned())
+    }
+}
+
+/// Sets the error a failed check hook reports: our own primary message (so the rejected value,
+/// which may hold a password, is shown masked), the reason as detail, and a hint.
+fn reject(name: &str, shown: &str, reason: &str, hint: &str) -> bool {
+    let msg = format!("invalid value for parameter \"{name}\": \"{shown}\"");
+    // SAFETY: PostgreSQL reports these strings right after the hook returns; pstrdup copies
+    // them into the current memory context.
+    unsafe {
+        pg_sys::GUC_check_errcode(pgrx::PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE as i32);
+        pg_sys::GUC_check_errmsg_string = pstrdup(&msg);
+        pg_sys::GUC_check_errdetail_string = pstrdup(reason);
+        pg_sys::GUC_check_errhint_string = pstrdup(hint);
+    }
+    false
+}
+
 /// Rejects what libpq would reject, with libpq's reason, and never echoes a password.
 #[pgrx::pg_guard]
 unsafe extern "C-unwind" fn check_conninfo(
@@ -124,28 +243,51 @@ unsafe extern "C-unwind" fn check_conninfo(
     _extra: *mut *mut c_void,
     _source: pg_sys::GucSource::Type,
 ) -> bool {
-    // SAFETY: PostgreSQL passes a valid pointer to the candidate value (which may be NULL).
-    let value = unsafe { *newval };
-    if value.is_null() {
-        return true;
-    }
-    // SAFETY: a non-NULL GUC string value is NUL-terminated.
-    let value = unsafe { CStr::from_ptr(value) };
-    let Err(reason) = libpq::parse_conninfo(value) else {
+    // SAFETY: called by PostgreSQL as a string check hook.
+    let Some(value) = (unsafe { candidate(newval) }) else {
         return true;
     };
-    let shown = conninfo::mask_password(&value.to_string_lossy());
-    let msg = format!("invalid value for parameter \"pg_promoter.primary_conninfo\": \"{shown}\"");
-    let hint = "Use libpq's key=value or URI syntax, as in primary_conninfo.";
-    // SAFETY: PostgreSQL reports these strings right after the hook returns; pstrdup copies
-    // them into the current memory context.
-    unsafe {
-        pg_sys::GUC_check_errcode(pgrx::PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE as i32);
-        pg_sys::GUC_check_errmsg_string = pstrdup(&msg);
-        pg_sys::GUC_check_errdetail_string = pstrdup(&format!("{reason}."));
-        pg_sys::GUC_check_errhint_string = pstrdup(hint);
+    match parse_one(&value) {
+        Ok(()) => true,
+        Err(reason) => reject(
+            "pg_promoter.primary_conninfo",
+            &conninfo::mask_password(&value),
+            &format!("{reason}."),
+            "Use libpq's key=value or URI syntax, as in primary_conninfo.",
+        ),
     }
-    false
+}
+
+fn parse_one(conninfo: &str) -> Result<(), String> {
+    let c = CString::new(conninfo).map_err(|_| "the value contains a zero byte".to_string())?;
+    libpq::parse_conninfo(&c).map(|_| ())
+}
+
+/// Checks a member list: its syntax, then each conninfo as libpq parses it.
+fn check_members(name: &str, value: &str, naming: Naming) -> bool {
+    let hint =
+        "Write \"conninfo; conninfo\", each optionally named as \"name: conninfo\", in libpq's syntax.";
+    let result = members::parse(value, naming).and_then(|list| {
+        list.iter().try_for_each(|m| {
+            parse_one(&m.conninfo)
+                .map_err(|e| format!("The conninfo of member \"{}\" is invalid: {e}.", m.name))
+        })
+    });
+    match result {
+        Ok(()) => true,
+        Err(reason) => reject(name, &members::mask(value), &reason, hint),
+    }
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn check_witnesses(
+    newval: *mut *mut c_char,
+    _extra: *mut *mut c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    // SAFETY: called by PostgreSQL as a string check hook.
+    let value = unsafe { candidate(newval) }.unwrap_or_default();
+    check_members("pg_promoter.witness_conninfo", &value, WITNESS_NAMING)
 }
 
 fn pstrdup(s: &str) -> *mut c_char {
@@ -155,20 +297,24 @@ fn pstrdup(s: &str) -> *mut c_char {
 }
 
 thread_local! {
-    /// SHOW's text lives until the next SHOW of this setting, as PostgreSQL's show hooks expect.
+    /// SHOW's text lives until the next show hook call; PostgreSQL copies it at once.
     static SHOWN: RefCell<CString> = RefCell::new(CString::default());
 }
 
-/// SHOW and pg_settings display the conninfo with its password masked.
-#[pgrx::pg_guard]
-unsafe extern "C-unwind" fn show_conninfo() -> *const c_char {
-    let raw = PRIMARY_CONNINFO
-        .get()
-        .map(|c| c.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let masked = CString::new(conninfo::mask_password(&raw)).unwrap_or_default();
+fn show(masked: String) -> *const c_char {
     SHOWN.with(|shown| {
-        *shown.borrow_mut() = masked;
+        *shown.borrow_mut() = CString::new(masked).unwrap_or_default();
         shown.borrow().as_ptr()
     })
+}
+
+/// SHOW and pg_settings display conninfos with their passwords masked.
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn show_conninfo() -> *const c_char {
+    show(conninfo::mask_password(&text(&PRIMARY_CONNINFO)))
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn show_witnesses() -> *const c_char {
+    show(members::mask(&text(&WITNESS_CONNINFO)))
 }

@@ -4,6 +4,7 @@
 
 use pgrx::prelude::*;
 
+mod command;
 mod guc;
 mod latch;
 mod libpq;
@@ -13,6 +14,7 @@ mod probe;
 mod promote;
 mod shmem;
 mod sql;
+mod witness;
 mod worker;
 
 ::pgrx::pg_module_magic!(name, version);

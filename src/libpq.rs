@@ -81,12 +81,24 @@ impl Conn {
         msg.to_string_lossy().trim_end().to_string()
     }
 
-    /// Sends a query without waiting; `Err` if it could not even be queued.
-    pub fn send_query(&mut self, sql: &CStr) -> Result<(), String> {
-        // SAFETY: a valid connection and a NUL-terminated query.
+    /// Sends a query with text parameters (`$1`, …) without waiting; `Err` if it could not even
+    /// be queued. Parameters travel apart from the SQL, so no value needs quoting.
+    pub fn send_query(&mut self, sql: &CStr, params: &[&CStr]) -> Result<(), String> {
+        let values: Vec<*const c_char> = params.iter().map(|p| p.as_ptr()).collect();
+        // SAFETY: a valid connection, a NUL-terminated query and `params.len()` NUL-terminated
+        // values that outlive the call (libpq copies them); NULL types and formats mean text.
         let sent = unsafe {
             pq::PQsetnonblocking(self.conn.as_ptr(), 1) == 0
-                && pq::PQsendQuery(self.conn.as_ptr(), sql.as_ptr()) == 1
+                && pq::PQsendQueryParams(
+                    self.conn.as_ptr(),
+                    sql.as_ptr(),
+                    values.len() as i32,
+                    std::ptr::null(),
+                    values.as_ptr(),
+                    std::ptr::null(),
+                    std::ptr::null(),
+                    0,
+                ) == 1
         };
         if sent {
             Ok(())
@@ -137,6 +149,16 @@ impl Drop for Conn {
 pub struct PgResult(NonNull<pq::PGresult>);
 
 impl PgResult {
+    pub fn rows(&self) -> i32 {
+        // SAFETY: a valid result.
+        unsafe { pq::PQntuples(self.0.as_ptr()) }
+    }
+
+    pub fn columns(&self) -> i32 {
+        // SAFETY: a valid result.
+        unsafe { pq::PQnfields(self.0.as_ptr()) }
+    }
+
     pub fn has_rows(&self) -> bool {
         // SAFETY: a valid result.
         unsafe { pq::PQresultStatus(self.0.as_ptr()) == pq::ExecStatusType::PGRES_TUPLES_OK }

@@ -73,3 +73,36 @@ fn walreceiver() -> (bool, Option<i64>) {
         (connected, (connected && last != 0).then_some(last))
     }
 }
+
+/// The timeline recovery is replaying (the one a promotion leaves).
+pub fn replay_timeline() -> Option<u32> {
+    let mut tli = 0;
+    // SAFETY: takes its own spinlock; writes the timeline through the pointer.
+    unsafe { pg_sys::GetXLogReplayRecPtr(&mut tli) };
+    (tli != 0).then_some(tli)
+}
+
+/// The timeline new WAL is written on (after promotion, the new one).
+pub fn insert_timeline() -> Option<u32> {
+    // SAFETY: only called once recovery has ended, as the function requires.
+    let tli = unsafe { pg_sys::GetWALInsertionTimeLine() };
+    (tli != 0).then_some(tli)
+}
+
+pub fn data_dir() -> String {
+    // SAFETY: DataDir is set before any extension code runs and never changes.
+    unsafe { std::ffi::CStr::from_ptr(pg_sys::DataDir) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// This server's `cluster_name`, empty when unset.
+pub fn cluster_name() -> String {
+    // SAFETY: the server's own GUC variable: NULL or a valid string.
+    unsafe {
+        pg_sys::cluster_name
+            .as_ref()
+            .map(|p| std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned())
+    }
+    .unwrap_or_default()
+}

@@ -1,8 +1,9 @@
-//! One check of the primary, without ever blocking: connect with `PQconnectStartParams` and
-//! `PQconnectPoll`, query with `PQsendQuery` and `PQconsumeInput`, every wait on the latch with
-//! the check's deadline. The connection is kept between checks and remade only after a failure.
+//! Talking to another server without ever blocking: connect with `PQconnectStartParams` and
+//! `PQconnectPoll`, query with `PQsendQueryParams` and `PQconsumeInput`, every wait on the latch
+//! with a deadline. The check keeps its connection between checks and remakes it only after a
+//! failure; other questions (to witnesses, from `pg_promoter_probe()`) use a fresh one.
 
-use std::ffi::CStr;
+use std::ffi::{CStr, CString};
 use std::time::Instant;
 
 use policy::{lsn, Outcome};
@@ -10,10 +11,17 @@ use policy::{lsn, Outcome};
 use crate::latch::{wait, Interrupted, Socket};
 use crate::libpq::{Conn, PgResult, Poll};
 
-/// Whether the primary is in recovery, and its WAL position (received, if it is a standby).
+/// Whether the server is in recovery, its WAL position (received, on a standby) and timeline
+/// (exact on a primary, from its WAL file name; the WAL receiver's on a standby).
 const CHECK_QUERY: &CStr = c"SELECT pg_catalog.pg_is_in_recovery(), \
     CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.pg_last_wal_receive_lsn() \
-    ELSE pg_catalog.pg_current_wal_lsn() END";
+    ELSE pg_catalog.pg_current_wal_lsn() END, \
+    CASE WHEN pg_catalog.pg_is_in_recovery() \
+    THEN (SELECT received_tli FROM pg_catalog.pg_stat_get_wal_receiver()) \
+    ELSE ('x' || substr(pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn()), 1, 8))::bit(32)::int END";
+
+/// Result rows as text (`None` for NULL), or why there are none.
+pub type Rows = Result<Vec<Vec<Option<String>>>, Outcome>;
 
 #[derive(Default)]
 pub struct Probe {
@@ -34,26 +42,71 @@ impl Probe {
         stop: &dyn Fn() -> bool,
     ) -> Result<Outcome, Interrupted> {
         if let Some(mut conn) = self.conn.take() {
-            let outcome = query(&mut conn, deadline, stop)?;
-            if matches!(outcome, Outcome::Answered { .. }) {
-                self.conn = Some(conn);
-                return Ok(outcome);
-            }
-            // A kept connection can break while the primary is fine (it restarted, or an idle
-            // connection was cut): only a fresh attempt speaks for the primary, if time remains.
-            if matches!(outcome, Outcome::TimedOut { .. }) || Instant::now() >= deadline {
-                return Ok(outcome);
+            match query(&mut conn, CHECK_QUERY, &[], deadline, stop)? {
+                Ok(rows) => {
+                    self.conn = Some(conn);
+                    return Ok(answered(&rows));
+                }
+                // A kept connection can break while the primary is fine (it restarted, or an idle
+                // connection was cut): only a fresh attempt speaks for the primary, if time remains.
+                Err(outcome @ Outcome::TimedOut { .. }) => return Ok(outcome),
+                Err(outcome) if Instant::now() >= deadline => return Ok(outcome),
+                Err(_) => {}
             }
         }
         let mut conn = match connect(params, deadline, stop)? {
             Ok(conn) => conn,
             Err(outcome) => return Ok(outcome),
         };
-        let outcome = query(&mut conn, deadline, stop)?;
-        if matches!(outcome, Outcome::Answered { .. }) {
-            self.conn = Some(conn);
+        Ok(match query(&mut conn, CHECK_QUERY, &[], deadline, stop)? {
+            Ok(rows) => {
+                self.conn = Some(conn);
+                answered(&rows)
+            }
+            Err(outcome) => outcome,
+        })
+    }
+}
+
+/// Checks a server once, on a fresh connection (`pg_promoter_probe()`).
+pub fn check_once(
+    params: &[(String, String)],
+    deadline: Instant,
+    stop: &dyn Fn() -> bool,
+) -> Result<Outcome, Interrupted> {
+    Probe::default().check(params, deadline, stop)
+}
+
+/// Runs one query with text parameters on a fresh connection.
+pub fn ask(
+    params: &[(String, String)],
+    sql: &CStr,
+    args: &[&str],
+    deadline: Instant,
+    stop: &dyn Fn() -> bool,
+) -> Result<Rows, Interrupted> {
+    let args: Vec<CString> = match args.iter().map(|a| CString::new(*a)).collect() {
+        Ok(args) => args,
+        Err(_) => {
+            return Ok(Err(Outcome::ConnectFailed(
+                "query argument contains a zero byte".into(),
+            )))
         }
-        Ok(outcome)
+    };
+    let args: Vec<&CStr> = args.iter().map(|a| a.as_c_str()).collect();
+    let mut conn = match connect(params, deadline, stop)? {
+        Ok(conn) => conn,
+        Err(outcome) => return Ok(Err(outcome)),
+    };
+    query(&mut conn, sql, &args, deadline, stop)
+}
+
+fn answered(rows: &[Vec<Option<String>>]) -> Outcome {
+    let cell = |i: usize| rows.first().and_then(|r| r.get(i)).cloned().flatten();
+    Outcome::Answered {
+        in_recovery: cell(0).as_deref() == Some("t"),
+        lsn: cell(1).as_deref().and_then(lsn::parse),
+        timeline: cell(2).and_then(|t| t.parse().ok()),
     }
 }
 
@@ -82,16 +135,22 @@ fn connect(
     }
 }
 
-fn query(conn: &mut Conn, deadline: Instant, stop: &dyn Fn() -> bool) -> Result<Outcome, Interrupted> {
-    if let Err(msg) = conn.send_query(CHECK_QUERY) {
-        return Ok(Outcome::Lost(msg));
+fn query(
+    conn: &mut Conn,
+    sql: &CStr,
+    args: &[&CStr],
+    deadline: Instant,
+    stop: &dyn Fn() -> bool,
+) -> Result<Rows, Interrupted> {
+    if let Err(msg) = conn.send_query(sql, args) {
+        return Ok(Err(Outcome::Lost(msg)));
     }
     loop {
         match conn.flush() {
             Ok(false) => break,
             Ok(true) if wait(Socket::Writable(conn.socket()), deadline, stop)? => {}
-            Ok(true) => return Ok(Outcome::TimedOut { connecting: false }),
-            Err(msg) => return Ok(Outcome::Lost(msg)),
+            Ok(true) => return Ok(Err(Outcome::TimedOut { connecting: false })),
+            Err(msg) => return Ok(Err(Outcome::Lost(msg))),
         }
     }
     // Read every result until libpq says none is left, waiting whenever one is incomplete
@@ -102,8 +161,8 @@ fn query(conn: &mut Conn, deadline: Instant, stop: &dyn Fn() -> bool) -> Result<
             match conn.consume() {
                 Ok(false) => break,
                 Ok(true) if wait(Socket::Readable(conn.socket()), deadline, stop)? => {}
-                Ok(true) => return Ok(Outcome::TimedOut { connecting: false }),
-                Err(msg) => return Ok(Outcome::Lost(msg)),
+                Ok(true) => return Ok(Err(Outcome::TimedOut { connecting: false })),
+                Err(msg) => return Ok(Err(Outcome::Lost(msg))),
             }
         }
         match conn.next_result() {
@@ -114,11 +173,10 @@ fn query(conn: &mut Conn, deadline: Instant, stop: &dyn Fn() -> bool) -> Result<
         }
     }
     Ok(match first {
-        Some(r) if r.has_rows() => Outcome::Answered {
-            in_recovery: r.value(0, 0).as_deref() == Some("t"),
-            lsn: r.value(0, 1).as_deref().and_then(lsn::parse),
-        },
-        Some(r) => match r.sqlstate() {
+        Some(r) if r.has_rows() => Ok((0..r.rows())
+            .map(|row| (0..r.columns()).map(|col| r.value(row, col)).collect())
+            .collect()),
+        Some(r) => Err(match r.sqlstate() {
             Some(sqlstate) => Outcome::QueryFailed {
                 sqlstate,
                 message: r.error_message(),
@@ -128,7 +186,7 @@ fn query(conn: &mut Conn, deadline: Instant, stop: &dyn Fn() -> bool) -> Result<
                 sqlstate: "XX000".into(),
                 message: r.error_message(),
             },
-        },
-        None => Outcome::Lost(conn.error_message()),
+        }),
+        None => Err(Outcome::Lost(conn.error_message())),
     })
 }

@@ -1,17 +1,18 @@
 //! The SQL surface: status and events for `pg_monitor`, pause/resume/promote for superusers.
 #![allow(unsafe_code)]
 
-use std::time::Instant;
+use std::ffi::CString;
+use std::time::{Duration, Instant};
 
 use pgrx::callconv::{BoxRet, FcInfo};
 use pgrx::datum::Datum;
-use pgrx::datum::TimestampWithTimeZone;
+use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
 use pgrx::{impl_sql_translatable, IntoDatum};
-use policy::decide::{manual_guards, reasons};
-use policy::{Event, EventKind, Facts};
+use policy::decide::{estimated_loss, manual_guards, reasons};
+use policy::{classify, conninfo, Event, EventKind, Facts, Outcome, Verdict};
 
-use crate::{guc, latch, local, promote, shmem};
+use crate::{guc, latch, libpq, local, probe, promote, shmem};
 
 /// A WAL position, returned as `pg_lsn`.
 pub struct Lsn(u64);
@@ -69,6 +70,8 @@ fn pg_promoter_status() -> TableIterator<
         name!(promoted_at, Option<TimestampWithTimeZone>),
         name!(worker_pid, Option<i32>),
         name!(worker_started_at, Option<TimestampWithTimeZone>),
+        name!(max_lag_on_failover, i64),
+        name!(estimated_loss_bytes, Option<i64>),
     ),
 > {
     shmem::require();
@@ -108,6 +111,8 @@ fn pg_promoter_status() -> TableIterator<
         ts(st.promoted_at),
         running.then_some(st.worker_pid),
         ts(st.started_at),
+        i64::from(guc::max_lag_on_failover()),
+        estimated_loss(st.primary_lsn, local.receive_lsn).map(|b| b as i64),
     );
     TableIterator::once(row)
 }
@@ -165,20 +170,25 @@ fn pg_promoter_resume() -> bool {
 }
 
 /// Promotes this standby now, through the same path as the worker, and waits until it accepts
-/// writes. Without `force`, refuses when the primary was never reached since the worker started.
+/// writes. Without `force`, refuses when the primary was never reached since the worker started
+/// or when the estimated data loss exceeds `pg_promoter.max_lag_on_failover`.
 #[pg_extern(volatile)]
 fn pg_promoter_promote(force: default!(bool, false)) -> bool {
     shmem::require();
     let now = local::now();
+    let status = shmem::read().status;
+    let local = local::read();
     let facts = Facts {
         now,
-        in_recovery: local::in_recovery(),
-        paused: false,
-        walrcv_last_msg: None,
+        in_recovery: local.in_recovery,
+        primary_lsn: status.primary_lsn,
+        receive_lsn: local.receive_lsn,
+        ..Facts::default()
     };
-    let held = manual_guards(force, facts.in_recovery, shmem::read().status.ever_reached);
+    let settings = guc::settings();
+    let held = manual_guards(force, &facts, &settings, status.ever_reached);
     if !held.is_empty() {
-        let why = reasons(&held, &facts);
+        let why = reasons(&held, &facts, &settings);
         shmem::record(&[Event::new(
             now,
             EventKind::Refused,
@@ -243,6 +253,80 @@ fn pg_promoter_promote(force: default!(bool, false)) -> bool {
     }
 }
 
+/// Checks a server with the worker's own non-blocking code: whether it is reachable (it
+/// answered, even to refuse us), its role, timeline and WAL position, and the error. It can be
+/// cancelled like any query. A witness runs it for a standby; a DBA can run it by hand.
+#[allow(clippy::type_complexity)]
+#[pg_extern(volatile)]
+fn pg_promoter_probe(
+    conninfo: &str,
+    timeout: default!(Interval, "'1s'"),
+) -> TableIterator<
+    'static,
+    (
+        name!(reachable, bool),
+        name!(role, Option<String>),
+        name!(timeline, Option<i32>),
+        name!(lsn, Option<Lsn>),
+        name!(error, Option<String>),
+        name!(elapsed_ms, f64),
+    ),
+> {
+    let micros = timeout.as_micros();
+    if micros <= 0 || micros > 3_600_000_000 {
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "timeout must be between 1 microsecond and 1 hour",
+        );
+    }
+    let pairs = match CString::new(conninfo)
+        .map_err(|_| "zero byte".to_string())
+        .and_then(|c| libpq::parse_conninfo(&c))
+    {
+        Ok(pairs) => pairs,
+        Err(reason) => {
+            ereport!(
+                ERROR,
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                "invalid connection string",
+                format!("{reason}."),
+            );
+        }
+    };
+    let params = conninfo::check_params(&pairs);
+    let interrupts = || {
+        pgrx::check_for_interrupts!();
+        false
+    };
+    let start = Instant::now();
+    let deadline = start + Duration::from_micros(micros as u64);
+    let outcome = probe::check_once(&params, deadline, &interrupts)
+        .unwrap_or_else(|_| unreachable!("interrupts raise an ERROR"));
+    let elapsed_ms = start.elapsed().as_secs_f64() * 1000.0;
+    let row = match (&outcome, classify(&outcome)) {
+        (
+            Outcome::Answered {
+                in_recovery,
+                lsn,
+                timeline,
+            },
+            _,
+        ) => (
+            true,
+            Some(if *in_recovery { "standby" } else { "primary" }.to_string()),
+            timeline.map(|t| t as i32),
+            lsn.map(Lsn),
+            None,
+            elapsed_ms,
+        ),
+        (_, Verdict::Misconfigured(reason)) => (true, None, None, None, Some(reason), elapsed_ms),
+        (_, Verdict::Down(reason)) => (false, None, None, None, Some(reason), elapsed_ms),
+        (_, Verdict::Alive) => unreachable!("only an answer is alive"),
+    };
+    TableIterator::once(row)
+}
+
 fn capitalize(s: &str) -> String {
     let mut chars = s.chars();
     chars
@@ -265,6 +349,7 @@ GRANT SELECT ON pg_promoter_status TO pg_monitor;
 REVOKE ALL ON FUNCTION pg_promoter_pause() FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg_promoter_resume() FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg_promoter_promote(boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pg_promoter_probe(text, interval) FROM PUBLIC;
 "#,
     name = "privileges",
     finalize,

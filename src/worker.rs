@@ -7,14 +7,16 @@ use std::time::{Duration, Instant};
 
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
 use pgrx::prelude::*;
+use policy::decide::needs_votes;
 use policy::fixed::FixedText;
 use policy::{
-    classify, conninfo, decide, schedule, Action, Event, EventKind, Facts, Phase, Settings, State, Verdict,
+    classify, command, conninfo, decide, schedule, Action, Event, EventKind, Facts, Phase, Settings, State,
+    Verdict, Votes,
 };
 
 use crate::latch::sleep_until;
 use crate::probe::Probe;
-use crate::{guc, libpq, local, promote, shmem};
+use crate::{guc, libpq, local, promote, shmem, witness};
 
 /// The postmaster restarts a crashed worker after this long (never the whole server).
 const RESTART_AFTER: Duration = Duration::from_secs(5);
@@ -68,6 +70,8 @@ struct Worker {
     conninfo: String,
     params: Result<Vec<(String, String)>, String>,
     last_start: Option<i64>,
+    /// Each witness's last answer, so a vote is recorded when it changes.
+    last_votes: Vec<(String, Option<bool>)>,
 }
 
 impl Worker {
@@ -83,6 +87,7 @@ impl Worker {
             conninfo: String::new(),
             params: Err(String::new()),
             last_start: None,
+            last_votes: Vec::new(),
         };
         // SAFETY: MyProcPid is this process's pid.
         let pid = unsafe { pg_sys::MyProcPid };
@@ -126,7 +131,7 @@ impl Worker {
             let now = local::now();
             if !local::in_recovery() {
                 // A primary has nothing to check; it only reports its role.
-                self.step(None, now);
+                self.step(None, now, None);
                 let _ = sleep_until(Instant::now() + ms(self.settings.keep_alive_ms), &stop_requested);
                 continue;
             }
@@ -139,11 +144,11 @@ impl Worker {
                 continue;
             }
             self.last_start = Some(now);
-            let verdict = match self.check() {
-                Ok(verdict) => verdict,
-                Err(()) => continue,
+            let Ok(verdict) = self.check() else { continue };
+            let Ok(votes) = self.votes(verdict.as_ref()) else {
+                continue;
             };
-            self.step(verdict.as_ref(), local::now());
+            self.step(verdict.as_ref(), local::now(), votes);
         }
     }
 
@@ -170,7 +175,7 @@ impl Worker {
             let st = &mut s.status;
             st.last_check_at = Some(now);
             st.last_check_us = Some(took.as_micros() as i64);
-            if let policy::Outcome::Answered { in_recovery, lsn } = outcome {
+            if let policy::Outcome::Answered { in_recovery, lsn, .. } = outcome {
                 st.last_success_at = Some(now);
                 st.primary_in_recovery = Some(in_recovery);
                 st.primary_lsn = lsn.or(st.primary_lsn);
@@ -179,14 +184,40 @@ impl Worker {
         Ok(Some(verdict))
     }
 
+    /// Asks the witnesses when this verdict could complete the count; `Err` on shutdown.
+    fn votes(&mut self, verdict: Option<&Verdict>) -> Result<Option<Votes>, ()> {
+        if !verdict.is_some_and(|v| needs_votes(&self.state, v, &self.settings)) {
+            return Ok(None);
+        }
+        let timeout = ms(self.check_timeout_ms);
+        let answers =
+            witness::ask(&guc::witnesses(), &self.conninfo, timeout, &stop_requested).map_err(|_| ())?;
+        for a in &answers {
+            let said = (a.name.clone(), a.gone);
+            if !self.last_votes.contains(&said) {
+                self.last_votes.retain(|(name, _)| *name != a.name);
+                self.last_votes.push(said);
+                self.record(
+                    EventKind::WitnessVote,
+                    format!("witness {}: {}", a.name, a.detail),
+                );
+            }
+        }
+        Ok(Some(witness::tally(&answers)))
+    }
+
     /// Feeds the policy and carries out what it returns.
-    fn step(&mut self, verdict: Option<&Verdict>, now: i64) {
+    fn step(&mut self, verdict: Option<&Verdict>, now: i64, votes: Option<Votes>) {
         let local = local::read();
+        let shared = shmem::read();
         let facts = Facts {
             now,
             in_recovery: local.in_recovery,
-            paused: shmem::read().paused,
+            paused: shared.paused,
             walrcv_last_msg: local.walrcv_last_msg,
+            primary_lsn: shared.status.primary_lsn,
+            receive_lsn: local.receive_lsn,
+            votes,
         };
         let before = (self.state.phase, self.state.failures);
         let decision = decide(&self.state, verdict, &facts, &self.settings);
@@ -206,8 +237,68 @@ impl Worker {
         }
     }
 
+    /// Runs a promote hook, if set; `None` when there is none, else whether it succeeded.
+    fn hook(&self, what: &str, template: &str, timeline: Option<u32>) -> Option<bool> {
+        if template.trim().is_empty() {
+            return None;
+        }
+        let values = command::Values {
+            data_dir: local::data_dir(),
+            timeline,
+            old_primary_host: self
+                .param("host")
+                .or_else(|| self.param("hostaddr"))
+                .unwrap_or_default(),
+            old_primary_port: self.param("port").unwrap_or_else(|| "5432".into()),
+            node_name: local::cluster_name(),
+        };
+        let line = command::expand(template, &values);
+        let timeout = ms(guc::command_timeout_ms());
+        let (ok, detail) = match crate::command::run(&line, timeout, &stop_requested) {
+            Ok(ran) => (
+                ran.exit == command::Exit::Code(0),
+                command::summary(what, &ran.exit, ran.took.as_millis(), &ran.output),
+            ),
+            Err(e) => (false, format!("{what} could not run: {e}")),
+        };
+        if ok {
+            log!("pg_promoter: {detail}");
+        } else {
+            warning!("pg_promoter: {detail}");
+        }
+        self.record(EventKind::Command, detail);
+        Some(ok)
+    }
+
+    /// The first value of a parameter of the check's connection (the old primary's address).
+    fn param(&self, key: &str) -> Option<String> {
+        let params = self.params.as_ref().ok()?;
+        let value = params.iter().find(|(k, _)| k == key)?;
+        value.1.split(',').next().map(str::to_string)
+    }
+
     fn promote(&mut self) {
         let decided = Instant::now();
+        if self.hook(
+            "pre_promote_command",
+            &guc::pre_promote_command(),
+            local::replay_timeline(),
+        ) == Some(false)
+        {
+            // Try again once the command has had the time to recover, not at every check.
+            let pause = ms(guc::command_timeout_ms().max(self.settings.keep_alive_ms));
+            self.state.retry_at = Some(local::now() + pause.as_micros() as i64);
+            self.state.phase = Phase::Refusing;
+            self.record(
+                EventKind::PromoteFailed,
+                format!(
+                    "pre_promote_command failed: promotion aborted, next attempt in {} ms",
+                    pause.as_millis()
+                ),
+            );
+            self.publish();
+            return;
+        }
         if let Err(e) = promote::signal() {
             self.record(EventKind::PromoteFailed, e);
             self.state.phase = Phase::Refusing;
@@ -232,7 +323,8 @@ impl Worker {
                     total.as_millis()
                 );
                 self.record(EventKind::Promoted, detail);
-                self.step(None, now);
+                self.step(None, now, None);
+                self.post_promote();
             }
             Ok(None) => {
                 let detail = format!(
@@ -245,6 +337,15 @@ impl Worker {
             }
             Err(_) => {}
         }
+    }
+
+    /// Runs the post-promote command once the server accepts writes.
+    fn post_promote(&self) {
+        self.hook(
+            "post_promote_command",
+            &guc::post_promote_command(),
+            local::insert_timeline(),
+        );
     }
 
     /// Applies reloaded settings and records what changed.

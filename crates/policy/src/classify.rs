@@ -8,8 +8,12 @@
 /// What happened to one check, as the shell observed it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// The check query returned: `pg_is_in_recovery()` and the server's WAL position.
-    Answered { in_recovery: bool, lsn: Option<u64> },
+    /// The check query returned: `pg_is_in_recovery()`, the server's WAL position and timeline.
+    Answered {
+        in_recovery: bool,
+        lsn: Option<u64>,
+        timeline: Option<u32>,
+    },
     /// Connecting failed; libpq's message.
     ConnectFailed(String),
     /// The server answered the check query with an error.
@@ -214,7 +218,8 @@ mod tests {
             assert_eq!(
                 classify(&Outcome::Answered {
                     in_recovery,
-                    lsn: None
+                    lsn: None,
+                    timeline: Some(1),
                 }),
                 Verdict::Alive
             );

@@ -12,16 +12,51 @@ pub struct Settings {
     pub keep_alive_ms: i32,
     pub keepalives_count: i32,
     pub enabled: bool,
+    /// `pg_promoter.max_lag_on_failover` in bytes; `None` when off (-1).
+    pub max_lag_bytes: Option<u64>,
+    /// How many witnesses are configured; with any, promotion needs a majority.
+    pub witnesses: usize,
 }
 
 /// What the shell read of this server when the check ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Facts {
     pub now: Micros,
     pub in_recovery: bool,
     pub paused: bool,
     /// When the WAL receiver last heard from the primary (WAL or keepalive), if ever.
     pub walrcv_last_msg: Option<Micros>,
+    /// The primary's WAL position at the last successful check.
+    pub primary_lsn: Option<u64>,
+    /// How far this standby has received WAL.
+    pub receive_lsn: Option<u64>,
+    /// What the witnesses said this round, when they were asked.
+    pub votes: Option<Votes>,
+}
+
+/// The witnesses' answers: whether each could reach the primary itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Votes {
+    /// Witnesses that answered and could not reach the primary either.
+    pub gone: usize,
+    /// Witnesses that answered and still reach the primary.
+    pub alive: usize,
+    /// Witnesses this standby could not ask.
+    pub unreachable: usize,
+}
+
+/// WAL the primary had (at the last check that reached it) and this standby has not received:
+/// what a promotion now would lose, at least.
+pub fn estimated_loss(primary_lsn: Option<u64>, receive_lsn: Option<u64>) -> Option<u64> {
+    Some(primary_lsn?.saturating_sub(receive_lsn.unwrap_or(0)))
+}
+
+/// With witnesses, the members are the primary, this standby and the witnesses; the primary is
+/// gone only when a strict majority of them says so (this standby and the witnesses that could
+/// not reach it either).
+pub fn has_quorum(witnesses: usize, votes: &Votes) -> bool {
+    let members = 2 + witnesses;
+    2 * (1 + votes.gone) > members
 }
 
 /// Where the worker stands.
@@ -66,11 +101,13 @@ pub enum Guard {
     NotInRecovery,
     WalReceiverAlive,
     NeverReached,
+    TooMuchLag,
+    NoQuorum,
 }
 
 impl Guard {
     /// Why the guard refuses, in a sentence fragment for events and errors.
-    pub fn reason(self, facts: &Facts) -> String {
+    pub fn reason(self, facts: &Facts, settings: &Settings) -> String {
         match self {
             Guard::Disabled => "pg_promoter.enabled is off".into(),
             Guard::Paused => "paused by pg_promoter_pause()".into(),
@@ -83,6 +120,26 @@ impl Guard {
                 None => "the WAL receiver heard from the primary recently".into(),
             },
             Guard::NeverReached => "the primary has not been reached since the worker started".into(),
+            Guard::TooMuchLag => format!(
+                "estimated data loss {} bytes exceeds pg_promoter.max_lag_on_failover ({} bytes)",
+                estimated_loss(facts.primary_lsn, facts.receive_lsn).unwrap_or(0),
+                settings.max_lag_bytes.unwrap_or(0)
+            ),
+            Guard::NoQuorum => {
+                let votes = facts.votes.unwrap_or(Votes {
+                    unreachable: settings.witnesses,
+                    ..Votes::default()
+                });
+                format!(
+                    "no majority says the primary is gone: {} of {} members (witnesses: {} cannot reach it, \
+                     {} still reach it, {} unreachable)",
+                    1 + votes.gone,
+                    2 + settings.witnesses,
+                    votes.gone,
+                    votes.alive,
+                    votes.unreachable
+                )
+            }
         }
     }
 }
@@ -103,6 +160,8 @@ pub struct State {
     pub refused_by: Vec<Guard>,
     /// When a misconfigured primary was last warned about in the log.
     pub warned_at: Option<Micros>,
+    /// After a failed attempt (the pre-promote command refused), no new one before this.
+    pub retry_at: Option<Micros>,
 }
 
 impl State {
@@ -116,6 +175,7 @@ impl State {
             started_at,
             refused_by: Vec::new(),
             warned_at: None,
+            retry_at: None,
         }
     }
 }
@@ -148,28 +208,55 @@ pub fn guards(state: &State, facts: &Facts, settings: &Settings) -> Vec<Guard> {
         (!facts.in_recovery, Guard::NotInRecovery),
         (walrcv_alive, Guard::WalReceiverAlive),
         (!state.ever_reached, Guard::NeverReached),
+        (too_much_lag(facts, settings), Guard::TooMuchLag),
+        (
+            settings.witnesses > 0 && !facts.votes.is_some_and(|v| has_quorum(settings.witnesses, &v)),
+            Guard::NoQuorum,
+        ),
     ]
     .into_iter()
     .filter_map(|(holds, guard)| holds.then_some(guard))
     .collect()
 }
 
-/// The guards a manual `pg_promoter_promote(force)` respects.
-pub fn manual_guards(force: bool, in_recovery: bool, ever_reached: bool) -> Vec<Guard> {
+fn too_much_lag(facts: &Facts, settings: &Settings) -> bool {
+    match (
+        settings.max_lag_bytes,
+        estimated_loss(facts.primary_lsn, facts.receive_lsn),
+    ) {
+        (Some(max), Some(loss)) => loss > max,
+        _ => false,
+    }
+}
+
+/// Whether the shell must ask the witnesses before deciding on this verdict: only when it could
+/// complete the count, so a healthy cluster costs the witnesses nothing.
+pub fn needs_votes(state: &State, verdict: &Verdict, settings: &Settings) -> bool {
+    settings.witnesses > 0
+        && matches!(verdict, Verdict::Down(_))
+        && state.failures + 1 >= settings.keepalives_count.max(1) as u32
+}
+
+/// The guards a manual `pg_promoter_promote(force)` respects: recovery always; without force,
+/// also a primary never reached and the data-loss bound.
+pub fn manual_guards(force: bool, facts: &Facts, settings: &Settings, ever_reached: bool) -> Vec<Guard> {
     let mut held = Vec::new();
-    if !in_recovery {
+    if !facts.in_recovery {
         held.push(Guard::NotInRecovery);
     }
     if !force && !ever_reached {
         held.push(Guard::NeverReached);
     }
+    if !force && too_much_lag(facts, settings) {
+        held.push(Guard::TooMuchLag);
+    }
     held
 }
 
 /// Joins guard reasons into one detail line.
-pub fn reasons(held: &[Guard], facts: &Facts) -> String {
+pub fn reasons(held: &[Guard], facts: &Facts, settings: &Settings) -> String {
     held.iter()
-        .map(|g| g.reason(facts))
+        .map(|g| g.reason(facts, settings))
         .collect::<Vec<_>>()
         .join("; ")
 }
@@ -264,21 +351,32 @@ pub fn decide(state: &State, verdict: Option<&Verdict>, facts: &Facts, settings:
                 s.phase = Phase::Suspecting;
             } else {
                 let held = guards(&s, facts, settings);
-                if held.is_empty() {
-                    let detail = format!(
+                if held.is_empty() && s.retry_at.is_some_and(|at| now < at) {
+                    // A failed attempt was recorded with its reason; wait before the next.
+                    s.phase = Phase::Refusing;
+                } else if held.is_empty() {
+                    let mut detail = format!(
                         "primary down: {} consecutive failed checks over {} ms (last: {reason})",
                         s.failures,
                         to_ms(now - since)
                     );
+                    if let Some(loss) = estimated_loss(facts.primary_lsn, facts.receive_lsn) {
+                        detail.push_str(&format!("; estimated data loss {loss} bytes"));
+                    }
+                    if let Some(votes) = facts.votes.filter(|_| settings.witnesses > 0) {
+                        let members = 2 + settings.witnesses;
+                        detail.push_str(&format!("; {} of {members} members agree", 1 + votes.gone));
+                    }
                     event(EventKind::Decided, detail);
                     actions.push(Action::Promote);
                     s.phase = Phase::Promoting;
+                    s.retry_at = None;
                     s.refused_by.clear();
                 } else {
                     if held != s.refused_by {
                         event(
                             EventKind::Refused,
-                            format!("not promoting: {}", reasons(&held, facts)),
+                            format!("not promoting: {}", reasons(&held, facts, settings)),
                         );
                     }
                     s.refused_by = held;
@@ -303,6 +401,8 @@ mod tests {
         keep_alive_ms: 1000,
         keepalives_count: 3,
         enabled: true,
+        max_lag_bytes: Some(16 << 20),
+        witnesses: 0,
     };
     const T0: Micros = 1_000 * SEC;
 
@@ -310,8 +410,7 @@ mod tests {
         Facts {
             now,
             in_recovery: true,
-            paused: false,
-            walrcv_last_msg: None,
+            ..Facts::default()
         }
     }
 
@@ -577,14 +676,142 @@ mod tests {
 
     #[test]
     fn manual_promotion_guards() {
-        assert_eq!(manual_guards(false, true, true), vec![]);
-        assert_eq!(manual_guards(false, true, false), vec![Guard::NeverReached]);
-        assert_eq!(manual_guards(true, true, false), vec![]);
-        assert_eq!(manual_guards(true, false, true), vec![Guard::NotInRecovery]);
+        let standby = facts(T0);
+        let primary = Facts {
+            in_recovery: false,
+            ..standby
+        };
+        let lagging = Facts {
+            primary_lsn: Some(100 << 20),
+            receive_lsn: Some(1 << 20),
+            ..standby
+        };
+        let g = |force, f: &Facts, reached| manual_guards(force, f, &SETTINGS, reached);
+        assert_eq!(g(false, &standby, true), vec![]);
+        assert_eq!(g(false, &standby, false), vec![Guard::NeverReached]);
+        assert_eq!(g(true, &standby, false), vec![]);
+        assert_eq!(g(true, &primary, true), vec![Guard::NotInRecovery]);
         assert_eq!(
-            manual_guards(false, false, false),
+            g(false, &primary, false),
             vec![Guard::NotInRecovery, Guard::NeverReached]
         );
+        assert_eq!(g(false, &lagging, true), vec![Guard::TooMuchLag]);
+        assert_eq!(g(true, &lagging, true), vec![]);
+    }
+
+    #[test]
+    fn lag_above_the_bound_refuses_and_names_the_figure() {
+        let limit = 16u64 << 20;
+        for (received_behind, refused) in [(0, false), (limit, false), (limit + 1, true), (1 << 30, true)] {
+            let f = Facts {
+                primary_lsn: Some((2 << 30) + received_behind),
+                receive_lsn: Some(2 << 30),
+                ..facts(T0)
+            };
+            let d = decide(&failing(2), Some(&down()), &f, &SETTINGS);
+            assert_eq!(d.actions.is_empty(), refused, "{received_behind}");
+            let detail = &d.events.last().unwrap().detail;
+            if refused {
+                assert!(
+                    detail.contains(&format!("estimated data loss {received_behind} bytes exceeds")),
+                    "{detail}"
+                );
+                assert!(detail.contains(&format!("({limit} bytes)")), "{detail}");
+            } else {
+                assert!(
+                    detail.contains(&format!("estimated data loss {received_behind} bytes")),
+                    "{detail}"
+                );
+            }
+        }
+        // Off (-1): any lag promotes.
+        let off = Settings {
+            max_lag_bytes: None,
+            ..SETTINGS
+        };
+        let f = Facts {
+            primary_lsn: Some(1 << 40),
+            receive_lsn: Some(0),
+            ..facts(T0)
+        };
+        assert_eq!(
+            decide(&failing(2), Some(&down()), &f, &off).actions,
+            vec![Action::Promote]
+        );
+        // Never having seen the primary's position, there is no estimate to refuse on.
+        assert_eq!(estimated_loss(None, Some(5)), None);
+        assert_eq!(estimated_loss(Some(5), None), Some(5));
+        assert_eq!(estimated_loss(Some(5), Some(9)), Some(0));
+    }
+
+    #[test]
+    fn with_witnesses_a_strict_majority_must_say_the_primary_is_gone() {
+        let v = |gone, alive, unreachable| Votes {
+            gone,
+            alive,
+            unreachable,
+        };
+        // One witness: 3 members, this standby plus the witness make 2.
+        assert!(has_quorum(1, &v(1, 0, 0)));
+        assert!(!has_quorum(1, &v(0, 1, 0)));
+        assert!(!has_quorum(1, &v(0, 0, 1)));
+        // Two witnesses: 4 members, 3 needed.
+        assert!(has_quorum(2, &v(2, 0, 0)));
+        assert!(!has_quorum(2, &v(1, 0, 1)));
+        // Three witnesses: 5 members, 3 needed.
+        assert!(has_quorum(3, &v(2, 1, 0)));
+        assert!(!has_quorum(3, &v(1, 1, 1)));
+
+        let one = Settings {
+            witnesses: 1,
+            ..SETTINGS
+        };
+        let ask = |votes| Facts { votes, ..facts(T0) };
+        let d = decide(&failing(2), Some(&down()), &ask(Some(v(1, 0, 0))), &one);
+        assert_eq!(d.actions, vec![Action::Promote]);
+        assert!(
+            d.events[0].detail.contains("2 of 3 members agree"),
+            "{}",
+            d.events[0].detail
+        );
+        for (votes, words) in [
+            (Some(v(0, 1, 0)), "1 still reach it"),
+            (Some(v(0, 0, 1)), "1 unreachable"),
+            (None, "1 unreachable"),
+        ] {
+            let d = decide(&failing(2), Some(&down()), &ask(votes), &one);
+            assert!(d.actions.is_empty());
+            assert_eq!(d.state.refused_by, vec![Guard::NoQuorum]);
+            assert!(d.events[0].detail.contains(words), "{}", d.events[0].detail);
+        }
+    }
+
+    #[test]
+    fn after_a_failed_attempt_the_next_waits_for_its_time() {
+        let waiting = State {
+            retry_at: Some(T0 + 5 * SEC),
+            ..failing(5)
+        };
+        let d = decide(&waiting, Some(&down()), &facts(T0 + SEC), &SETTINGS);
+        assert!(d.actions.is_empty());
+        assert!(d.events.is_empty(), "the failure was recorded already");
+        assert_eq!(d.state.phase, Phase::Refusing);
+        let d = decide(&waiting, Some(&down()), &facts(T0 + 5 * SEC), &SETTINGS);
+        assert_eq!(d.actions, vec![Action::Promote]);
+        assert_eq!(d.state.retry_at, None);
+    }
+
+    #[test]
+    fn witnesses_are_asked_only_when_the_count_could_complete() {
+        let one = Settings {
+            witnesses: 1,
+            ..SETTINGS
+        };
+        assert!(!needs_votes(&reached(), &down(), &one));
+        assert!(needs_votes(&failing(2), &down(), &one));
+        assert!(needs_votes(&failing(7), &down(), &one));
+        assert!(!needs_votes(&failing(2), &Verdict::Alive, &one));
+        assert!(!needs_votes(&failing(2), &down(), &SETTINGS));
     }
 
     #[test]

@@ -40,6 +40,8 @@ kinds! {
     Paused = "paused",
     Resumed = "resumed",
     Stop = "stop",
+    WitnessVote = "witness_vote",
+    Command = "command",
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

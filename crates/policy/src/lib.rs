@@ -5,15 +5,17 @@
 //! here with plain `cargo test`.
 
 pub mod classify;
+pub mod command;
 pub mod conninfo;
 pub mod decide;
 pub mod event;
 pub mod fixed;
 pub mod lsn;
+pub mod members;
 pub mod ring;
 pub mod schedule;
 pub mod time;
 
 pub use classify::{classify, Outcome, Verdict};
-pub use decide::{decide, Action, Facts, Guard, Phase, Settings, State};
+pub use decide::{decide, Action, Facts, Guard, Phase, Settings, State, Votes};
 pub use event::{Event, EventKind};

@@ -1,0 +1,263 @@
+//! Safety: bounded data loss, witnesses, promote hooks and synchronous replication.
+
+mod common;
+
+use std::fs;
+use std::time::Duration;
+
+use common::*;
+use testbed::{free_port, wait_until, Mode, Node, Proxy, Writer};
+
+fn with(extra: &[(&'static str, String)]) -> Vec<(&'static str, String)> {
+    let mut s: Vec<(&str, String)> = FAST.iter().map(|(k, v)| (*k, v.to_string())).collect();
+    s.extend(extra.iter().cloned());
+    s
+}
+
+fn as_refs<'a>(s: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    s.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+#[test]
+fn lag_above_the_bound_refuses_promotion_and_shows_the_estimated_loss() {
+    let settings = with(&[("pg_promoter.max_lag_on_failover", "'1MB'".into())]);
+    let primary = Node::primary("lag-p", &as_refs(&settings));
+    primary.query("CREATE EXTENSION pg_promoter; CREATE TABLE big (x text)");
+    // Replication runs through a proxy, the check goes straight to the primary.
+    let replication = Proxy::start(primary.port());
+    let mut settings = settings;
+    settings.push((
+        "pg_promoter.primary_conninfo",
+        format!("'{}'", primary.conninfo()),
+    ));
+    let standby = Node::standby("lag-s", &primary, replication.port(), &as_refs(&settings));
+    wait_until("watching", LONG, || state(&standby) == "watching");
+    replication.set_mode(Mode::Blackhole);
+    primary.query("INSERT INTO big SELECT repeat('x', 1000) FROM generate_series(1, 5000)");
+    wait_until("the estimate passes the bound", LONG, || {
+        status(&standby, "estimated_loss_bytes")
+            .parse::<i64>()
+            .unwrap_or(0)
+            > 1 << 20
+    });
+    assert_eq!(status(&standby, "max_lag_on_failover"), (1 << 20).to_string());
+    primary.kill9();
+    wait_until("the lag refusal", LONG, || {
+        has_event(&standby, "refused", "estimated data loss")
+    });
+    assert!(has_event(
+        &standby,
+        "refused",
+        "exceeds pg_promoter.max_lag_on_failover (1048576 bytes)"
+    ));
+    assert_stays_standby(&standby, Duration::from_secs(2));
+    // Without force, a manual promotion respects the bound too.
+    let err = standby.psql("SELECT pg_promoter_promote()").unwrap_err();
+    assert!(err.contains("DETAIL:  Estimated data loss"), "{err}");
+}
+
+#[test]
+fn lag_under_the_bound_promotes_and_the_decision_states_the_loss() {
+    let (primary, standby) = pair("lag-ok", FAST, None);
+    let writer = Writer::start(primary.port(), "load", Duration::from_millis(20));
+    wait_until("writes replicate", LONG, || {
+        standby.psql("SELECT count(*) > 5 FROM load").as_deref() == Ok("t")
+    });
+    let loss: i64 = status(&standby, "estimated_loss_bytes").parse().unwrap();
+    assert!(loss < 16 << 20, "{loss}");
+    primary.kill9();
+    wait_promoted(&standby);
+    writer.stop();
+    assert!(has_event(&standby, "decided", "estimated data loss"));
+}
+
+#[test]
+fn a_failing_pre_promote_command_blocks_promotion_until_it_succeeds() {
+    let settings = with(&[
+        (
+            "pg_promoter.pre_promote_command",
+            "'echo fencing %h:%p; exit 3'".into(),
+        ),
+        ("pg_promoter.command_timeout", "'1s'".into()),
+    ]);
+    let (primary, standby) = pair("prefail", &as_refs(&settings), None);
+    let port = primary.port();
+    primary.kill9();
+    wait_until("the command fails", LONG, || {
+        has_event(&standby, "command", "failed with exit code 3")
+    });
+    assert!(has_event(
+        &standby,
+        "command",
+        &format!("fencing 127.0.0.1:{port}")
+    ));
+    assert!(has_event(&standby, "promote_failed", "promotion aborted"));
+    assert_stays_standby(&standby, Duration::from_secs(2));
+    standby.append_conf("pg_promoter.pre_promote_command = 'true'");
+    standby.reload();
+    wait_promoted(&standby);
+    assert!(has_event(&standby, "command", "pre_promote_command succeeded"));
+}
+
+#[test]
+fn a_hanging_pre_promote_command_is_killed_at_the_timeout() {
+    let settings = with(&[
+        (
+            "pg_promoter.pre_promote_command",
+            "'sleep 31.7 & sleep 31.7'".into(),
+        ),
+        ("pg_promoter.command_timeout", "'500ms'".into()),
+        ("pg_promoter.enabled", "on".into()),
+    ]);
+    let (primary, standby) = pair("prehang", &as_refs(&settings), None);
+    primary.kill9();
+    wait_until("the command times out", LONG, || {
+        has_event(&standby, "command", "timed out and was killed")
+    });
+    assert_eq!(standby.in_recovery(), Some(true));
+    // The whole process group went, the background sleep too.
+    wait_until("no sleep is left", LONG, || {
+        let out = std::process::Command::new("pgrep")
+            .args(["-f", "sleep 31.7"])
+            .output()
+            .unwrap();
+        out.stdout.is_empty()
+    });
+}
+
+#[test]
+fn the_post_promote_command_runs_once_with_its_placeholders_filled() {
+    let settings = with(&[(
+        "pg_promoter.post_promote_command",
+        // Placeholders are shell-quoted already: they stand outside any quotes.
+        "'echo dir=%d tl=%t host=%h port=%p >> %d/post_promote.out'".into(),
+    )]);
+    let (primary, standby) = pair("post", &as_refs(&settings), None);
+    let port = primary.port();
+    primary.kill9();
+    wait_promoted(&standby);
+    let out = standby.data_dir().join("post_promote.out");
+    wait_until("the command ran", LONG, || out.exists());
+    std::thread::sleep(Duration::from_secs(1));
+    let text = fs::read_to_string(&out).unwrap();
+    let dir = standby.data_dir().display().to_string();
+    assert_eq!(text, format!("dir={dir} tl=2 host=127.0.0.1 port={port}\n"));
+    assert!(has_event(&standby, "command", "post_promote_command succeeded"));
+}
+
+/// A witness: any server with the extension created, no preload, no replication.
+fn witness(name: &str) -> Node {
+    let w = Node::primary(name, &[("shared_preload_libraries", "''")]);
+    w.query("CREATE EXTENSION pg_promoter");
+    w
+}
+
+#[test]
+fn with_a_witness_that_is_down_a_dead_primary_is_not_failed_over() {
+    let nowhere = format!("'host=127.0.0.1 port={} user=postgres'", free_port());
+    let settings = with(&[("pg_promoter.witness_conninfo", nowhere)]);
+    let (primary, standby) = pair("nowitness", &as_refs(&settings), None);
+    primary.kill9();
+    wait_until("the quorum refusal", LONG, || {
+        has_event(&standby, "refused", "no majority")
+    });
+    assert!(has_event(&standby, "refused", "1 of 3 members"));
+    assert!(has_event(
+        &standby,
+        "witness_vote",
+        "witness witness1: cannot ask it"
+    ));
+    assert_stays_standby(&standby, Duration::from_secs(3));
+    assert!(standby
+        .log()
+        .contains("pg_promoter: refused: not promoting: no majority"));
+}
+
+#[test]
+fn with_a_witness_that_cannot_reach_the_primary_either_the_standby_promotes() {
+    let w = witness("witness-ok");
+    let settings = with(&[("pg_promoter.witness_conninfo", format!("'w1: {}'", w.conninfo()))]);
+    let (primary, standby) = pair("witnessed", &as_refs(&settings), None);
+    primary.kill9();
+    wait_promoted(&standby);
+    assert!(has_event(
+        &standby,
+        "witness_vote",
+        "witness w1: cannot reach the primary either"
+    ));
+    assert!(has_event(&standby, "decided", "2 of 3 members agree"));
+}
+
+#[test]
+fn pg_promoter_probe_reports_role_timeline_position_and_errors() {
+    let w = witness("probe-w");
+    let target = Node::primary("probe-t", &[("shared_preload_libraries", "''")]);
+    let row = w.query(&format!(
+        "SELECT reachable, role, timeline, lsn IS NOT NULL, error IS NULL FROM pg_promoter_probe('{}')",
+        target.conninfo()
+    ));
+    assert_eq!(row, "t|primary|1|t|t");
+    let dead = w.query(&format!(
+        "SELECT reachable, role IS NULL, error FROM pg_promoter_probe('host=127.0.0.1 port={} user=postgres', '2s')",
+        free_port()
+    ));
+    assert!(dead.starts_with("f|t|Connection refused"), "{dead}");
+    let err = w
+        .psql("SELECT * FROM pg_promoter_probe('host=x port', '1s')")
+        .unwrap_err();
+    assert!(err.contains("invalid connection string"), "{err}");
+    let err = w
+        .psql("SELECT * FROM pg_promoter_probe('host=x', '-1s')")
+        .unwrap_err();
+    assert!(err.contains("timeout must be between"), "{err}");
+    // A frozen server: the probe ends at its timeout, and can be cancelled like any query.
+    target.freeze();
+    let row = w.query(&format!(
+        "SELECT reachable, error FROM pg_promoter_probe('{}', '300ms')",
+        target.conninfo()
+    ));
+    assert_eq!(row, "f|timed out while connecting");
+    let err = w
+        .psql(&format!(
+            "SET statement_timeout = '200ms'; SELECT * FROM pg_promoter_probe('{}', '1min')",
+            target.conninfo()
+        ))
+        .unwrap_err();
+    assert!(
+        err.contains("canceling statement due to statement timeout"),
+        "{err}"
+    );
+    target.thaw();
+}
+
+#[test]
+fn with_synchronous_replication_no_acknowledged_commit_is_lost_over_ten_failovers() {
+    for round in 0..10 {
+        let (primary, standby) = pair(&format!("sync{round}"), FAST, None);
+        // Synchronous once the standby streams (before, every commit would wait forever).
+        primary.append_conf("synchronous_standby_names = '*'");
+        primary.reload();
+        wait_until("the standby is synchronous", LONG, || {
+            primary.query("SELECT sync_state FROM pg_stat_replication") == "sync"
+        });
+        let writer = Writer::start(primary.port(), "acked", Duration::from_millis(5));
+        wait_until("commits flow", LONG, || writer.acked() > 20);
+        // A random moment relative to the commits and the checks.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        std::thread::sleep(Duration::from_millis(u64::from(nanos % 300)));
+        primary.kill9();
+        let acked = writer.stop();
+        wait_promoted(&standby);
+        let present: u64 = standby
+            .query(&format!("SELECT count(*) FROM acked WHERE id <= {acked}"))
+            .parse()
+            .unwrap();
+        assert_eq!(
+            present, acked,
+            "round {round}: acknowledged commits missing on the new primary"
+        );
+    }
+}
