@@ -5,7 +5,7 @@
 use std::cell::RefCell;
 use std::ffi::{c_char, c_void, CStr, CString};
 
-use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
 use pgrx::pg_sys;
 use policy::members::{self, Member, Naming};
 use policy::{conninfo, schedule, Settings};
@@ -18,6 +18,9 @@ static KEEPALIVES_COUNT: GucSetting<i32> = GucSetting::<i32>::new(5);
 static CHECK_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(0);
 static ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
 static MAX_LAG_ON_FAILOVER: GucSetting<i32> = GucSetting::<i32>::new(16 << 20);
+static PEERS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
+static FENCE_ACTION: GucSetting<FenceAction> = GucSetting::<FenceAction>::new(FenceAction::RefuseConnections);
+static STARTUP_HOLD_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 static WITNESS_CONNINFO: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
 static PRE_PROMOTE_COMMAND: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
 static POST_PROMOTE_COMMAND: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
@@ -92,6 +95,19 @@ pub fn init() {
     // SAFETY: the hooks below follow PostgreSQL's GUC hook contracts.
     unsafe {
         GucRegistry::define_string_guc_with_hooks(
+            c"pg_promoter.peers",
+            c"The other nodes of the cluster, as \"name: conninfo; name: conninfo\".",
+            c"A primary checks them (and the witnesses) at every tick: it fences itself when it reaches \
+              no majority, and for good when a peer is a primary on a newer timeline. The same list may \
+              be used on every node: a node recognises and skips its own entry.",
+            &PEERS,
+            GucContext::Sighup,
+            GucFlags::SUPERUSER_ONLY,
+            Some(check_peers),
+            None,
+            Some(show_peers),
+        );
+        GucRegistry::define_string_guc_with_hooks(
             c"pg_promoter.witness_conninfo",
             c"Witnesses, as \"conninfo; conninfo\" (optionally \"name: conninfo\").",
             c"With witnesses, a standby promotes only when a majority of the primary, itself and the \
@@ -104,6 +120,26 @@ pub fn init() {
             Some(show_witnesses),
         );
     }
+    GucRegistry::define_enum_guc(
+        c"pg_promoter.fence_action",
+        c"What a fenced primary does: refuse ordinary connections, or shut down.",
+        c"refuse_connections keeps superusers able to connect and diagnose; shutdown stops the server \
+          (fast mode).",
+        &FENCE_ACTION,
+        GucContext::Sighup,
+        GucFlags::empty(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_promoter.startup_hold_timeout",
+        c"Longest an ordinary connection to a starting primary waits for the first check of the cluster.",
+        c"Only with peers or witnesses: a restarted old primary must not accept a write before it has \
+          seen whether a newer primary exists. 0 disables the wait.",
+        &STARTUP_HOLD_TIMEOUT,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
     GucRegistry::define_string_guc(
         c"pg_promoter.pre_promote_command",
         c"Shell command run before promoting; a failure or a timeout aborts the promotion.",
@@ -176,6 +212,32 @@ fn text(setting: &GucSetting<Option<CString>>) -> String {
 /// The configured witnesses (the check hook has validated the list).
 pub fn witnesses() -> Vec<Member> {
     members::parse(&text(&WITNESS_CONNINFO), WITNESS_NAMING).unwrap_or_default()
+}
+
+/// The configured peers (the check hook has validated the list).
+pub fn peers() -> Vec<Member> {
+    members::parse(&text(&PEERS), Naming::Required).unwrap_or_default()
+}
+
+/// Whether a primary here has anyone to check.
+pub fn has_members() -> bool {
+    !peers().is_empty() || !witnesses().is_empty()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PostgresGucEnum)]
+pub enum FenceAction {
+    #[name = c"refuse_connections"]
+    RefuseConnections,
+    #[name = c"shutdown"]
+    Shutdown,
+}
+
+pub fn fence_action() -> FenceAction {
+    FENCE_ACTION.get()
+}
+
+pub fn startup_hold_timeout_ms() -> i32 {
+    STARTUP_HOLD_TIMEOUT.get()
 }
 
 pub fn pre_promote_command() -> String {
@@ -265,8 +327,8 @@ fn parse_one(conninfo: &str) -> Result<(), String> {
 
 /// Checks a member list: its syntax, then each conninfo as libpq parses it.
 fn check_members(name: &str, value: &str, naming: Naming) -> bool {
-    let hint =
-        "Write \"conninfo; conninfo\", each optionally named as \"name: conninfo\", in libpq's syntax.";
+    let hint = "Write \"name: conninfo; name: conninfo\" (names are optional for witnesses), each conninfo \
+                in libpq's syntax.";
     let result = members::parse(value, naming).and_then(|list| {
         list.iter().try_for_each(|m| {
             parse_one(&m.conninfo)
@@ -277,6 +339,17 @@ fn check_members(name: &str, value: &str, naming: Naming) -> bool {
         Ok(()) => true,
         Err(reason) => reject(name, &members::mask(value), &reason, hint),
     }
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn check_peers(
+    newval: *mut *mut c_char,
+    _extra: *mut *mut c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    // SAFETY: called by PostgreSQL as a string check hook.
+    let value = unsafe { candidate(newval) }.unwrap_or_default();
+    check_members("pg_promoter.peers", &value, Naming::Required)
 }
 
 #[pgrx::pg_guard]
@@ -312,6 +385,11 @@ fn show(masked: String) -> *const c_char {
 #[pgrx::pg_guard]
 unsafe extern "C-unwind" fn show_conninfo() -> *const c_char {
     show(conninfo::mask_password(&text(&PRIMARY_CONNINFO)))
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn show_peers() -> *const c_char {
+    show(members::mask(&text(&PEERS)))
 }
 
 #[pgrx::pg_guard]

@@ -5,6 +5,7 @@
 use pgrx::prelude::*;
 
 mod command;
+mod fence;
 mod guc;
 mod latch;
 mod libpq;
@@ -28,6 +29,7 @@ pub extern "C-unwind" fn _PG_init() {
     // SAFETY: a plain flag set by the postmaster while it loads preloaded libraries.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         logmask::init();
+        fence::init();
         shmem::init();
         worker::register();
     }

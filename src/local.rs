@@ -106,3 +106,9 @@ pub fn cluster_name() -> String {
     }
     .unwrap_or_default()
 }
+
+/// When this server started, in Unix microseconds (as `pg_promoter_probe` reports it).
+pub fn started_unix_us() -> i64 {
+    // SAFETY: set once by the postmaster at start.
+    unsafe { pg_sys::PgStartTime + 946_684_800_000_000 }
+}

@@ -6,10 +6,10 @@
 use std::ffi::{CStr, CString};
 use std::time::Instant;
 
-use policy::{lsn, Outcome};
+use policy::{conninfo, lsn, Outcome};
 
 use crate::latch::{wait, Interrupted, Socket};
-use crate::libpq::{Conn, PgResult, Poll};
+use crate::libpq::{self, Conn, PgResult, Poll};
 
 /// Whether the server is in recovery, its WAL position (received, on a standby) and timeline
 /// (exact on a primary, from its WAL file name; the WAL receiver's on a standby).
@@ -18,10 +18,17 @@ const CHECK_QUERY: &CStr = c"SELECT pg_catalog.pg_is_in_recovery(), \
     ELSE pg_catalog.pg_current_wal_lsn() END, \
     CASE WHEN pg_catalog.pg_is_in_recovery() \
     THEN (SELECT received_tli FROM pg_catalog.pg_stat_get_wal_receiver()) \
-    ELSE ('x' || substr(pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn()), 1, 8))::bit(32)::int END";
+    ELSE ('x' || substr(pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn()), 1, 8))::bit(32)::int END, \
+    (extract(epoch FROM pg_catalog.pg_postmaster_start_time()) * 1000000)::int8";
 
 /// Result rows as text (`None` for NULL), or why there are none.
 pub type Rows = Result<Vec<Vec<Option<String>>>, Outcome>;
+
+/// The parameters a check connects with, from a conninfo as libpq parses it.
+pub fn params(conninfo: &str) -> Result<Vec<(String, String)>, String> {
+    let c = CString::new(conninfo).map_err(|_| "the conninfo contains a zero byte".to_string())?;
+    libpq::parse_conninfo(&c).map(|pairs| conninfo::check_params(&pairs))
+}
 
 #[derive(Default)]
 pub struct Probe {
@@ -107,6 +114,7 @@ fn answered(rows: &[Vec<Option<String>>]) -> Outcome {
         in_recovery: cell(0).as_deref() == Some("t"),
         lsn: cell(1).as_deref().and_then(lsn::parse),
         timeline: cell(2).and_then(|t| t.parse().ok()),
+        started: cell(3).and_then(|t| t.parse().ok()),
     }
 }
 

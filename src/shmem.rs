@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use pgrx::prelude::*;
-use pgrx::{pg_shmem_init, PGRXSharedMemory, PgLwLock};
+use pgrx::{pg_shmem_init, PGRXSharedMemory, PgAtomic, PgLwLock};
 use policy::fixed::FixedText;
 use policy::ring::Ring;
 use policy::{Event, Phase};
@@ -36,6 +36,9 @@ pub struct Status {
 pub struct Shared {
     pub status: Status,
     pub paused: bool,
+    /// Why this server is fenced (`FENCED` says whether), and whether for good.
+    pub fence_reason: FixedText<256>,
+    pub fence_permanent: bool,
     pub events: Ring<EVENTS>,
 }
 
@@ -67,6 +70,8 @@ impl Shared {
         Shared {
             status: Status::new(),
             paused: false,
+            fence_reason: FixedText::empty(),
+            fence_permanent: false,
             events: Ring::new(),
         }
     }
@@ -75,12 +80,23 @@ impl Shared {
 // SAFETY: the name is ours alone (it is the extension's name).
 static SHARED: PgLwLock<Shared> = unsafe { PgLwLock::new(c"pg_promoter") };
 
+/// Whether this server is fenced: read by every commit, so kept apart from the lock.
+// SAFETY: the name is ours alone.
+pub static FENCED: PgAtomic<AtomicBool> = unsafe { PgAtomic::new(c"pg_promoter_fenced") };
+
+/// Whether the worker has checked the cluster once since the server started (ordinary
+/// connections to a primary with members wait for it).
+// SAFETY: the name is ours alone.
+pub static CHECKED: PgAtomic<AtomicBool> = unsafe { PgAtomic::new(c"pg_promoter_checked") };
+
 /// Set in `_PG_init` when loaded by `shared_preload_libraries`, and inherited by every process
 /// the postmaster forks; without it the lock above points nowhere.
 static AVAILABLE: AtomicBool = AtomicBool::new(false);
 
 pub fn init() {
     pg_shmem_init!(SHARED = Shared::new());
+    pg_shmem_init!(FENCED = AtomicBool::new(false));
+    pg_shmem_init!(CHECKED = AtomicBool::new(false));
     AVAILABLE.store(true, Ordering::Relaxed);
 }
 
@@ -103,6 +119,21 @@ pub fn read() -> Shared {
 
 pub fn update<R>(f: impl FnOnce(&mut Shared) -> R) -> R {
     f(&mut SHARED.exclusive())
+}
+
+/// Publishes the fence: the reason first, then the flag every commit reads.
+pub fn set_fence(fenced: bool, permanent: bool, reason: &str) {
+    update(|s| {
+        s.fence_reason = FixedText::new(reason);
+        s.fence_permanent = permanent;
+    });
+    FENCED.get().store(fenced, Ordering::Release);
+}
+
+/// Whether the fence is permanent, and its reason.
+pub fn read_fence() -> (bool, String) {
+    let s = SHARED.share();
+    (s.fence_permanent, s.fence_reason.as_str().to_string())
 }
 
 /// Records events in the ring and in the server log.

@@ -1,7 +1,6 @@
 //! The SQL surface: status and events for `pg_monitor`, pause/resume/promote for superusers.
 #![allow(unsafe_code)]
 
-use std::ffi::CString;
 use std::time::{Duration, Instant};
 
 use pgrx::callconv::{BoxRet, FcInfo};
@@ -10,9 +9,10 @@ use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
 use pgrx::{impl_sql_translatable, IntoDatum};
 use policy::decide::{estimated_loss, manual_guards, reasons};
-use policy::{classify, conninfo, Event, EventKind, Facts, Outcome, Verdict};
+use policy::text::sentence;
+use policy::{classify, Event, EventKind, Facts, Outcome, Verdict};
 
-use crate::{guc, latch, libpq, local, probe, promote, shmem};
+use crate::{guc, latch, local, probe, promote, shmem};
 
 /// A WAL position, returned as `pg_lsn`.
 pub struct Lsn(u64);
@@ -72,6 +72,8 @@ fn pg_promoter_status() -> TableIterator<
         name!(worker_started_at, Option<TimestampWithTimeZone>),
         name!(max_lag_on_failover, i64),
         name!(estimated_loss_bytes, Option<i64>),
+        name!(fenced, bool),
+        name!(fence_reason, Option<String>),
     ),
 > {
     shmem::require();
@@ -80,7 +82,12 @@ fn pg_promoter_status() -> TableIterator<
     let local = local::read();
     let role = if local.in_recovery { "standby" } else { "primary" };
     let running = st.worker_pid != 0;
-    let state = if running { st.phase.as_str() } else { "stopped" };
+    let fenced = shmem::FENCED.get().load(std::sync::atomic::Ordering::Acquire);
+    let state = match (running, fenced) {
+        (_, true) => "fenced",
+        (true, false) => st.phase.as_str(),
+        (false, false) => "stopped",
+    };
     let error = st.last_error.as_str();
     let conninfo = if running {
         st.conninfo.as_str().to_string()
@@ -113,6 +120,8 @@ fn pg_promoter_status() -> TableIterator<
         ts(st.started_at),
         i64::from(guc::max_lag_on_failover()),
         estimated_loss(st.primary_lsn, local.receive_lsn).map(|b| b as i64),
+        fenced,
+        fenced.then(|| shared.fence_reason.as_str().to_string()),
     );
     TableIterator::once(row)
 }
@@ -198,7 +207,7 @@ fn pg_promoter_promote(force: default!(bool, false)) -> bool {
             ERROR,
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             "cannot promote this server",
-            format!("{}.", capitalize(&why)),
+            sentence(&why),
         );
     }
     let detail = if force {
@@ -280,11 +289,8 @@ fn pg_promoter_probe(
             "timeout must be between 1 microsecond and 1 hour",
         );
     }
-    let pairs = match CString::new(conninfo)
-        .map_err(|_| "zero byte".to_string())
-        .and_then(|c| libpq::parse_conninfo(&c))
-    {
-        Ok(pairs) => pairs,
+    let params = match probe::params(conninfo) {
+        Ok(params) => params,
         Err(reason) => {
             ereport!(
                 ERROR,
@@ -294,7 +300,6 @@ fn pg_promoter_probe(
             );
         }
     };
-    let params = conninfo::check_params(&pairs);
     let interrupts = || {
         pgrx::check_for_interrupts!();
         false
@@ -310,6 +315,7 @@ fn pg_promoter_probe(
                 in_recovery,
                 lsn,
                 timeline,
+                ..
             },
             _,
         ) => (
@@ -325,14 +331,6 @@ fn pg_promoter_probe(
         (_, Verdict::Alive) => unreachable!("only an answer is alive"),
     };
     TableIterator::once(row)
-}
-
-fn capitalize(s: &str) -> String {
-    let mut chars = s.chars();
-    chars
-        .next()
-        .map(|c| c.to_uppercase().chain(chars).collect())
-        .unwrap_or_default()
 }
 
 extension_sql!(

@@ -4,10 +4,10 @@
 use std::time::{Duration, Instant};
 
 use policy::members::Member;
-use policy::{classify, conninfo, Votes};
+use policy::{classify, Votes};
 
 use crate::latch::Interrupted;
-use crate::{libpq, probe};
+use crate::probe;
 
 const ASK: &std::ffi::CStr = c"SELECT reachable, error FROM pg_promoter_probe($1, $2::interval)";
 
@@ -30,7 +30,7 @@ pub fn ask(
     witnesses
         .iter()
         .map(|w| {
-            let (gone, detail) = match params(&w.conninfo) {
+            let (gone, detail) = match probe::params(&w.conninfo) {
                 Err(e) => (None, format!("cannot ask it: {e}")),
                 Ok(params) => {
                     let deadline = Instant::now() + timeout;
@@ -66,11 +66,6 @@ pub fn tally(answers: &[Answer]) -> Votes {
         alive: count(Some(false)),
         unreachable: count(None),
     }
-}
-
-fn params(conninfo: &str) -> Result<Vec<(String, String)>, String> {
-    let c = std::ffi::CString::new(conninfo).map_err(|_| "zero byte in conninfo".to_string())?;
-    libpq::parse_conninfo(&c).map(|pairs| conninfo::check_params(&pairs))
 }
 
 fn reason(outcome: &policy::Outcome) -> String {

@@ -3,20 +3,24 @@
 #![allow(unsafe_code)]
 
 use std::ffi::CString;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
 use pgrx::prelude::*;
 use policy::decide::needs_votes;
+use policy::fence::{fence_step, Fence, FenceAction, FenceState, View};
 use policy::fixed::FixedText;
+use policy::members::Member;
 use policy::{
-    classify, command, conninfo, decide, schedule, Action, Event, EventKind, Facts, Phase, Settings, State,
-    Verdict, Votes,
+    classify, command, conninfo, decide, schedule, Action, Event, EventKind, Facts, Outcome, Phase, Settings,
+    State, Verdict, Votes,
 };
 
 use crate::latch::sleep_until;
+use crate::latch::Interrupted;
 use crate::probe::Probe;
-use crate::{guc, libpq, local, promote, shmem, witness};
+use crate::{fence, guc, local, probe, promote, shmem, witness};
 
 /// The postmaster restarts a crashed worker after this long (never the whole server).
 const RESTART_AFTER: Duration = Duration::from_secs(5);
@@ -72,6 +76,8 @@ struct Worker {
     last_start: Option<i64>,
     /// Each witness's last answer, so a vote is recorded when it changes.
     last_votes: Vec<(String, Option<bool>)>,
+    /// On a primary: the fence, from the member rounds.
+    fence: FenceState,
 }
 
 impl Worker {
@@ -88,7 +94,18 @@ impl Worker {
             params: Err(String::new()),
             last_start: None,
             last_votes: Vec::new(),
+            fence: FenceState::open(),
         };
+        if let Some(reason) = fence::read_marker().filter(|_| !local::in_recovery()) {
+            // A permanent fence survives restarts until the DBA rejoins this server.
+            let reason = format!("fenced by an earlier run ({}): {reason}", fence::MARKER);
+            shmem::set_fence(true, true, &reason);
+            shmem::record(&[Event::new(now, EventKind::Fenced, reason)]);
+            worker.fence.fence = Fence::Superseded {
+                by: String::new(),
+                timeline: 0,
+            };
+        }
         // SAFETY: MyProcPid is this process's pid.
         let pid = unsafe { pg_sys::MyProcPid };
         // The status describes this worker's checks; only what outlives a worker is kept
@@ -129,11 +146,15 @@ impl Worker {
                 self.reload();
             }
             let now = local::now();
-            if !local::in_recovery() {
-                // A primary has nothing to check; it only reports its role.
+            let primary = !local::in_recovery();
+            if primary {
                 self.step(None, now, None);
-                let _ = sleep_until(Instant::now() + ms(self.settings.keep_alive_ms), &stop_requested);
-                continue;
+                if !guc::has_members() {
+                    // A primary with no one to check only reports its role.
+                    shmem::CHECKED.get().store(true, Ordering::Release);
+                    let _ = sleep_until(Instant::now() + ms(self.settings.keep_alive_ms), &stop_requested);
+                    continue;
+                }
             }
             let due = schedule::next_check(self.last_start, self.settings.keep_alive_ms, now);
             if due > now {
@@ -144,6 +165,10 @@ impl Worker {
                 continue;
             }
             self.last_start = Some(now);
+            if primary {
+                let _ = self.round(now);
+                continue;
+            }
             let Ok(verdict) = self.check() else { continue };
             let Ok(votes) = self.votes(verdict.as_ref()) else {
                 continue;
@@ -182,6 +207,87 @@ impl Worker {
             }
         });
         Ok(Some(verdict))
+    }
+
+    /// On a primary: checks every peer and witness, then fences or unfences as the policy says.
+    /// The round shares one check's deadline, split evenly, so rounds keep the fixed rate.
+    fn round(&mut self, now: i64) -> Result<(), Interrupted> {
+        let members: Vec<(Member, bool)> = guc::peers()
+            .into_iter()
+            .map(|m| (m, true))
+            .chain(guc::witnesses().into_iter().map(|m| (m, false)))
+            .collect();
+        let share = ms(self.check_timeout_ms) / members.len().max(1) as u32;
+        let me = local::started_unix_us();
+        let mut views = Vec::new();
+        for (member, peer) in members {
+            let outcome = match probe::params(&member.conninfo) {
+                Ok(params) => probe::check_once(&params, Instant::now() + share, &stop_requested)?,
+                Err(e) => Outcome::ConnectFailed(e),
+            };
+            if let Outcome::Answered {
+                started: Some(started),
+                ..
+            } = outcome
+            {
+                if started == me {
+                    continue; // this server's own entry
+                }
+            }
+            let primary_timeline = match outcome {
+                Outcome::Answered {
+                    in_recovery: false,
+                    timeline,
+                    ..
+                } => timeline,
+                _ => None,
+            };
+            let answered = !matches!(classify(&outcome), Verdict::Down(_));
+            views.push(View {
+                name: member.name,
+                peer,
+                answered,
+                primary_timeline,
+            });
+        }
+        let timeline = local::insert_timeline().unwrap_or(1);
+        let (fence, events, actions) =
+            fence_step(&self.fence, &views, timeline, self.settings.keepalives_count, now);
+        self.fence = fence;
+        shmem::record(&events);
+        for action in actions {
+            self.apply_fence(action);
+        }
+        shmem::CHECKED.get().store(true, Ordering::Release);
+        Ok(())
+    }
+
+    fn apply_fence(&self, action: FenceAction) {
+        match action {
+            FenceAction::Fence { permanent, reason } => {
+                shmem::set_fence(true, permanent, &reason);
+                if permanent {
+                    fence::write_marker(&reason);
+                }
+                match guc::fence_action() {
+                    guc::FenceAction::RefuseConnections => {
+                        let ended = fence::terminate_sessions();
+                        self.record(
+                            EventKind::Fenced,
+                            format!("ordinary connections refused; {ended} session(s) ended"),
+                        );
+                    }
+                    guc::FenceAction::Shutdown => {
+                        self.record(
+                            EventKind::Fenced,
+                            "fence_action is shutdown: fast shutdown requested".into(),
+                        );
+                        fence::shut_down();
+                    }
+                }
+            }
+            FenceAction::Unfence => shmem::set_fence(false, false, ""),
+        }
     }
 
     /// Asks the witnesses when this verdict could complete the count; `Err` on shutdown.
@@ -402,14 +508,11 @@ impl Worker {
                     .into(),
             )
         } else {
-            CString::new(current.clone())
-                .map_err(|_| "primary_conninfo contains a zero byte".to_string())
-                .and_then(|c| libpq::parse_conninfo(&c))
-                .map(|pairs| conninfo::check_params(&pairs))
-                .map_err(|e| format!("invalid primary_conninfo: {e}"))
+            probe::params(&current).map_err(|e| format!("invalid primary_conninfo: {e}"))
         };
-        if let Err(reason) = &self.params {
-            warning!("pg_promoter: {reason}");
+        match &self.params {
+            Err(reason) if local::in_recovery() => warning!("pg_promoter: {reason}"),
+            _ => {}
         }
         self.conninfo = current;
         let shown = conninfo::mask_password(&self.conninfo);

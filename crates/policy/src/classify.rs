@@ -13,6 +13,8 @@ pub enum Outcome {
         in_recovery: bool,
         lsn: Option<u64>,
         timeline: Option<u32>,
+        /// When the server started (Unix microseconds): how a node recognises itself in a list.
+        started: Option<i64>,
     },
     /// Connecting failed; libpq's message.
     ConnectFailed(String),
@@ -220,6 +222,7 @@ mod tests {
                     in_recovery,
                     lsn: None,
                     timeline: Some(1),
+                    started: None,
                 }),
                 Verdict::Alive
             );

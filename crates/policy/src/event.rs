@@ -42,6 +42,8 @@ kinds! {
     Stop = "stop",
     WitnessVote = "witness_vote",
     Command = "command",
+    Fenced = "fenced",
+    Unfenced = "unfenced",
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

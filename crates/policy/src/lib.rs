@@ -9,11 +9,13 @@ pub mod command;
 pub mod conninfo;
 pub mod decide;
 pub mod event;
+pub mod fence;
 pub mod fixed;
 pub mod lsn;
 pub mod members;
 pub mod ring;
 pub mod schedule;
+pub mod text;
 pub mod time;
 
 pub use classify::{classify, Outcome, Verdict};

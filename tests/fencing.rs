@@ -1,0 +1,78 @@
+//! A primary that may be stale fences itself: ordinary clients can neither connect nor commit.
+
+mod common;
+
+use common::*;
+use testbed::{wait_until, Node};
+
+#[test]
+fn an_old_primary_coming_back_after_a_failover_fences_itself_for_good() {
+    let (primary, standby) = pair("return", FAST, None);
+    primary.query("CREATE ROLE app LOGIN; CREATE TABLE t (x int); GRANT ALL ON t TO app");
+    wait_until("the role reaches the standby", LONG, || {
+        standby
+            .psql("SELECT count(*) FROM pg_roles WHERE rolname = 'app'")
+            .as_deref()
+            == Ok("1")
+    });
+    primary.kill9();
+    wait_promoted(&standby);
+
+    // The old primary learns of its peer (the same list would do on every node) and restarts.
+    primary.append_conf(&format!("pg_promoter.peers = 'new: {}'", standby.conninfo()));
+    start_after_crash(&primary);
+    wait_until("the old primary fences itself", LONG, || {
+        status(&primary, "fenced") == "t"
+    });
+    assert_eq!(status(&primary, "state"), "fenced");
+    assert!(status(&primary, "fence_reason")
+        .contains("new is a primary on timeline 2, newer than this server's 1"));
+    assert!(has_event(
+        &primary,
+        "fenced",
+        "rejoin it with pg_rewind or a new base backup"
+    ));
+
+    let err = psql_as(&primary, "app", "INSERT INTO t VALUES (1)").unwrap_err();
+    assert!(
+        err.contains("FATAL:  this server is fenced by pg_promoter"),
+        "{err}"
+    );
+    assert!(err.contains("pg_rewind"), "{err}");
+    // A superuser may connect to diagnose, but an ordinary role cannot commit even through it.
+    let err = primary
+        .psql("SET ROLE app; INSERT INTO t VALUES (2)")
+        .unwrap_err();
+    assert!(err.contains("this server is fenced"), "{err}");
+    assert_eq!(primary.query("SELECT count(*) FROM t"), "0");
+
+    // For good: a restart stays fenced, even with the new primary out of reach.
+    standby.stop_fast();
+    primary.restart();
+    wait_until("fenced again at once", LONG, || status(&primary, "fenced") == "t");
+    assert!(status(&primary, "fence_reason").contains("fenced by an earlier run"));
+    assert!(psql_as(&primary, "app", "SELECT 1").is_err());
+    assert!(primary.data_dir().join("pg_promoter.fenced").exists());
+}
+
+#[test]
+fn a_primary_whose_peers_answer_is_not_fenced() {
+    let primary = Node::primary("open-p", FAST);
+    primary.query("CREATE EXTENSION pg_promoter; CREATE ROLE app LOGIN");
+    let standby = Node::standby("open-s", &primary, primary.port(), FAST);
+    // The same list on both nodes: each recognises itself in it.
+    let peers = format!(
+        "pg_promoter.peers = 'p: {}; s: {}'",
+        primary.conninfo(),
+        standby.conninfo()
+    );
+    for node in [&primary, &standby] {
+        node.append_conf(&peers);
+        node.reload();
+    }
+    wait_until("the standby watches", LONG, || state(&standby) == "watching");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(status(&primary, "fenced"), "f");
+    assert_eq!(psql_as(&primary, "app", "SELECT 1").as_deref(), Ok("1"));
+    assert!(!has_event(&primary, "fenced", ""));
+}
