@@ -124,7 +124,10 @@ pub fn wait_all_exited(node: &Node) {
 pub fn start_after_crash(node: &Node) {
     wait_all_exited(node);
     let _ = std::fs::remove_file(node.data_dir().join("postmaster.pid"));
-    let sockets = node.data_dir().parent().expect("the socket directory holds the data directory");
+    let sockets = node
+        .data_dir()
+        .parent()
+        .expect("the socket directory holds the data directory");
     let _ = std::fs::remove_file(sockets.join(format!(".s.PGSQL.{}.lock", node.port())));
     node.start();
 }
