@@ -21,6 +21,12 @@ fn an_old_primary_coming_back_after_a_failover_fences_itself_for_good() {
     // The old primary learns of its peer (the same list would do on every node) and restarts.
     primary.append_conf(&format!("pg_promoter.peers = 'new: {}'", standby.conninfo()));
     start_after_crash(&primary);
+    // At once, before the worker's first check of its peers: the connection is held, then refused.
+    let err = psql_as(&primary, "app", "INSERT INTO t VALUES (0)").unwrap_err();
+    assert!(
+        err.contains("FATAL:  this server is fenced by pg_promoter"),
+        "{err}"
+    );
     wait_until("the old primary fences itself", LONG, || {
         status(&primary, "fenced") == "t"
     });
@@ -75,4 +81,22 @@ fn a_primary_whose_peers_answer_is_not_fenced() {
     assert_eq!(status(&primary, "fenced"), "f");
     assert_eq!(psql_as(&primary, "app", "SELECT 1").as_deref(), Ok("1"));
     assert!(!has_event(&primary, "fenced", ""));
+}
+
+#[test]
+fn a_running_primary_whose_standby_was_promoted_by_hand_shuts_down_with_fence_action_shutdown() {
+    let (primary, standby) = pair("fence-stop", FAST, None);
+    primary.append_conf(&format!("pg_promoter.peers = 'standby: {}'", standby.conninfo()));
+    primary.append_conf("pg_promoter.fence_action = shutdown");
+    primary.reload();
+    // A split brain made by hand: the standby is promoted while the primary runs.
+    assert_eq!(standby.query("SELECT pg_promoter_promote()"), "t");
+    wait_until("the old primary shuts down", LONG, || !primary.is_running());
+    let log = primary.log();
+    assert!(
+        log.contains("standby is a primary on timeline 2, newer than this server's 1"),
+        "{log}"
+    );
+    assert!(log.contains("pg_promoter: fenced: fence_action is shutdown"));
+    assert!(log.contains("received fast shutdown request"));
 }
