@@ -2,9 +2,10 @@
 //!
 //! A primary with peers or witnesses checks them at every tick. It fences itself:
 //! - for a while, when it reaches no strict majority of the members (itself, its peers and the
-//!   witnesses) for `keepalives_count - 1` rounds in a row, which is before any standby with the
-//!   same settings can have decided: that standby needs `keepalives_count` failed checks plus a
-//!   witness round. It unfences when a majority answers again and no peer is a newer primary;
+//!   witnesses) for `keepalives_count - 2` rounds in a row (at least one), which is at least one
+//!   `keep_alive` before any standby with the same settings can have decided, whatever the phase
+//!   of either schedule: that standby needs `keepalives_count` failed checks. It unfences when a
+//!   majority answers again and no peer is a newer primary;
 //! - for good, when a peer answers as a primary on a newer timeline: this server was failed
 //!   over from, and must be rejoined with pg_rewind or a new base backup.
 
@@ -65,7 +66,7 @@ pub enum FenceAction {
 
 /// Rounds without a majority after which an isolated primary fences itself.
 pub fn rounds_before_fencing(keepalives_count: i32) -> u32 {
-    (keepalives_count - 1).max(1) as u32
+    (keepalives_count - 2).max(1) as u32
 }
 
 /// Whether `reachable` of `members` (this server included in both) is a strict majority.
@@ -189,10 +190,10 @@ mod tests {
     }
 
     #[test]
-    fn an_isolated_primary_fences_after_count_minus_one_rounds_and_unfences_with_a_majority() {
+    fn an_isolated_primary_fences_after_count_minus_two_rounds_and_unfences_with_a_majority() {
         let cut = vec![standby(false), witness(false)];
         let ok = vec![standby(true), witness(true)];
-        let out = run(&[cut.clone(), cut.clone(), cut.clone(), ok.clone(), ok], 3);
+        let out = run(&[cut.clone(), cut.clone(), cut.clone(), ok.clone(), ok], 4);
         assert!(out[0].2.is_empty());
         assert_eq!(out[0].0.short_rounds, 1);
         match &out[1].2[..] {
@@ -217,7 +218,7 @@ mod tests {
     #[test]
     fn one_reachable_member_of_three_keeps_the_primary_open() {
         // Cut from the standby only: the witness still answers, 2 of 3.
-        let out = run(&vec![vec![standby(false), witness(true)]; 10], 3);
+        let out = run(&vec![vec![standby(false), witness(true)]; 10], 4);
         assert!(out.iter().all(|(s, _, a)| a.is_empty() && s.fence == Fence::Open));
     }
 
@@ -225,7 +226,7 @@ mod tests {
     fn a_blip_shorter_than_the_threshold_does_not_fence() {
         let cut = vec![standby(false), witness(false)];
         let ok = vec![standby(true), witness(true)];
-        let out = run(&[cut.clone(), cut.clone(), ok, cut], 4);
+        let out = run(&[cut.clone(), cut.clone(), ok, cut], 5);
         assert!(out.iter().all(|(_, _, a)| a.is_empty()));
         assert_eq!(out[3].0.short_rounds, 1);
     }
@@ -265,9 +266,10 @@ mod tests {
     }
 
     #[test]
-    fn a_count_of_one_or_two_fences_after_one_round() {
+    fn a_count_of_three_or_less_fences_after_one_round() {
         assert_eq!(rounds_before_fencing(1), 1);
-        assert_eq!(rounds_before_fencing(2), 1);
-        assert_eq!(rounds_before_fencing(5), 4);
+        assert_eq!(rounds_before_fencing(3), 1);
+        assert_eq!(rounds_before_fencing(4), 2);
+        assert_eq!(rounds_before_fencing(5), 3);
     }
 }
