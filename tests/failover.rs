@@ -10,7 +10,7 @@ use testbed::{wait_until, Node, Writer};
 #[test]
 fn kill_9_of_the_primary_promotes_the_standby_which_accepts_writes() {
     let (primary, standby) = pair("kill9", FAST, None);
-    let writer = Writer::start(primary.port(), "load", Duration::from_millis(50));
+    let writer = Writer::start(&primary, "load", Duration::from_millis(50));
     wait_until("some writes reach the standby", LONG, || {
         standby.psql("SELECT count(*) > 5 FROM load").as_deref() == Ok("t")
     });

@@ -15,7 +15,7 @@ fn a_healthy_primary_checked_every_100ms_is_never_failed_over() {
         ("pg_promoter.keepalives_count", "2"),
     ];
     let (primary, standby) = pair("healthy", &settings, None);
-    let writer = Writer::start(primary.port(), "load", Duration::from_millis(20));
+    let writer = Writer::start(&primary, "load", Duration::from_millis(20));
     assert_stays_standby(&standby, Duration::from_secs(8));
     assert!(writer.stop() > 10);
     assert_eq!(status(&standby, "consecutive_failures"), "0");
@@ -58,7 +58,7 @@ fn a_cut_check_path_while_wal_still_streams_does_not_promote() {
         (p, s)
     };
     // WAL keeps flowing on the replication link, which the proxy does not carry.
-    let writer = Writer::start(primary.port(), "load", Duration::from_millis(50));
+    let writer = Writer::start(&primary, "load", Duration::from_millis(50));
     check_proxy.set_mode(Mode::Blackhole);
     wait_until(
         "the worker refuses because the WAL receiver is alive",

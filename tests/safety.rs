@@ -59,7 +59,7 @@ fn lag_above_the_bound_refuses_promotion_and_shows_the_estimated_loss() {
 #[test]
 fn lag_under_the_bound_promotes_and_the_decision_states_the_loss() {
     let (primary, standby) = pair("lag-ok", FAST, None);
-    let writer = Writer::start(primary.port(), "load", Duration::from_millis(20));
+    let writer = Writer::start(&primary, "load", Duration::from_millis(20));
     wait_until("writes replicate", LONG, || {
         standby.psql("SELECT count(*) > 5 FROM load").as_deref() == Ok("t")
     });
@@ -240,7 +240,7 @@ fn with_synchronous_replication_no_acknowledged_commit_is_lost_over_ten_failover
         wait_until("the standby is synchronous", LONG, || {
             primary.query("SELECT sync_state FROM pg_stat_replication") == "sync"
         });
-        let writer = Writer::start(primary.port(), "acked", Duration::from_millis(5));
+        let writer = Writer::start(&primary, "acked", Duration::from_millis(5));
         wait_until("commits flow", LONG, || writer.acked() > 20);
         // A random moment relative to the commits and the checks.
         let nanos = std::time::SystemTime::now()

@@ -1,15 +1,18 @@
 //! Real PostgreSQL clusters on loopback for pg_promoter's tests, benchmarks
 //! and demo: primaries and standbys ([`Node`]), ways to crash or hang them,
 //! a fault-injecting TCP proxy ([`Proxy`]) to cut the network between them,
-//! and polling helpers.
+//! simulated hosts ([`Net`], [`Host`]) for cuts between some servers but not
+//! others, and polling helpers.
 
 mod load;
+mod net;
 mod node;
 mod pg;
 mod proxy;
 mod wait;
 
 pub use load::Writer;
+pub use net::{Host, Net};
 pub use node::Node;
 pub use pg::{bindir, free_port, psql_at};
 pub use proxy::{Mode, Proxy};

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::pg::psql_at;
+use crate::node::Node;
+use crate::pg::psql_via;
 
 pub struct Writer {
     stop: Arc<AtomicBool>,
@@ -15,22 +16,35 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Creates `table` if needed on the server at `port`, then inserts one row per `interval`
-    /// until stopped. Failed commits (the server is down) are retried at the next tick.
-    pub fn start(port: u16, table: &str, interval: Duration) -> Writer {
-        psql_at(
-            port,
-            &format!("CREATE TABLE IF NOT EXISTS {table} (id bigint PRIMARY KEY, at timestamptz)"),
-        )
-        .unwrap_or_else(|e| panic!("creating {table}: {e}"));
+    /// Creates `table` if needed on `node`, then inserts one row per `interval` until stopped.
+    /// Failed commits (the server is down or refuses) are retried at the next tick.
+    pub fn start(node: &Node, table: &str, interval: Duration) -> Writer {
+        Writer::run(node, None, table, interval)
+    }
+
+    /// Like [`Writer::start`], each commit made as `role` (`SET ROLE`), an ordinary client.
+    pub fn start_as(node: &Node, role: &str, table: &str, interval: Duration) -> Writer {
+        Writer::run(node, Some(role.to_string()), table, interval)
+    }
+
+    fn run(node: &Node, role: Option<String>, table: &str, interval: Duration) -> Writer {
+        let (host, port) = (node.address(), node.port());
+        let create = format!("CREATE TABLE IF NOT EXISTS {table} (id bigint PRIMARY KEY, at timestamptz)");
+        psql_via(None, &host, port, &create).unwrap_or_else(|e| panic!("creating {table}: {e}"));
+        if let Some(role) = &role {
+            psql_via(None, &host, port, &format!("GRANT ALL ON {table} TO {role}"))
+                .unwrap_or_else(|e| panic!("granting {table} to {role}: {e}"));
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(AtomicU64::new(0));
         let (s, a, table) = (stop.clone(), acked.clone(), table.to_string());
+        let set_role = role.map(|r| format!("SET ROLE {r}; ")).unwrap_or_default();
         let thread = std::thread::spawn(move || {
             let mut next = Instant::now();
             while !s.load(Ordering::Relaxed) {
                 let id = a.load(Ordering::Relaxed) + 1;
-                if psql_at(port, &format!("INSERT INTO {table} VALUES ({id}, now())")).is_ok() {
+                let sql = format!("{set_role}INSERT INTO {table} VALUES ({id}, now())");
+                if psql_via(None, &host, port, &sql).is_ok() {
                     a.store(id, Ordering::Relaxed);
                 }
                 next += interval;

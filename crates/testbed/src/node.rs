@@ -1,5 +1,6 @@
-//! A PostgreSQL cluster on loopback: a primary made with initdb or a standby
-//! made with pg_basebackup, plus the crude ways tests hurt it.
+//! A PostgreSQL cluster, on loopback or on a simulated [`Host`]: a primary
+//! made with initdb or a standby made with pg_basebackup, plus the crude ways
+//! tests hurt it.
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
@@ -10,7 +11,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::pg::{chown_to_server_user, free_port, pg_command, psql_at, run, run_ok};
+use crate::net::Host;
+use crate::pg::{chown_to_server_user, free_port, pg_command, psql_via, run, run_ok};
 use crate::wait::try_wait_until;
 
 /// Parent of every node's base directory.
@@ -27,6 +29,16 @@ host    all          all   127.0.0.1/32  trust
 host    replication  all   127.0.0.1/32  trust
 ";
 
+const PG_HBA_ON_HOST: &str = "\
+# testbed: these clusters only listen on the test bed's private networks.
+local   all          all                  trust
+local   replication  all                  trust
+host    all          all   127.0.0.1/32   trust
+host    replication  all   127.0.0.1/32   trust
+host    all          all   10.231.0.0/16  trust
+host    replication  all   10.231.0.0/16  trust
+";
+
 /// One running (or deliberately broken) PostgreSQL cluster. Dropping it stops
 /// the server and deletes its files.
 pub struct Node {
@@ -35,6 +47,8 @@ pub struct Node {
     data: PathBuf,
     log: PathBuf,
     port: u16,
+    /// Where the server runs; None for loopback in the root namespace.
+    host: Option<Host>,
     /// Processes stopped by `freeze`, so `thaw` (and drop) resume exactly
     /// them even if the postmaster has since been killed.
     frozen: Mutex<Vec<i32>>,
@@ -45,8 +59,18 @@ impl Node {
     /// as `key = value` (so it overrides the defaults), started and accepting
     /// connections. `shared_preload_libraries` defaults to `'pg_promoter'`.
     pub fn primary(name: &str, extra: &[(&str, &str)]) -> Node {
-        let node = Node::allocate(name);
-        let mut initdb = pg_command("initdb");
+        Node::init_primary(name, None, extra)
+    }
+
+    /// Like [`Node::primary`], but running inside `host` and listening on its
+    /// address only. Several nodes may share a host.
+    pub fn primary_on(host: &Host, name: &str, extra: &[(&str, &str)]) -> Node {
+        Node::init_primary(name, Some(host), extra)
+    }
+
+    fn init_primary(name: &str, host: Option<&Host>, extra: &[(&str, &str)]) -> Node {
+        let node = Node::allocate(name, host);
+        let mut initdb = pg_command(None, "initdb");
         initdb
             .arg("-D")
             .arg(&node.data)
@@ -55,10 +79,11 @@ impl Node {
             .arg("--no-sync");
         node.run_or_panic("initdb", initdb, Duration::from_secs(120));
 
+        let listen = format!("'{}'", node.address());
         let port = node.port.to_string();
         let sockets = node.socket_dir_setting();
         let mut settings = vec![
-            ("listen_addresses", "'127.0.0.1'"),
+            ("listen_addresses", listen.as_str()),
             ("port", port.as_str()),
             ("unix_socket_directories", sockets.as_str()),
             ("wal_level", "replica"),
@@ -73,7 +98,8 @@ impl Node {
         }
         settings.extend_from_slice(extra);
         node.append_settings(&settings);
-        fs::write(node.data.join("pg_hba.conf"), PG_HBA)
+        let hba = if host.is_some() { PG_HBA_ON_HOST } else { PG_HBA };
+        fs::write(node.data.join("pg_hba.conf"), hba)
             .unwrap_or_else(|e| panic!("{}: writing pg_hba.conf: {e}", node.name));
         node.start();
         node
@@ -83,17 +109,36 @@ impl Node {
     /// 127.0.0.1:`upstream_port` (normally `from.port()`, or a proxy in front
     /// of it). `extra` is appended after the inherited configuration.
     pub fn standby(name: &str, from: &Node, upstream_port: u16, extra: &[(&str, &str)]) -> Node {
-        let node = Node::allocate(name);
-        let mut backup = pg_command("pg_basebackup");
+        Node::init_standby(name, None, from, "127.0.0.1", upstream_port, extra)
+    }
+
+    /// A new hot standby of `from` running inside `host`, base-backed-up from
+    /// there and then streaming from `from`'s address and port, so it goes
+    /// over the network between the two hosts (and through any cut). `from`
+    /// must be on a host of the same Net: loopback is not reachable from one.
+    pub fn standby_on(host: &Host, name: &str, from: &Node, extra: &[(&str, &str)]) -> Node {
+        Node::init_standby(name, Some(host), from, &from.address(), from.port, extra)
+    }
+
+    fn init_standby(
+        name: &str,
+        host: Option<&Host>,
+        from: &Node,
+        upstream_host: &str,
+        upstream_port: u16,
+        extra: &[(&str, &str)],
+    ) -> Node {
+        let node = Node::allocate(name, host);
+        let mut backup = pg_command(node.netns(), "pg_basebackup");
         backup
             .arg("-D")
             .arg(&node.data)
-            .args(["-R", "-X", "stream", "-c", "fast", "-h", "127.0.0.1", "-p"])
+            .args(["-R", "-X", "stream", "-c", "fast", "-h", upstream_host, "-p"])
             .arg(upstream_port.to_string())
             .args(["-U", "postgres", "--no-sync"]);
         if let Err(e) = run_ok(backup, Duration::from_secs(300)) {
             panic!(
-                "{}: pg_basebackup from {} via port {upstream_port} failed: {e}\n\
+                "{}: pg_basebackup from {} via {upstream_host}:{upstream_port} failed: {e}\n\
                  --- {} log tail ---\n{}",
                 node.name,
                 from.name,
@@ -102,12 +147,18 @@ impl Node {
             );
         }
 
+        let listen = format!("'{}'", node.address());
         let port = node.port.to_string();
         let sockets = node.socket_dir_setting();
         let mut settings = vec![
             ("port", port.as_str()),
             ("unix_socket_directories", sockets.as_str()),
         ];
+        // Loopback standbys keep what they inherit, as they always did; one
+        // on a host must not listen on its upstream's address.
+        if host.is_some() {
+            settings.push(("listen_addresses", listen.as_str()));
+        }
         settings.extend_from_slice(extra);
         node.append_settings(&settings);
         node.start();
@@ -115,7 +166,7 @@ impl Node {
     }
 
     /// Reserves a port and an empty, correctly owned base and data directory.
-    fn allocate(name: &str) -> Node {
+    fn allocate(name: &str, host: Option<&Host>) -> Node {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         fs::create_dir_all(ROOT).unwrap_or_else(|e| panic!("creating {ROOT}: {e}"));
@@ -138,6 +189,7 @@ impl Node {
             base,
             data,
             port: free_port(),
+            host: host.cloned(),
             frozen: Mutex::new(Vec::new()),
         }
     }
@@ -161,8 +213,11 @@ impl Node {
         }
     }
 
-    fn pg_ctl(&self, args: &[&str]) -> Command {
-        let mut cmd = pg_command("pg_ctl");
+    /// pg_ctl inside `netns`: the one that starts the server must run in the
+    /// node's namespace, the others only signal and need none (so they still
+    /// work after the host's Net is gone).
+    fn pg_ctl(&self, netns: Option<&str>, args: &[&str]) -> Command {
+        let mut cmd = pg_command(netns, "pg_ctl");
         cmd.arg("-D").arg(&self.data).args(args);
         cmd
     }
@@ -179,15 +234,35 @@ impl Node {
         &self.data
     }
 
+    /// The simulated host the node runs on; None on loopback.
+    pub fn host(&self) -> Option<&Host> {
+        self.host.as_ref()
+    }
+
+    fn netns(&self) -> Option<&str> {
+        self.host.as_ref().map(Host::netns)
+    }
+
+    /// The address the server listens on: its host's, or 127.0.0.1.
+    pub fn address(&self) -> String {
+        self.host
+            .as_ref()
+            .map_or_else(|| "127.0.0.1".to_string(), |h| h.ip().to_string())
+    }
+
     /// A libpq connection string for this node over TCP.
     pub fn conninfo(&self) -> String {
-        format!("host=127.0.0.1 port={} user=postgres dbname=postgres", self.port)
+        format!(
+            "host={} port={} user=postgres dbname=postgres",
+            self.address(),
+            self.port
+        )
     }
 
     /// Starts the server and waits until it accepts connections (a standby:
     /// read-only ones). Panics with the log tail when it does not come up.
     pub fn start(&self) {
-        let mut cmd = self.pg_ctl(&["start", "-w", "-t", "60", "-l"]);
+        let mut cmd = self.pg_ctl(self.netns(), &["start", "-w", "-t", "60", "-l"]);
         cmd.arg(&self.log);
         self.run_or_panic("pg_ctl start", cmd, SERVER_TIMEOUT + Duration::from_secs(10));
         // pg_ctl -w trusts postmaster.pid; confirm with a real connection.
@@ -206,7 +281,7 @@ impl Node {
         let start = Instant::now();
         self.run_or_panic(
             "pg_ctl stop -m fast",
-            self.pg_ctl(&["stop", "-m", "fast", "-w", "-t", "60"]),
+            self.pg_ctl(None, &["stop", "-m", "fast", "-w", "-t", "60"]),
             SERVER_TIMEOUT + Duration::from_secs(10),
         );
         start.elapsed()
@@ -273,9 +348,17 @@ impl Node {
     }
 
     /// Runs `sql` with psql: `Ok(stdout)` or `Err(stderr)`, trimmed. Gives up
-    /// after 5 s connecting and 15 s overall.
+    /// after 5 s connecting and 15 s overall. psql runs in the root namespace,
+    /// so for a node on a host it takes the admin path, which cuts spare.
     pub fn psql(&self, sql: &str) -> Result<String, String> {
-        psql_at(self.port, sql)
+        psql_via(None, &self.address(), self.port, sql)
+    }
+
+    /// Runs `sql` on `other` with a psql started where this node runs (inside
+    /// its host), so it takes the network path this node's server would, cuts
+    /// included. Otherwise like [`Node::psql`].
+    pub fn psql_to(&self, other: &Node, sql: &str) -> Result<String, String> {
+        psql_via(self.netns(), &other.address(), other.port, sql)
     }
 
     /// Like [`Node::psql`], but panics on error.
@@ -329,7 +412,7 @@ impl Drop for Node {
         // Errors are expected here (e.g. after kill9) and nothing can be done
         // about them during drop.
         let _ = run(
-            self.pg_ctl(&["stop", "-m", "immediate", "-w", "-t", "30"]),
+            self.pg_ctl(None, &["stop", "-m", "immediate", "-w", "-t", "30"]),
             SERVER_TIMEOUT,
         );
         if std::env::var("TESTBED_KEEP").as_deref() == Ok("1") {

@@ -2,7 +2,7 @@
 //! handing out ports.
 
 use std::collections::BTreeSet;
-use std::ffi::CString;
+use std::ffi::{CString, OsString};
 use std::io::Read;
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
@@ -61,16 +61,20 @@ fn is_root() -> bool {
 }
 
 /// A command for a PostgreSQL binary, wrapped in `runuser` when we are root
-/// because the server (and files it must own) refuse root.
-pub(crate) fn pg_command(program: &str) -> Command {
-    let path = bindir().join(program);
-    let mut cmd = if is_root() {
-        let mut c = Command::new("runuser");
-        c.args(["-u", SERVER_USER, "--"]).arg(path);
-        c
-    } else {
-        Command::new(path)
-    };
+/// because the server (and files it must own) refuse root, and run inside
+/// network namespace `netns` when given (`ip netns exec`), so whatever it
+/// starts, such as a postmaster and later all its children, stays there.
+pub(crate) fn pg_command(netns: Option<&str>, program: &str) -> Command {
+    let mut argv: Vec<OsString> = Vec::new();
+    if let Some(ns) = netns {
+        argv.extend(["ip", "netns", "exec", ns].map(OsString::from));
+    }
+    if is_root() {
+        argv.extend(["runuser", "-u", SERVER_USER, "--"].map(OsString::from));
+    }
+    argv.push(bindir().join(program).into_os_string());
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
     // Our working directory may be unreadable for the server user, which makes
     // initdb and postgres complain.
     cmd.current_dir("/");
@@ -170,8 +174,14 @@ pub(crate) fn run_ok(cmd: Command, timeout: Duration) -> Result<(), String> {
 /// `Ok(stdout)` or `Err(stderr)`, both trimmed. Gives up after 5 s connecting
 /// and 15 s overall, so a frozen or cut-off server cannot hang a test.
 pub fn psql_at(port: u16, sql: &str) -> Result<String, String> {
-    let mut cmd = pg_command("psql");
-    cmd.args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p"])
+    psql_via(None, "127.0.0.1", port, sql)
+}
+
+/// Like [`psql_at`], against `host`:`port`, and from inside network
+/// namespace `netns` when given.
+pub(crate) fn psql_via(netns: Option<&str>, host: &str, port: u16, sql: &str) -> Result<String, String> {
+    let mut cmd = pg_command(netns, "psql");
+    cmd.args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-h", host, "-p"])
         .arg(port.to_string())
         .args(["-U", "postgres", "-d", "postgres", "-c", sql])
         .env("PGCONNECT_TIMEOUT", "5");
