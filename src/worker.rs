@@ -166,7 +166,7 @@ impl Worker {
             }
             self.last_start = Some(now);
             if primary {
-                let _ = self.round(now);
+                let _ = self.round();
                 continue;
             }
             let Ok(verdict) = self.check() else { continue };
@@ -211,7 +211,7 @@ impl Worker {
 
     /// On a primary: checks every peer and witness, then fences or unfences as the policy says.
     /// The round shares one check's deadline, split evenly, so rounds keep the fixed rate.
-    fn round(&mut self, now: i64) -> Result<(), Interrupted> {
+    fn round(&mut self) -> Result<(), Interrupted> {
         let members: Vec<(Member, bool)> = guc::peers()
             .into_iter()
             .map(|m| (m, true))
@@ -251,43 +251,35 @@ impl Worker {
             });
         }
         let timeline = local::insert_timeline().unwrap_or(1);
-        let (fence, events, actions) =
-            fence_step(&self.fence, &views, timeline, self.settings.keepalives_count, now);
+        let (fence, events, actions) = fence_step(
+            &self.fence,
+            &views,
+            timeline,
+            self.settings.keepalives_count,
+            local::now(),
+        );
         self.fence = fence;
+        let done: Vec<String> = actions.into_iter().filter_map(apply_fence).collect();
+        // Stamped once in effect, so no ordinary commit can follow a `fenced` event's time; the
+        // event says why and what was done.
+        let now = local::now();
+        let events: Vec<Event> = events
+            .into_iter()
+            .map(|e| match e.kind {
+                EventKind::Fenced if !done.is_empty() => Event {
+                    at: now,
+                    detail: format!("{}; {}", e.detail, done.join("; ")),
+                    ..e
+                },
+                _ => Event { at: now, ..e },
+            })
+            .collect();
         shmem::record(&events);
-        for action in actions {
-            self.apply_fence(action);
+        if !done.is_empty() && guc::fence_action() == guc::FenceAction::Shutdown {
+            fence::shut_down();
         }
         shmem::CHECKED.get().store(true, Ordering::Release);
         Ok(())
-    }
-
-    fn apply_fence(&self, action: FenceAction) {
-        match action {
-            FenceAction::Fence { permanent, reason } => {
-                shmem::set_fence(true, permanent, &reason);
-                if permanent {
-                    fence::write_marker(&reason);
-                }
-                match guc::fence_action() {
-                    guc::FenceAction::RefuseConnections => {
-                        let ended = fence::terminate_sessions();
-                        self.record(
-                            EventKind::Fenced,
-                            format!("ordinary connections refused; {ended} session(s) ended"),
-                        );
-                    }
-                    guc::FenceAction::Shutdown => {
-                        self.record(
-                            EventKind::Fenced,
-                            "fence_action is shutdown: fast shutdown requested".into(),
-                        );
-                        fence::shut_down();
-                    }
-                }
-            }
-            FenceAction::Unfence => shmem::set_fence(false, false, ""),
-        }
     }
 
     /// Asks the witnesses when this verdict could complete the count; `Err` on shutdown.
@@ -580,4 +572,27 @@ fn onoff(b: bool) -> &'static str {
 /// A conninfo as it may appear in events and the log: password masked.
 fn quoted(conninfo: &str) -> String {
     format!("'{}'", conninfo::mask_password(conninfo))
+}
+
+/// Puts a fence action in force; returns what was done, for the event.
+fn apply_fence(action: FenceAction) -> Option<String> {
+    match action {
+        FenceAction::Fence { permanent, reason } => {
+            shmem::set_fence(true, permanent, &reason);
+            if permanent {
+                fence::write_marker(&reason);
+            }
+            Some(match guc::fence_action() {
+                guc::FenceAction::RefuseConnections => {
+                    let ended = fence::terminate_sessions();
+                    format!("ordinary connections refused, {ended} session(s) ended")
+                }
+                guc::FenceAction::Shutdown => "fence_action is shutdown: fast shutdown requested".to_string(),
+            })
+        }
+        FenceAction::Unfence => {
+            shmem::set_fence(false, false, "");
+            None
+        }
+    }
 }

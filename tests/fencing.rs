@@ -97,6 +97,7 @@ fn a_running_primary_whose_standby_was_promoted_by_hand_shuts_down_with_fence_ac
         log.contains("standby is a primary on timeline 2, newer than this server's 1"),
         "{log}"
     );
-    assert!(log.contains("pg_promoter: fenced: fence_action is shutdown"));
+    assert!(log.contains("pg_promoter: fenced: standby is a primary on timeline 2"));
+    assert!(log.contains("fence_action is shutdown: fast shutdown requested"));
     assert!(log.contains("received fast shutdown request"));
 }

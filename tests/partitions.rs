@@ -1,0 +1,120 @@
+//! Network partitions between simulated hosts: a primary, a standby and a witness, each in its
+//! own network namespace, links cut one by one.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use testbed::{wait_until, Net, Node, Writer};
+
+struct Cluster {
+    net: Net,
+    primary: Node,
+    standby: Node,
+    witness: Node,
+}
+
+/// keepalives_count 4: the primary fences after 2 lonely rounds, the standby needs 4 failures.
+fn cluster(name: &str) -> Cluster {
+    let net = Net::new(name);
+    let (hp, hs, hw) = (net.host("p"), net.host("s"), net.host("w"));
+    let witness = Node::primary_on(&hw, &format!("{name}-w"), &[("shared_preload_libraries", "''")]);
+    witness.query("CREATE EXTENSION pg_promoter");
+    let members = format!("'w: {}'", witness.conninfo());
+    let settings = [
+        ("pg_promoter.keep_alive", "'300ms'"),
+        ("pg_promoter.keepalives_count", "4"),
+        ("pg_promoter.witness_conninfo", members.as_str()),
+    ];
+    let primary = Node::primary_on(&hp, &format!("{name}-p"), &settings);
+    primary.query("CREATE EXTENSION pg_promoter; CREATE ROLE app LOGIN");
+    let standby = Node::standby_on(&hs, &format!("{name}-s"), &primary, &settings);
+    // The same peer list on both nodes; each skips its own entry.
+    let peers = format!(
+        "pg_promoter.peers = 'p: {}; s: {}'",
+        primary.conninfo(),
+        standby.conninfo()
+    );
+    for node in [&primary, &standby] {
+        node.append_conf(&peers);
+        node.reload();
+    }
+    wait_until("the standby watches", LONG, || state(&standby) == "watching");
+    Cluster {
+        net,
+        primary,
+        standby,
+        witness,
+    }
+}
+
+fn event_time(node: &Node, kind: &str) -> f64 {
+    let sql = format!(
+        "SELECT extract(epoch FROM at) FROM pg_promoter_events() WHERE event = '{kind}' ORDER BY seq LIMIT 1"
+    );
+    node.query(&sql)
+        .parse()
+        .unwrap_or_else(|_| panic!("no {kind} event on {}", node.name()))
+}
+
+#[test]
+fn a_standby_cut_from_the_primary_does_not_promote_while_the_witness_sees_the_primary() {
+    let c = cluster("part-s");
+    let writer = Writer::start(&c.primary, "load", Duration::from_millis(50));
+    c.net.cut(c.standby.host().unwrap(), c.primary.host().unwrap());
+    wait_until("the witness says the primary is there", LONG, || {
+        has_event(&c.standby, "witness_vote", "witness w: still reaches the primary")
+    });
+    assert!(has_event(
+        &c.standby,
+        "refused",
+        "no majority says the primary is gone: 1 of 3 members"
+    ));
+    assert_stays_standby(&c.standby, Duration::from_secs(3));
+    // The primary still reaches the witness: 2 of 3, it stays open for its clients.
+    assert_eq!(status(&c.primary, "fenced"), "f");
+    assert!(writer.stop() > 10);
+    assert_eq!(c.witness.query("SELECT 1"), "1");
+}
+
+#[test]
+fn a_primary_cut_from_everyone_fences_itself_before_the_standby_promotes() {
+    let c = cluster("part-p");
+    let writer = Writer::start_as(&c.primary, "app", "load", Duration::from_millis(20));
+    wait_until("ordinary commits flow", LONG, || writer.acked() > 10);
+    c.net.isolate(c.primary.host().unwrap());
+    wait_promoted(&c.standby);
+    wait_until("the old primary is fenced", LONG, || {
+        status(&c.primary, "fenced") == "t"
+    });
+    let acked = writer.stop();
+
+    let fenced_at = event_time(&c.primary, "fenced");
+    let promoted_at = event_time(&c.standby, "promoted");
+    assert!(
+        fenced_at < promoted_at,
+        "fenced at {fenced_at}, promoted at {promoted_at}"
+    );
+    assert!(has_event(&c.standby, "decided", "2 of 3 members agree"));
+    // No ordinary commit after the fence, hence none after the promotion.
+    let last: f64 = c
+        .primary
+        .query("SELECT extract(epoch FROM max(at)) FROM load")
+        .parse()
+        .unwrap();
+    assert!(
+        last <= fenced_at,
+        "a commit at {last} after the fence at {fenced_at}"
+    );
+    assert_eq!(c.primary.query("SELECT count(*) FROM load"), acked.to_string());
+    let err = psql_as(&c.primary, "app", "SELECT 1").unwrap_err();
+    assert!(err.contains("this server is fenced by pg_promoter"), "{err}");
+
+    // The network heals: the old primary sees a newer primary and stays fenced for good.
+    c.net.heal_all();
+    wait_until("the fence becomes permanent", LONG, || {
+        status(&c.primary, "fence_reason").contains("is a primary on timeline 2")
+    });
+    assert!(psql_as(&c.primary, "app", "SELECT 1").is_err());
+}
