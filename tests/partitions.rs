@@ -118,3 +118,45 @@ fn a_primary_cut_from_everyone_fences_itself_before_the_standby_promotes() {
     });
     assert!(psql_as(&c.primary, "app", "SELECT 1").is_err());
 }
+
+#[test]
+fn an_isolated_primary_ends_ordinary_sessions_and_unfences_when_the_majority_is_back() {
+    let c = cluster("part-u");
+    // The standby is told not to promote: the cut is a blip the primary must survive.
+    c.standby.append_conf("pg_promoter.enabled = off");
+    c.standby.reload();
+    let conninfo = format!("{} user=app", c.primary.conninfo());
+    let session = std::process::Command::new(testbed::bindir().join("psql"))
+        .args([conninfo.as_str(), "-X", "-At", "-c", "SELECT pg_sleep(120)"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("psql runs");
+    wait_until("the ordinary session runs", LONG, || {
+        c.primary
+            .query("SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'")
+            == "1"
+    });
+    c.net.isolate(c.primary.host().unwrap());
+    wait_until("the primary fences itself", LONG, || {
+        status(&c.primary, "fenced") == "t"
+    });
+    let out = session.wait_with_output().expect("psql ends");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("terminating connection due to administrator command"),
+        "{err}"
+    );
+    assert!(has_event(&c.primary, "fenced", "ordinary connections refused"));
+
+    c.net.heal_all();
+    wait_until("the fence is lifted", LONG, || {
+        status(&c.primary, "fenced") == "f"
+    });
+    assert!(has_event(
+        &c.primary,
+        "unfenced",
+        "3 of 3 members reachable again"
+    ));
+    assert_eq!(psql_as(&c.primary, "app", "SELECT 1").as_deref(), Ok("1"));
+    assert_eq!(c.standby.in_recovery(), Some(true));
+}
