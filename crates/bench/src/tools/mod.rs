@@ -1,0 +1,3 @@
+//! The failover tools under test.
+
+pub mod pg_promoter;
