@@ -13,7 +13,7 @@ pub struct PgPromoter {
 
 impl Tool for PgPromoter {
     fn label(&self) -> String {
-        let ka = if self.keep_alive_ms % 1000 == 0 {
+        let ka = if self.keep_alive_ms.is_multiple_of(1000) {
             format!("{}s", self.keep_alive_ms / 1000)
         } else {
             format!("{}ms", self.keep_alive_ms)
