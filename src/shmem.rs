@@ -24,6 +24,8 @@ pub struct Status {
     pub last_check_at: Option<i64>,
     pub last_success_at: Option<i64>,
     pub last_check_us: Option<i64>,
+    /// The longest check since the worker started.
+    pub longest_check_us: Option<i64>,
     pub last_error: FixedText<256>,
     pub primary_in_recovery: Option<bool>,
     pub primary_lsn: Option<u64>,
@@ -56,6 +58,7 @@ impl Status {
             last_check_at: None,
             last_success_at: None,
             last_check_us: None,
+            longest_check_us: None,
             last_error: FixedText::empty(),
             primary_in_recovery: None,
             primary_lsn: None,

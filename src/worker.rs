@@ -200,6 +200,7 @@ impl Worker {
             let st = &mut s.status;
             st.last_check_at = Some(now);
             st.last_check_us = Some(took.as_micros() as i64);
+            st.longest_check_us = st.last_check_us.max(st.longest_check_us);
             if let policy::Outcome::Answered { in_recovery, lsn, .. } = outcome {
                 st.last_success_at = Some(now);
                 st.primary_in_recovery = Some(in_recovery);
