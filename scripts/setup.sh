@@ -8,6 +8,10 @@ export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
 PGRX_VERSION=$(sed -n 's/^pgrx = "=\(.*\)"$/\1/p' Cargo.toml)
 PACKAGES=(postgresql-15 postgresql-server-dev-15 libpq-dev libclang-dev clang pkg-config procps iproute2)
+# `setup.sh --bench` adds the failover tools the benchmark compares pg_promoter with.
+if [ "${1:-}" = "--bench" ]; then
+  PACKAGES+=(postgresql-15-repmgr patroni etcd-server postgresql-15-auto-failover)
+fi
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "setup: run as root (it installs Debian packages and writes into PostgreSQL's directories)" >&2

@@ -1,15 +1,22 @@
-//! `cargo run --release -p bench -- [--quick] [--trials N] [--tools a,b] [--faults kill,freeze,cut] [--out DIR]`
+//! `cargo run --release -p bench -- [rto|soak|cost|all] [--quick|--smoke] [--trials N] [--soak-secs N]
+//!                                   [--tools a,b] [--faults kill,freeze,cut] [--out DIR]`
 //!
-//! Failover time of pg_promoter and its peers on the same machine in the same run: every tool
-//! and setting, every fault, `--trials` times each, at random phases. Prints a table and writes
-//! results.json, results.csv and rto.svg (every trial a point) under the results folder, with
-//! the settings, versions and machine facts. Nothing here asserts a speed.
+//! - rto: failover time of pg_promoter and its peers on the same machine in the same run: every
+//!   tool and setting, every fault, `--trials` times each, at random phases;
+//! - soak: false failovers under pgbench, with a CPU hog, and with short network stalls;
+//! - cost: pg_promoter's connections, CPU and memory while all is well, the primary's throughput
+//!   with and without it, and a standby's shutdown while its primary is frozen.
+//!
+//! Prints tables and writes results.json, results.csv, rto.svg, soak.txt and cost.txt under the
+//! results folder, with the settings, versions and machine facts. Nothing here asserts a speed.
 
 mod client;
 mod cluster;
+mod cost;
 mod env;
 mod report;
 mod rto;
+mod soak;
 mod tools;
 
 use std::path::PathBuf;
@@ -17,9 +24,14 @@ use std::time::Duration;
 
 use cluster::{Fault, Tool};
 use tools::pg_promoter::PgPromoter;
+use tools::repmgr::Repmgrd;
 
 struct Args {
+    mode: String,
+    quick: bool,
+    smoke: bool,
     trials: usize,
+    soak_secs: u64,
     families: Option<Vec<String>>,
     faults: Vec<Fault>,
     out: PathBuf,
@@ -27,7 +39,11 @@ struct Args {
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
+        mode: "rto".into(),
+        quick: false,
+        smoke: false,
         trials: 10,
+        soak_secs: 600,
         families: None,
         faults: Fault::ALL.to_vec(),
         out: "results".into(),
@@ -36,8 +52,23 @@ fn parse_args() -> Result<Args, String> {
     while let Some(arg) = it.next() {
         let mut value = || it.next().ok_or(format!("{arg} needs a value"));
         match arg.as_str() {
-            "--quick" => args.trials = 1,
+            "rto" | "soak" | "cost" | "all" => args.mode = arg.clone(),
+            "--quick" => {
+                args.quick = true;
+                args.trials = 1;
+                args.soak_secs = 60;
+            }
+            // CI's proof that every part still works within minutes: one kill trial per tool
+            // and setting, one short soak with stalls, a short cost run.
+            "--smoke" => {
+                args.quick = true;
+                args.smoke = true;
+                args.trials = 1;
+                args.soak_secs = 10;
+                args.faults = vec![Fault::Kill];
+            }
             "--trials" => args.trials = value()?.parse().map_err(|_| "--trials takes a number")?,
+            "--soak-secs" => args.soak_secs = value()?.parse().map_err(|_| "--soak-secs takes a number")?,
             "--tools" => args.families = Some(value()?.split(',').map(str::to_string).collect()),
             "--faults" => {
                 args.faults = value()?
@@ -67,6 +98,15 @@ fn tools() -> Vec<Box<dyn Tool>> {
             keep_alive_ms: 200,
             count: 3,
         }),
+        Box::new(Repmgrd::DEFAULTS),
+        // The same detection budget as pg_promoter's fast setting: 1 s × 3.
+        Box::new(Repmgrd {
+            monitor_interval_secs: 1,
+            reconnect_attempts: 3,
+            reconnect_interval: 1,
+        }),
+        Box::new(tools::patroni::Patroni::defaults()),
+        Box::new(tools::patroni::Patroni::fastest()),
     ]
 }
 
@@ -83,9 +123,37 @@ fn main() {
                 .is_none_or(|f| f.iter().any(|f| f == t.family()))
         })
         .collect();
+    std::fs::create_dir_all(&args.out).expect("results folder");
+    let mut facts = env::facts();
+    for tool in &tools {
+        let settings: Vec<String> = tool.settings().iter().map(|(k, v)| format!("{k}={v}")).collect();
+        facts.push((format!("settings: {}", tool.label()), settings.join(" ")));
+    }
+    let mut failed = false;
+    if matches!(args.mode.as_str(), "rto" | "all") {
+        failed |= rto_mode(&args, &tools, facts.clone());
+    }
+    if matches!(args.mode.as_str(), "soak" | "all") {
+        failed |= soak_mode(&args, &tools);
+    }
+    if matches!(args.mode.as_str(), "cost" | "all") {
+        failed |= cost_mode(&args);
+    }
+    eprintln!("bench: results in {}", args.out.display());
+    if failed {
+        std::process::exit(1);
+    }
+}
+
+fn write(args: &Args, file: &str, text: &str) {
+    std::fs::write(args.out.join(file), text).unwrap_or_else(|e| panic!("writing {file}: {e}"));
+}
+
+/// Failover time; true when a pg_promoter trial failed.
+fn rto_mode(args: &Args, tools: &[Box<dyn Tool>], mut facts: Vec<(String, String)>) -> bool {
     let mut rng = rto::Rng::from_clock();
     let mut trials = Vec::new();
-    for tool in &tools {
+    for tool in tools {
         for &fault in &args.faults {
             for i in 0..args.trials {
                 let trial = rto::run(tool.as_ref(), fault, &mut rng, Duration::from_secs(180));
@@ -101,7 +169,7 @@ fn main() {
             }
         }
     }
-    // Ratios compare each tool with pg_promoter at the same detection budget (or its fast one).
+    // Ratios compare each tool with pg_promoter at the same detection budget.
     let budgets: Vec<(String, Duration, &str)> = tools
         .iter()
         .map(|t| (t.label(), t.budget(), t.family()))
@@ -115,27 +183,106 @@ fn main() {
     };
     let table = report::table(&trials, reference);
     println!("{table}");
-
-    let mut facts = env::facts();
     facts.push(("trials_per_case".into(), args.trials.to_string()));
-    for tool in &tools {
-        let settings: Vec<String> = tool.settings().iter().map(|(k, v)| format!("{k}={v}")).collect();
-        facts.push((format!("settings: {}", tool.label()), settings.join(" ")));
-    }
-    std::fs::create_dir_all(&args.out).expect("results folder");
-    for (file, text) in [
-        ("results.json", report::json(&trials, &facts)),
-        ("results.csv", report::csv(&trials)),
-        ("rto.svg", report::svg(&trials)),
-        ("table.txt", table),
-    ] {
-        std::fs::write(args.out.join(file), text).unwrap_or_else(|e| panic!("writing {file}: {e}"));
-    }
-    eprintln!("bench: results in {}", args.out.display());
-    if trials
+    write(args, "results.json", &report::json(&trials, &facts));
+    write(args, "results.csv", &report::csv(&trials));
+    write(args, "rto.svg", &report::svg(&trials));
+    write(args, "table.txt", &table);
+    trials
         .iter()
         .any(|t| t.error.is_some() && t.family == "pg_promoter")
-    {
-        std::process::exit(1);
+}
+
+/// False failovers: pg_promoter at 200 ms × 3, the peers at their fast settings.
+fn soak_mode(args: &Args, tools: &[Box<dyn Tool>]) -> bool {
+    let mut rng = rto::Rng::from_clock();
+    let fast = |t: &dyn Tool| {
+        (t.family() == "pg_promoter" && t.label().contains("200ms"))
+            || (t.family() != "pg_promoter" && !t.label().contains("defaults"))
+    };
+    let mut soaks = Vec::new();
+    for tool in tools.iter().filter(|t| fast(t.as_ref())) {
+        let variants: &[soak::Variant] = if args.smoke {
+            &[soak::Variant::Stalls]
+        } else {
+            &soak::Variant::ALL
+        };
+        for &variant in variants {
+            let s = soak::run(
+                tool.as_ref(),
+                variant,
+                Duration::from_secs(args.soak_secs),
+                &mut rng,
+            );
+            eprintln!(
+                "{} {}: {} failover(s) {}",
+                s.label,
+                variant.name(),
+                s.failovers,
+                s.error.as_deref().unwrap_or("")
+            );
+            soaks.push(s);
+        }
     }
+    let table = soak::table(&soaks);
+    println!("{table}");
+    write(args, "soak.txt", &table);
+    soaks
+        .iter()
+        .any(|s| s.error.is_some() && s.label.starts_with("pg_promoter"))
+}
+
+/// pg_promoter's cost while all is well.
+fn cost_mode(args: &Args) -> bool {
+    let secs = match (args.smoke, args.quick) {
+        (true, _) => 5,
+        (false, true) => 30,
+        (false, false) => 300,
+    };
+    let mut out = String::new();
+    let mut failed = false;
+    for keep_alive_ms in [100, 1000] {
+        match cost::worker(keep_alive_ms, Duration::from_secs(secs)) {
+            Ok(c) => out.push_str(&format!(
+                "keep_alive {} ms over {} s: {:.0} new connections/hour on the primary, {:.1} CPU s/hour, \
+                 RSS {} kB ({} kB anonymous)\n",
+                c.keep_alive_ms, c.seconds, c.sessions_per_hour, c.cpu_seconds_per_hour, c.rss_kb, c.anon_kb
+            )),
+            Err(e) => {
+                failed = true;
+                out.push_str(&format!("keep_alive {keep_alive_ms} ms: error: {e}\n"));
+            }
+        }
+    }
+    let (rounds, each) = match (args.smoke, args.quick) {
+        (true, _) => (1, 3),
+        (false, true) => (2, 10),
+        (false, false) => (6, 30),
+    };
+    match cost::overhead(rounds, each) {
+        Ok(o) => out.push_str(&format!(
+            "primary pgbench TPS, standby worker checking every 100 ms vs no worker, {rounds} interleaved \
+             rounds of {each} s: with {:?}, without {:?}, ratio {:.3}\n",
+            o.with_worker.iter().map(|t| t.round()).collect::<Vec<_>>(),
+            o.without_worker.iter().map(|t| t.round()).collect::<Vec<_>>(),
+            o.ratio()
+        )),
+        Err(e) => {
+            failed = true;
+            out.push_str(&format!("throughput overhead: error: {e}\n"));
+        }
+    }
+    match cost::shutdown_while_frozen() {
+        Ok(d) => out.push_str(&format!(
+            "standby fast shutdown while the primary is frozen: {} ms\n",
+            d.as_millis()
+        )),
+        Err(e) => {
+            failed = true;
+            out.push_str(&format!("shutdown while frozen: error: {e}\n"));
+        }
+    }
+    print!("{out}");
+    write(args, "cost.txt", &out);
+    failed
 }

@@ -19,7 +19,8 @@ pub struct Trial {
     pub label: String,
     pub family: String,
     pub fault: Fault,
-    /// Seconds from the fault to the first commit acknowledged by a new primary.
+    /// Seconds from the fault to the first commit acknowledged by a new primary (or by the old
+    /// one once it failed and came back, for tools that restart PostgreSQL in place).
     pub rto: Option<f64>,
     /// The tool's own account: fault to decision, and decision to writable.
     pub detection: Option<f64>,
@@ -61,6 +62,8 @@ pub fn now_unix() -> f64 {
 struct Log {
     /// (commit id, node, Unix time of the acknowledgement)
     acks: Vec<(u64, usize, f64)>,
+    /// When each node last refused or failed a commit (Unix time).
+    last_failure: Vec<f64>,
 }
 
 pub fn run(tool: &dyn Tool, fault: Fault, rng: &mut Rng, give_up: Duration) -> Trial {
@@ -93,7 +96,10 @@ pub fn run(tool: &dyn Tool, fault: Fault, rng: &mut Rng, give_up: Duration) -> T
         return trial;
     }
 
-    let log = Arc::new(Mutex::new(Log::default()));
+    let log = Arc::new(Mutex::new(Log {
+        last_failure: vec![0.0; conninfos.len()],
+        ..Log::default()
+    }));
     let stop = Arc::new(AtomicBool::new(false));
     // One client per node, each committing every 10 ms: the standby refuses until it is
     // promoted, and a hung node delays only its own client.
@@ -112,13 +118,16 @@ pub fn run(tool: &dyn Tool, fault: Fault, rng: &mut Rng, give_up: Duration) -> T
     cluster.inject(fault);
     let deadline = Instant::now() + give_up;
     let first_new = loop {
-        let found = log
-            .lock()
-            .expect("log")
-            .acks
-            .iter()
-            .find(|(_, node, at)| *node != 0 && *at >= t0)
-            .cloned();
+        // A new primary, or the old one back after it failed (a tool that restarts PostgreSQL
+        // in place): either way, writes are accepted again.
+        let found = {
+            let log = log.lock().expect("log");
+            let old_failed_at = log.last_failure.first().copied().filter(|f| *f >= t0);
+            log.acks
+                .iter()
+                .find(|(_, node, at)| *at >= t0 && (*node != 0 || old_failed_at.is_some_and(|f| f < *at)))
+                .cloned()
+        };
         if let Some((_, node, at)) = found {
             break Some((node, at));
         }
@@ -173,12 +182,16 @@ fn commit_loop(node: usize, conninfo: &str, log: &Mutex<Log>, stop: &AtomicBool)
     while !stop.load(Ordering::Relaxed) {
         seq += 1;
         let id = node as u64 * 1_000_000_000 + seq;
-        if client
+        let ok = client
             .exec(&format!("INSERT INTO bench VALUES ({id})"), COMMIT_TIMEOUT)
-            .is_ok()
-        {
-            log.lock().expect("log").acks.push((id, node, now_unix()));
+            .is_ok();
+        let mut log = log.lock().expect("log");
+        if ok {
+            log.acks.push((id, node, now_unix()));
+        } else {
+            log.last_failure[node] = now_unix();
         }
+        drop(log);
         next += EVERY;
         let now = Instant::now();
         if next > now {

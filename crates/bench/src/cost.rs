@@ -1,0 +1,164 @@
+//! What pg_promoter costs while all is well: connections opened on the primary, the worker's CPU
+//! and memory, the primary's throughput with and without the worker (interleaved runs), and how
+//! long a standby takes to shut down while its primary is frozen.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use testbed::Node;
+
+fn settings(keep_alive_ms: u64) -> Vec<(&'static str, String)> {
+    vec![
+        ("pg_promoter.keep_alive", format!("'{keep_alive_ms}ms'")),
+        ("pg_promoter.keepalives_count", "3".into()),
+    ]
+}
+
+fn pair(name: &str, keep_alive_ms: u64) -> Result<(Node, Node), String> {
+    let s = settings(keep_alive_ms);
+    let s: Vec<(&str, &str)> = s.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let primary = Node::primary(&format!("{name}-p"), &s);
+    primary.psql("CREATE EXTENSION pg_promoter")?;
+    let standby = Node::standby(&format!("{name}-s"), &primary, primary.port(), &s);
+    testbed::try_wait_until(Duration::from_secs(60), || {
+        standby.psql("SELECT state FROM pg_promoter_status").as_deref() == Ok("watching")
+    })
+    .ok_or("the worker never watched")?;
+    Ok((primary, standby))
+}
+
+#[derive(Debug)]
+pub struct WorkerCost {
+    pub keep_alive_ms: u64,
+    pub seconds: u64,
+    pub sessions_per_hour: f64,
+    pub cpu_seconds_per_hour: f64,
+    pub rss_kb: u64,
+    pub anon_kb: u64,
+}
+
+fn sessions(primary: &Node) -> Result<f64, String> {
+    primary
+        .psql("SELECT sum(sessions) FROM pg_stat_database")?
+        .parse()
+        .map_err(|e| format!("{e}"))
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: &str) -> Result<f64, String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| e.to_string())?;
+    let fields: Vec<&str> = stat
+        .rsplit_once(") ")
+        .ok_or("bad stat")?
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields[11].parse::<f64>().map_err(|e| e.to_string())?
+        + fields[12].parse::<f64>().map_err(|e| e.to_string())?;
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks / hz)
+}
+
+fn status_kb(pid: &str, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+pub fn worker(keep_alive_ms: u64, duration: Duration) -> Result<WorkerCost, String> {
+    let (primary, standby) = pair(&format!("cost{keep_alive_ms}"), keep_alive_ms)?;
+    let pid = standby.psql("SELECT worker_pid FROM pg_promoter_status")?;
+    let (s0, c0) = (sessions(&primary)?, cpu_seconds(&pid)?);
+    std::thread::sleep(duration);
+    let (s1, c1) = (sessions(&primary)?, cpu_seconds(&pid)?);
+    let per_hour = 3600.0 / duration.as_secs_f64();
+    Ok(WorkerCost {
+        keep_alive_ms,
+        seconds: duration.as_secs(),
+        // The second reading's own session is not the worker's.
+        sessions_per_hour: (s1 - s0 - 1.0).max(0.0) * per_hour,
+        cpu_seconds_per_hour: (c1 - c0) * per_hour,
+        rss_kb: status_kb(&pid, "VmRSS:"),
+        anon_kb: status_kb(&pid, "RssAnon:"),
+    })
+}
+
+fn pgbench_tps(primary: &Node, seconds: u64) -> Result<f64, String> {
+    let out = Command::new(testbed::bindir().join("pgbench"))
+        .args(["-c", "4", "-j", "2", "-n", "-T", &seconds.to_string()])
+        .arg(primary.conninfo())
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find(|l| l.starts_with("tps = "))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(|| format!("pgbench: {}", String::from_utf8_lossy(&out.stderr).trim()))
+}
+
+#[derive(Debug)]
+pub struct Overhead {
+    pub with_worker: Vec<f64>,
+    pub without_worker: Vec<f64>,
+}
+
+impl Overhead {
+    pub fn ratio(&self) -> f64 {
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+        mean(&self.with_worker) / mean(&self.without_worker)
+    }
+}
+
+/// Primary throughput with the standby's worker checking every 100 ms, and with the standby
+/// restarted without the library, alternating, so drift of the machine hits both alike.
+pub fn overhead(rounds: usize, seconds: u64) -> Result<Overhead, String> {
+    let (primary, standby) = pair("overhead", 100)?;
+    let init = Command::new(testbed::bindir().join("pgbench"))
+        .args(["-i", "-q", "-s", "10"])
+        .arg(primary.conninfo())
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !init.status.success() {
+        return Err(format!(
+            "pgbench -i: {}",
+            String::from_utf8_lossy(&init.stderr).trim()
+        ));
+    }
+    let mut result = Overhead {
+        with_worker: Vec::new(),
+        without_worker: Vec::new(),
+    };
+    for _ in 0..rounds {
+        for with in [true, false] {
+            let preload = if with { "'pg_promoter'" } else { "''" };
+            standby.append_conf(&format!("shared_preload_libraries = {preload}"));
+            standby.restart();
+            let tps = pgbench_tps(&primary, seconds)?;
+            if with {
+                result.with_worker.push(tps);
+            } else {
+                result.without_worker.push(tps);
+            }
+        }
+    }
+    Ok(result)
+}
+
+/// A fast shutdown of the standby while its primary is frozen and a check hangs on it.
+pub fn shutdown_while_frozen() -> Result<Duration, String> {
+    let (primary, standby) = pair("stopfrozen", 1000)?;
+    primary.freeze();
+    std::thread::sleep(Duration::from_millis(1500));
+    let start = Instant::now();
+    standby.stop_fast();
+    let took = start.elapsed();
+    primary.thaw();
+    Ok(took)
+}

@@ -1,0 +1,623 @@
+//! Patroni (Debian's 3.0 package) with a one-node etcd 3.4: three simulated hosts, etcd on one,
+//! a Patroni on each of the others, which makes its PostgreSQL server itself (initdb on the
+//! first, pg_basebackup on the second) and fails over between them.
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use testbed::{Host, Net};
+
+use crate::client::Client;
+use crate::cluster::{Cluster, Fault, Tool};
+
+/// Where the test bed keeps its servers' files.
+const ROOT: &str = "/tmp/pg_promoter_testbed";
+/// Every host has an address of its own, so the standard ports serve all of them.
+const PG_PORT: u16 = 5432;
+const API_PORT: u16 = 8008;
+const ETCD_PORT: u16 = 2379;
+const ETCD_PEER_PORT: u16 = 2380;
+/// Patroni refuses to run as root, and PostgreSQL too.
+const USER: &str = "postgres";
+/// initdb or pg_basebackup, then Patroni's first cycles.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(180);
+/// The line Patroni logs on the node that won the leader race, right after taking the lock and
+/// starting the promotion.
+const DECIDED: &str = "promoted self to leader by acquiring session lock";
+
+pub struct Patroni {
+    ttl: u32,
+    loop_wait: u32,
+    retry_timeout: u32,
+}
+
+impl Patroni {
+    /// Patroni's defaults.
+    pub fn defaults() -> Patroni {
+        Patroni {
+            ttl: 30,
+            loop_wait: 10,
+            retry_timeout: 10,
+        }
+    }
+
+    /// The lowest values Patroni allows. 3.0.2 checks none of them, but from 3.2.0 on Patroni
+    /// raises anything lower to these minimums (ttl 20, loop_wait 1, retry_timeout 3) and
+    /// enforces loop_wait + 2 × retry_timeout <= ttl: patroni/config.py
+    /// `_validate_and_adjust_timeouts` (pull request 2869) and docs/dynamic_configuration.rst
+    /// ("minimum possible value"); its maintainers had advised against a ttl below 20 (issue
+    /// 2040). retry_timeout only bounds DCS and PostgreSQL retries, so its minimum is kept.
+    pub fn fastest() -> Patroni {
+        Patroni {
+            ttl: 20,
+            loop_wait: 1,
+            retry_timeout: 3,
+        }
+    }
+
+    /// The dynamic settings that decide when and whether Patroni fails over, each written into
+    /// bootstrap.dcs even where it is Patroni's default, so the record says what ran.
+    fn dcs(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("ttl", self.ttl.to_string()),
+            ("loop_wait", self.loop_wait.to_string()),
+            ("retry_timeout", self.retry_timeout.to_string()),
+            ("maximum_lag_on_failover", "1048576".into()),
+            // How long a crashed primary may take to come back in place before Patroni fails
+            // over instead (the default).
+            ("primary_start_timeout", "300".into()),
+            ("synchronous_mode", "false".into()),
+            ("failsafe_mode", "false".into()),
+            ("check_timeline", "false".into()),
+        ]
+    }
+
+    fn config(&self, name: &str, host: &Host, etcd: &Host, dir: &Path) -> String {
+        let ip = host.ip();
+        let dcs: String = self
+            .dcs()
+            .iter()
+            .map(|(k, v)| format!("    {k}: {v}\n"))
+            .collect();
+        let dir = dir.display();
+        let bindir = testbed::bindir();
+        let bindir = bindir.display();
+        // %(created) puts Unix time on every line, which `reported` reads. Both nodes run as the
+        // same user on the same port, so each needs its own socket directory and pgpass file.
+        // The server's log goes to Patroni's output, beside Patroni's.
+        format!(
+            "\
+scope: bench
+namespace: /pg_promoter_bench/
+name: {name}
+log:
+  level: INFO
+  format: '%(created).3f %(levelname)s: %(message)s'
+restapi:
+  listen: {ip}:{API_PORT}
+  connect_address: {ip}:{API_PORT}
+etcd3:
+  hosts: {etcd}:{ETCD_PORT}
+bootstrap:
+  dcs:
+{dcs}    postgresql:
+      use_pg_rewind: false
+      use_slots: true
+      parameters:
+        wal_level: replica
+        hot_standby: 'on'
+        max_wal_senders: 10
+        max_replication_slots: 10
+        wal_keep_size: 256MB
+  initdb:
+  - encoding: UTF8
+  - locale: C
+  - no-sync
+postgresql:
+  listen: {ip}:{PG_PORT}
+  connect_address: {ip}:{PG_PORT}
+  data_dir: {dir}/data
+  bin_dir: {bindir}
+  pgpass: {dir}/pgpass
+  authentication:
+    superuser:
+      username: postgres
+      password: bench
+    replication:
+      username: replicator
+      password: bench
+  parameters:
+    unix_socket_directories: '{dir}'
+    log_line_prefix: '%m [%p] '
+  pg_hba:
+  - local all all trust
+  - local replication all trust
+  - host all all 127.0.0.1/32 trust
+  - host replication all 127.0.0.1/32 trust
+  - host all all 10.231.0.0/16 trust
+  - host replication all 10.231.0.0/16 trust
+  basebackup:
+  - checkpoint: fast
+watchdog:
+  mode: 'off'
+",
+            etcd = etcd.ip(),
+        )
+    }
+}
+
+impl Tool for Patroni {
+    fn label(&self) -> String {
+        let d = Patroni::defaults();
+        if (self.ttl, self.loop_wait, self.retry_timeout) == (d.ttl, d.loop_wait, d.retry_timeout) {
+            "Patroni defaults".into()
+        } else {
+            format!("Patroni ttl={}", self.ttl)
+        }
+    }
+
+    fn family(&self) -> &'static str {
+        "patroni"
+    }
+
+    fn budget(&self) -> Duration {
+        // A dead leader keeps its lock for the lease's lifetime.
+        Duration::from_secs(self.ttl.into())
+    }
+
+    fn phase_span(&self) -> Duration {
+        Duration::from_secs(self.loop_wait.max(self.ttl).into())
+    }
+
+    fn settings(&self) -> Vec<(String, String)> {
+        let mut settings: Vec<(String, String)> =
+            self.dcs().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        settings.extend(
+            [
+                ("dcs", "etcd3, one node"),
+                ("watchdog", "off"),
+                ("use_slots", "true"),
+                ("use_pg_rewind", "false"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        settings
+    }
+
+    fn start(&self) -> Result<Box<dyn Cluster>, String> {
+        let net = Net::new("patroni");
+        let hosts = [net.host("pa"), net.host("pb")];
+        let etcd_host = net.host("etcd");
+        let mut cluster = Pair {
+            base: make_base()?,
+            members: Vec::new(),
+            etcd: None,
+            frozen: Mutex::new(Vec::new()),
+            net,
+        };
+
+        let etcd_dir = cluster.base.join("etcd");
+        let ip = etcd_host.ip();
+        let (client_url, peer_url) = (
+            format!("http://{ip}:{ETCD_PORT}"),
+            format!("http://{ip}:{ETCD_PEER_PORT}"),
+        );
+        let initial = format!("etcd={peer_url}");
+        let etcd_argv = [
+            "etcd",
+            "--name",
+            "etcd",
+            "--data-dir",
+            &etcd_dir.display().to_string(),
+            "--listen-client-urls",
+            &client_url,
+            "--advertise-client-urls",
+            &client_url,
+            "--listen-peer-urls",
+            &peer_url,
+            "--initial-advertise-peer-urls",
+            &peer_url,
+            "--initial-cluster",
+            &initial,
+            "--initial-cluster-state",
+            "new",
+        ];
+        let etcd_log = cluster.base.join("etcd.log");
+        cluster.etcd = Some(spawn_in(&etcd_host, &etcd_log, &etcd_argv)?);
+        let healthy = testbed::try_wait_until(Duration::from_secs(60), || {
+            http_get(ip, ETCD_PORT, "/health").is_ok_and(|(code, body)| code == 200 && body.contains("true"))
+        });
+        healthy.ok_or_else(|| format!("etcd never became healthy\n{}", tail(&etcd_log, 20)))?;
+
+        for (i, host) in hosts.into_iter().enumerate() {
+            let name = host.name().to_string();
+            let dir = cluster.base.join(&name);
+            make_dir(&dir, 0o700)?;
+            let config = dir.join("patroni.yml");
+            fs::write(&config, self.config(&name, &host, &etcd_host, &dir))
+                .map_err(|e| format!("writing {}: {e}", config.display()))?;
+            let log = dir.join("patroni.log");
+            let patroni = spawn_in(&host, &log, &["patroni", &config.display().to_string()])?;
+            cluster.members.push(Member {
+                name,
+                host,
+                dir,
+                patroni,
+            });
+            let member = &cluster.members[i];
+            let ready = if i == 0 {
+                testbed::try_wait_until(SETUP_TIMEOUT, || {
+                    member.api("/primary") == Some(200) && member.sql("SELECT txid_current()").is_ok()
+                })
+            } else {
+                let leader = &cluster.members[0];
+                testbed::try_wait_until(SETUP_TIMEOUT, || {
+                    member.api("/replica") == Some(200)
+                        && leader
+                            .sql("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'")
+                            .as_deref()
+                            == Ok("1")
+                })
+            };
+            if ready.is_none() {
+                let role = if i == 0 {
+                    "the leader"
+                } else {
+                    "a streaming replica"
+                };
+                return Err(format!("{} never became {role}\n{}", member.name, tail(&log, 30)));
+            }
+        }
+        Ok(Box::new(cluster))
+    }
+}
+
+/// A Patroni node: the Patroni process and the directory holding its configuration, log and the
+/// PostgreSQL data directory Patroni made.
+struct Member {
+    name: String,
+    host: Host,
+    dir: PathBuf,
+    patroni: Child,
+}
+
+impl Member {
+    fn conninfo(&self) -> String {
+        format!(
+            "host={} port={PG_PORT} user=postgres dbname=postgres",
+            self.host.ip()
+        )
+    }
+
+    /// The HTTP status of a GET on Patroni's REST API, None if it does not answer.
+    fn api(&self, path: &str) -> Option<u16> {
+        http_get(self.host.ip(), API_PORT, path)
+            .ok()
+            .map(|(code, _)| code)
+    }
+
+    /// The first column of the first row of `sql`, as text.
+    fn sql(&self, sql: &str) -> Result<String, String> {
+        let rows = Client::new(&self.conninfo()).exec(sql, Duration::from_secs(5))?;
+        Ok(rows
+            .first()
+            .and_then(|r| r.first().cloned().flatten())
+            .unwrap_or_default())
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// The pid on the first line of postmaster.pid, which Patroni's server writes.
+    fn postmaster_pid(&self) -> Option<i32> {
+        let text = fs::read_to_string(self.data().join("postmaster.pid")).ok()?;
+        text.lines().next()?.trim().parse().ok()
+    }
+
+    /// Patroni's account of when it took the leader lock to promote this node, in Unix seconds.
+    fn decided_at(&self) -> Option<f64> {
+        let log = fs::read_to_string(self.dir.join("patroni.log")).ok()?;
+        let line = log.lines().find(|l| l.contains(DECIDED))?;
+        line.split_whitespace().next()?.parse().ok()
+    }
+
+    /// Patroni's cluster history (REST API /history) on when this node's timeline began: the
+    /// modification time of the timeline history file PostgreSQL writes as it is promoted.
+    fn promoted_at(&self) -> Option<f64> {
+        let (code, body) = http_get(self.host.ip(), API_PORT, "/history").ok()?;
+        if code != 200 {
+            return None;
+        }
+        // Lines look like [1,50331808,"no recovery target specified","2024-...+00:00","pb"].
+        let quoted: Vec<&str> = body.split('"').skip(1).step_by(2).collect();
+        let at = quoted.windows(2).rev().find(|w| w[1] == self.name)?[0];
+        iso8601_to_unix(at)
+    }
+}
+
+/// etcd and the two Patroni nodes, the leader at start first, all under `base`.
+struct Pair {
+    base: PathBuf,
+    members: Vec<Member>,
+    etcd: Option<Child>,
+    /// Processes stopped by a freeze, so recovery and teardown resume exactly them.
+    frozen: Mutex<Vec<i32>>,
+    /// Dropped last (fields drop after `Drop::drop`), once every process in its hosts is dead.
+    net: Net,
+}
+
+impl Pair {
+    fn frozen(&self) -> std::sync::MutexGuard<'_, Vec<i32>> {
+        // A panic elsewhere must not stop teardown from thawing.
+        self.frozen.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Cluster for Pair {
+    fn conninfos(&self) -> Vec<String> {
+        self.members.iter().map(Member::conninfo).collect()
+    }
+
+    fn inject(&self, fault: Fault) {
+        let leader = &self.members[0];
+        match fault {
+            Fault::Kill => {
+                if let Some(pid) = leader.postmaster_pid() {
+                    signal(pid, libc::SIGKILL);
+                }
+            }
+            Fault::Freeze => {
+                // PostgreSQL only: Patroni keeps running beside it, as it would when the
+                // database hangs on its own.
+                let Some(postmaster) = leader.postmaster_pid() else {
+                    return;
+                };
+                let mut frozen = self.frozen();
+                signal(postmaster, libc::SIGSTOP);
+                frozen.push(postmaster);
+                // A second walk catches children forked while the first was running.
+                for _ in 0..2 {
+                    for pid in descendants(postmaster) {
+                        if !frozen.contains(&pid) {
+                            signal(pid, libc::SIGSTOP);
+                            frozen.push(pid);
+                        }
+                    }
+                }
+            }
+            Fault::Cut => self.net.isolate(&leader.host),
+        }
+    }
+
+    fn recover(&self) {
+        let mut frozen = self.frozen();
+        if !frozen.is_empty() {
+            // Once its server wakes, the old leader's Patroni 3.0.2 finishes its stalled cycle by
+            // taking a new etcd lease and writing the leader key over the new leader's (etcd3
+            // `_update_leader` puts unconditionally; fixed after 3.0.2 by Patroni's pull request
+            // 2689), which demotes the new primary before its commits are counted. The fault is
+            // over: end that Patroni.
+            signal(-(self.members[0].patroni.id() as i32), libc::SIGKILL);
+        }
+        for pid in frozen.drain(..).rev() {
+            signal(pid, libc::SIGCONT);
+        }
+        self.net.heal_all();
+    }
+
+    fn reported(&self, new_primary: usize) -> Option<(f64, f64)> {
+        let member = &self.members[new_primary];
+        let decided = member.decided_at()?;
+        // The new leader publishes its history a cycle or two after the promotion.
+        let mut promoted = None;
+        testbed::try_wait_until(Duration::from_secs(30), || {
+            promoted = member.promoted_at();
+            promoted.is_some()
+        });
+        Some((decided, promoted?))
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        self.recover();
+        // Patroni first, or it would start the servers again.
+        for member in &mut self.members {
+            kill_group(&mut member.patroni);
+        }
+        for member in &self.members {
+            let mut stop = Command::new("runuser");
+            stop.args(["-u", USER, "--"])
+                .arg(testbed::bindir().join("pg_ctl"))
+                .arg("-D")
+                .arg(member.data())
+                .args(["stop", "-m", "immediate", "-w", "-t", "30"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            // Fails when no server runs there, which is fine.
+            let _ = stop.status();
+        }
+        if let Some(etcd) = &mut self.etcd {
+            kill_group(etcd);
+        }
+        if std::env::var("TESTBED_KEEP").as_deref() == Ok("1") {
+            eprintln!("bench: kept Patroni files at {}", self.base.display());
+        } else if let Err(e) = fs::remove_dir_all(&self.base) {
+            eprintln!("bench: cannot remove {}: {e}", self.base.display());
+        }
+    }
+}
+
+/// A fresh directory for one cluster, owned by the server user.
+fn make_base() -> Result<PathBuf, String> {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    fs::create_dir_all(ROOT).map_err(|e| format!("creating {ROOT}: {e}"))?;
+    // Another user may own it already; then its mode is theirs to keep.
+    let _ = fs::set_permissions(ROOT, fs::Permissions::from_mode(0o755));
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let base = Path::new(ROOT).join(format!("patroni-{}-{n}", std::process::id()));
+    // Only a crashed earlier process with our pid can have left this.
+    let _ = fs::remove_dir_all(&base);
+    make_dir(&base, 0o755)?;
+    Ok(base)
+}
+
+fn make_dir(dir: &Path, mode: u32) -> Result<(), String> {
+    fs::create_dir(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("chmod {}: {e}", dir.display()))?;
+    let out = Command::new("chown")
+        .arg(format!("{USER}:{USER}"))
+        .arg(dir)
+        .output()
+        .map_err(|e| format!("chown {}: {e}", dir.display()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "chown {}: {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Starts `argv` as the server user inside `host`, its output appended to `log`, in a process
+/// group of its own: runuser keeps the program as its child, and killing the group ends both.
+fn spawn_in(host: &Host, log: &Path, argv: &[&str]) -> Result<Child, String> {
+    let out = File::options()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| format!("opening {}: {e}", log.display()))?;
+    let err = out.try_clone().map_err(|e| format!("{}: {e}", log.display()))?;
+    Command::new("ip")
+        .args(["netns", "exec", host.netns(), "runuser", "-u", USER, "--"])
+        .args(argv)
+        // The server user may not be able to read our working directory.
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", argv[0]))
+}
+
+fn kill_group(child: &mut Child) {
+    signal(-(child.id() as i32), libc::SIGKILL);
+    let _ = child.wait();
+}
+
+fn signal(pid: i32, sig: libc::c_int) {
+    // SAFETY: kill has no memory-safety preconditions; a process already gone is no error here.
+    unsafe { libc::kill(pid, sig) };
+}
+
+/// All live descendants of `root`, parents before children.
+fn descendants(root: i32) -> Vec<i32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let parents: Vec<(i32, i32)> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter_map(|pid: i32| {
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // The command name in parentheses may itself contain spaces or ')'.
+            let ppid = stat[stat.rfind(')')? + 1..]
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            Some((pid, ppid))
+        })
+        .collect();
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(parents.iter().filter(|(_, pp)| *pp == parent).map(|(p, _)| *p));
+        i += 1;
+    }
+    found.remove(0);
+    found
+}
+
+/// A GET over HTTP/1.0: the status code and the body.
+fn http_get(ip: Ipv4Addr, port: u16, path: &str) -> Result<(u16, String), String> {
+    let timeout = Duration::from_secs(3);
+    let mut stream =
+        TcpStream::connect_timeout(&SocketAddr::from((ip, port)), timeout).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    stream
+        .set_write_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {ip}:{port}\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).map_err(|e| e.to_string())?;
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("not an HTTP response: {response:.80}"))?;
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Ok((code, body.to_string()))
+}
+
+/// "2024-05-01T12:34:56.789012+02:00" (Python's isoformat of an aware datetime; the fraction
+/// may be missing) to Unix seconds.
+fn iso8601_to_unix(s: &str) -> Option<f64> {
+    let (date, rest) = s.split_once('T')?;
+    let split = rest.rfind(['+', '-'])?;
+    let (time, offset) = rest.split_at(split);
+    let mut ymd = date.split('-').map(|p| p.parse::<i64>().ok());
+    let (y, m, d) = (ymd.next()??, ymd.next()??, ymd.next()??);
+    let mut hms = time.splitn(3, ':');
+    let (h, min): (i64, i64) = (hms.next()?.parse().ok()?, hms.next()?.parse().ok()?);
+    let sec: f64 = hms.next()?.parse().ok()?;
+    let sign = if offset.starts_with('-') { -1 } else { 1 };
+    let (oh, om) = offset[1..].split_once(':')?;
+    let offset = sign * (oh.parse::<i64>().ok()? * 3600 + om.parse::<i64>().ok()? * 60);
+    // Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's days_from_civil).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    Some((days * 86_400 + h * 3600 + min * 60 - offset) as f64 + sec)
+}
+
+/// The last `lines` lines of a log file, for error messages.
+fn tail(path: &Path, lines: usize) -> String {
+    let text = fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_python_isoformat() {
+        assert_eq!(iso8601_to_unix("1970-01-01T00:00:00+00:00"), Some(0.0));
+        assert_eq!(
+            iso8601_to_unix("2024-03-01T01:00:00.5+01:00"),
+            Some(1_709_251_200.5)
+        );
+        assert_eq!(iso8601_to_unix("2000-02-29T12:00:00-02:30"), Some(951_834_600.0));
+    }
+}
