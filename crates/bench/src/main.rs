@@ -107,6 +107,8 @@ fn tools() -> Vec<Box<dyn Tool>> {
         }),
         Box::new(tools::patroni::Patroni::defaults()),
         Box::new(tools::patroni::Patroni::fastest()),
+        Box::new(tools::auto_failover::AutoFailover::defaults()),
+        Box::new(tools::auto_failover::AutoFailover::fast()),
     ]
 }
 

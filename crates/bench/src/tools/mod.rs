@@ -1,5 +1,6 @@
 //! The failover tools under test.
 
+pub mod auto_failover;
 pub mod patroni;
 pub mod pg_promoter;
 pub mod repmgr;
