@@ -15,7 +15,7 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use policy::text::sentence;
 
-use crate::{guc, local, shmem};
+use crate::{guc, local, shmem, versions};
 
 /// The marker a permanent fence leaves in the data directory: a restart stays fenced until the
 /// DBA rejoins the server (pg_rewind or a new base backup replace the directory) or removes it.
@@ -144,15 +144,14 @@ pub fn terminate_sessions() -> usize {
     // signal miss, and PostgreSQL's own pg_signal_backend accepts the same pid-reuse window.
     unsafe {
         let global = pg_sys::ProcGlobal;
-        let walsenders = walsender_pids();
+        let walsenders = versions::walsender_pids();
         for i in 0..(*global).allProcCount as usize {
             let proc = &*(*global).allProcs.add(i);
             let pid = proc.pid;
             let client = pid != 0
                 && pid != pg_sys::MyProcPid
                 && proc.databaseId != pg_sys::InvalidOid
-                && !proc.isBackgroundWorker
-                && u32::from(proc.statusFlags) & pg_sys::PROC_IS_AUTOVACUUM == 0
+                && versions::is_regular_backend(proc)
                 && !walsenders.contains(&pid);
             if client && libc::kill(pid, libc::SIGTERM) == 0 {
                 ended += 1;
@@ -160,19 +159,6 @@ pub fn terminate_sessions() -> usize {
         }
     }
     ended
-}
-
-fn walsender_pids() -> Vec<i32> {
-    // SAFETY: WalSndCtl lives in shared memory; max_wal_senders slots follow it.
-    unsafe {
-        let ctl = pg_sys::WalSndCtl;
-        if ctl.is_null() {
-            return Vec::new();
-        }
-        (0..pg_sys::max_wal_senders as usize)
-            .map(|i| (*(*ctl).walsnds.as_ptr().add(i)).pid)
-            .collect()
-    }
 }
 
 /// `pg_promoter.fence_action = shutdown`: a fast shutdown, as `pg_ctl stop -m fast`.

@@ -10,7 +10,7 @@ use pgrx::pg_sys;
 use policy::members::{self, Member, Naming};
 use policy::{conninfo, schedule, Settings};
 
-use crate::libpq;
+use crate::{libpq, versions};
 
 static PRIMARY_CONNINFO: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
 static KEEP_ALIVE: GucSetting<i32> = GucSetting::<i32>::new(1000);
@@ -167,8 +167,7 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::UNIT_MS,
     );
-    // SAFETY: reserves our prefix so a misspelt pg_promoter.* setting is reported.
-    unsafe { pg_sys::MarkGUCPrefixReserved(c"pg_promoter".as_ptr()) };
+    versions::reserve_guc_prefix(c"pg_promoter");
 }
 
 pub fn keep_alive_ms() -> i32 {

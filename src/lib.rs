@@ -15,6 +15,7 @@ mod probe;
 mod promote;
 mod shmem;
 mod sql;
+mod versions;
 mod witness;
 mod worker;
 

@@ -3,6 +3,8 @@
 
 use pgrx::pg_sys;
 
+use crate::versions;
+
 #[derive(Clone, Copy, Debug)]
 pub struct Local {
     pub in_recovery: bool,
@@ -31,10 +33,7 @@ pub fn read() -> Local {
         // SAFETY: both take their spinlocks themselves; NULL out-parameters are allowed.
         unsafe {
             (
-                nonzero(pg_sys::GetWalRcvFlushRecPtr(
-                    std::ptr::null_mut(),
-                    std::ptr::null_mut(),
-                )),
+                nonzero(versions::walrcv_flush_lsn()),
                 nonzero(pg_sys::GetXLogReplayRecPtr(std::ptr::null_mut())),
             )
         }
@@ -62,12 +61,12 @@ fn walreceiver() -> (bool, Option<i64>) {
     // SAFETY: WalRcv points into shared memory for the server's life (or is NULL before it is
     // set up); the fields are read under the structure's own spinlock, held for two loads.
     unsafe {
-        let w = pg_sys::WalRcv;
+        let w = versions::walrcv();
         if w.is_null() {
             return (false, None);
         }
         pg_sys::SpinLockAcquire(&raw mut (*w).mutex);
-        let connected = (*w).ready_to_display && (*w).walRcvState == pg_sys::WalRcvState::WALRCV_STREAMING;
+        let connected = (*w).ready_to_display && (*w).walRcvState == versions::WALRCV_STREAMING;
         let last = (*w).lastMsgReceiptTime;
         pg_sys::SpinLockRelease(&raw mut (*w).mutex);
         (connected, (connected && last != 0).then_some(last))
@@ -84,8 +83,7 @@ pub fn replay_timeline() -> Option<u32> {
 
 /// The timeline new WAL is written on (after promotion, the new one).
 pub fn insert_timeline() -> Option<u32> {
-    // SAFETY: only called once recovery has ended, as the function requires.
-    let tli = unsafe { pg_sys::GetWALInsertionTimeLine() };
+    let tli = versions::insertion_timeline();
     (tli != 0).then_some(tli)
 }
 

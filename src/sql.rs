@@ -22,7 +22,7 @@ impl IntoDatum for Lsn {
         Some(pg_sys::Datum::from(self.0))
     }
     fn type_oid() -> pg_sys::Oid {
-        pg_sys::PG_LSNOID
+        crate::versions::LSN_OID
     }
 }
 
