@@ -43,7 +43,8 @@ pub trait Cluster {
     }
 }
 
-pub trait Tool {
+/// `Sync`: soaks run every tool side by side, each from its own thread.
+pub trait Tool: Sync {
     /// Tool and setting, e.g. "pg_promoter 200ms×3".
     fn label(&self) -> String;
     fn family(&self) -> &'static str;

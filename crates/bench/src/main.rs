@@ -1,11 +1,13 @@
 //! `cargo run --release -p bench -- [rto|soak|cost|all] [--quick|--smoke] [--trials N] [--soak-secs N]
 //!                                   [--tools a,b] [--faults kill,freeze,cut] [--out DIR]`
+//! `cargo run --release -p bench -- report --from DIR,DIR… [--out DIR]`
 //!
 //! - rto: failover time of pg_promoter and its peers on the same machine in the same run: every
 //!   tool and setting, every fault, `--trials` times each, at random phases;
 //! - soak: false failovers under pgbench, with a CPU hog, and with short network stalls;
 //! - cost: pg_promoter's connections, CPU and memory while all is well, the primary's throughput
-//!   with and without it, and a standby's shutdown while its primary is frozen.
+//!   with and without it, and a standby's shutdown while its primary is frozen (and repmgrd's);
+//! - report: the failover trials of earlier runs (their results.csv) as one table and picture.
 //!
 //! Prints tables and writes results.json, results.csv, rto.svg, soak.txt and cost.txt under the
 //! results folder, with the settings, versions and machine facts. Nothing here asserts a speed.
@@ -35,6 +37,7 @@ struct Args {
     families: Option<Vec<String>>,
     faults: Vec<Fault>,
     out: PathBuf,
+    from: Vec<PathBuf>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -47,12 +50,13 @@ fn parse_args() -> Result<Args, String> {
         families: None,
         faults: Fault::ALL.to_vec(),
         out: "results".into(),
+        from: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut value = || it.next().ok_or(format!("{arg} needs a value"));
         match arg.as_str() {
-            "rto" | "soak" | "cost" | "all" => args.mode = arg.clone(),
+            "rto" | "soak" | "cost" | "all" | "report" => args.mode = arg.clone(),
             "--quick" => {
                 args.quick = true;
                 args.trials = 1;
@@ -77,6 +81,7 @@ fn parse_args() -> Result<Args, String> {
                     .collect::<Result<_, _>>()?
             }
             "--out" => args.out = value()?.into(),
+            "--from" => args.from = value()?.split(',').map(PathBuf::from).collect(),
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -99,12 +104,7 @@ fn tools() -> Vec<Box<dyn Tool>> {
             count: 3,
         }),
         Box::new(Repmgrd::DEFAULTS),
-        // The same detection budget as pg_promoter's fast setting: 1 s × 3.
-        Box::new(Repmgrd {
-            monitor_interval_secs: 1,
-            reconnect_attempts: 3,
-            reconnect_interval: 1,
-        }),
+        Box::new(Repmgrd::FAST),
         Box::new(tools::patroni::Patroni::defaults()),
         Box::new(tools::patroni::Patroni::fastest()),
         Box::new(tools::auto_failover::AutoFailover::defaults()),
@@ -132,6 +132,9 @@ fn main() {
         facts.push((format!("settings: {}", tool.label()), settings.join(" ")));
     }
     let mut failed = false;
+    if args.mode == "report" {
+        failed |= report_mode(&args, &tools, facts.clone());
+    }
     if matches!(args.mode.as_str(), "rto" | "all") {
         failed |= rto_mode(&args, &tools, facts.clone());
     }
@@ -171,6 +174,35 @@ fn rto_mode(args: &Args, tools: &[Box<dyn Tool>], mut facts: Vec<(String, String
             }
         }
     }
+    facts.push(("trials_per_case".into(), args.trials.to_string()));
+    write_rto(args, tools, &trials, &facts);
+    trials
+        .iter()
+        .any(|t| t.error.is_some() && t.family == "pg_promoter")
+}
+
+/// Several runs' trials (their results.csv) reported as one: runs of different tools may go
+/// side by side, and the ratios still compare each with pg_promoter at the same budget.
+fn report_mode(args: &Args, tools: &[Box<dyn Tool>], mut facts: Vec<(String, String)>) -> bool {
+    let mut trials = Vec::new();
+    for dir in &args.from {
+        let path = dir.join("results.csv");
+        let read = std::fs::read_to_string(&path).map_err(|e| e.to_string());
+        match read.and_then(|text| report::parse_csv(&text)) {
+            Ok(mut t) => trials.append(&mut t),
+            Err(e) => {
+                eprintln!("bench: {}: {e}", path.display());
+                return true;
+            }
+        }
+        facts.push(("from".into(), dir.display().to_string()));
+    }
+    write_rto(args, tools, &trials, &facts);
+    false
+}
+
+/// The table (printed too), results.json and .csv, and rto.svg.
+fn write_rto(args: &Args, tools: &[Box<dyn Tool>], trials: &[rto::Trial], facts: &[(String, String)]) {
     // Ratios compare each tool with pg_promoter at the same detection budget.
     let budgets: Vec<(String, Duration, &str)> = tools
         .iter()
@@ -183,44 +215,39 @@ fn rto_mode(args: &Args, tools: &[Box<dyn Tool>], mut facts: Vec<(String, String
             .find(|b| b.2 == "pg_promoter" && b.1 == budget)
             .map(|b| b.0.clone())
     };
-    let table = report::table(&trials, reference);
+    let table = report::table(trials, reference);
     println!("{table}");
-    facts.push(("trials_per_case".into(), args.trials.to_string()));
-    write(args, "results.json", &report::json(&trials, &facts));
-    write(args, "results.csv", &report::csv(&trials));
-    write(args, "rto.svg", &report::svg(&trials));
+    write(args, "results.json", &report::json(trials, facts));
+    write(args, "results.csv", &report::csv(trials));
+    write(args, "rto.svg", &report::svg(trials));
     write(args, "table.txt", &table);
-    trials
-        .iter()
-        .any(|t| t.error.is_some() && t.family == "pg_promoter")
 }
 
-/// False failovers: pg_promoter at 200 ms × 3, the peers at their fast settings.
+/// False failovers: pg_promoter at 200 ms × 3 and at 1 s × 3 (the peers' budget), the peers at
+/// their fast settings, side by side.
 fn soak_mode(args: &Args, tools: &[Box<dyn Tool>]) -> bool {
-    let mut rng = rto::Rng::from_clock();
-    let fast = |t: &dyn Tool| {
-        (t.family() == "pg_promoter" && t.label().contains("200ms"))
-            || (t.family() != "pg_promoter" && !t.label().contains("defaults"))
+    let fast: Vec<&dyn Tool> = tools
+        .iter()
+        .map(|t| t.as_ref())
+        .filter(|t| {
+            (t.family() == "pg_promoter" && t.label().ends_with("×3"))
+                || (t.family() != "pg_promoter" && !t.label().contains("defaults"))
+        })
+        .collect();
+    let variants: &[soak::Variant] = if args.smoke {
+        &[soak::Variant::Stalls]
+    } else {
+        &soak::Variant::ALL
     };
     let mut soaks = Vec::new();
-    for tool in tools.iter().filter(|t| fast(t.as_ref())) {
-        let variants: &[soak::Variant] = if args.smoke {
-            &[soak::Variant::Stalls]
-        } else {
-            &soak::Variant::ALL
-        };
-        for &variant in variants {
-            let s = soak::run(
-                tool.as_ref(),
-                variant,
-                Duration::from_secs(args.soak_secs),
-                &mut rng,
-            );
+    for &variant in variants {
+        for s in soak::run_side_by_side(&fast, variant, Duration::from_secs(args.soak_secs)) {
             eprintln!(
-                "{} {}: {} failover(s) {}",
+                "{} {}: {} failover(s), longest write gap {} ms {}",
                 s.label,
                 variant.name(),
                 s.failovers,
+                s.longest_write_gap_ms.unwrap_or(0),
                 s.error.as_deref().unwrap_or("")
             );
             soaks.push(s);
@@ -276,13 +303,23 @@ fn cost_mode(args: &Args) -> bool {
     }
     match cost::shutdown_while_frozen() {
         Ok(d) => out.push_str(&format!(
-            "standby fast shutdown while the primary is frozen: {} ms\n",
+            "pg_promoter: standby fast shutdown while the primary is frozen: {} ms\n",
             d.as_millis()
         )),
         Err(e) => {
             failed = true;
             out.push_str(&format!("shutdown while frozen: error: {e}\n"));
         }
+    }
+    // The same moment with repmgrd at its fast setting: its daemon runs beside the server.
+    match Repmgrd::FAST.shutdown_while_frozen() {
+        Ok((daemon, server)) => out.push_str(&format!(
+            "repmgrd 1s×3: standby's repmgrd exit after SIGTERM while the primary is frozen: {} ms, then \
+             the standby's fast shutdown: {} ms\n",
+            daemon.as_millis(),
+            server.as_millis()
+        )),
+        Err(e) => out.push_str(&format!("repmgrd shutdown while frozen: error: {e}\n")),
     }
     print!("{out}");
     write(args, "cost.txt", &out);

@@ -3,6 +3,7 @@
 
 use std::fmt::Write as _;
 
+use crate::cluster::Fault;
 use crate::rto::Trial;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -175,6 +176,40 @@ pub fn csv(trials: &[Trial]) -> String {
     out
 }
 
+/// Reads back what [`csv`] wrote, so several runs can be reported as one.
+pub fn parse_csv(text: &str) -> Result<Vec<Trial>, String> {
+    let num = |s: &str| -> Result<Option<f64>, String> {
+        (!s.is_empty())
+            .then(|| s.parse().map_err(|_| format!("not a number: {s}")))
+            .transpose()
+    };
+    let mut trials = Vec::new();
+    for (i, line) in text.lines().enumerate().skip(1) {
+        let bad = || format!("results.csv line {}: {line}", i + 1);
+        // The label and the error are quoted (and hold no quote); the fields between are plain.
+        let rest = line.strip_prefix('"').ok_or_else(bad)?;
+        let (label, rest) = rest.split_once("\",").ok_or_else(bad)?;
+        let f: Vec<&str> = rest.splitn(8, ',').collect();
+        if f.len() != 8 {
+            return Err(bad());
+        }
+        let error = f[7].trim_matches('"');
+        trials.push(Trial {
+            label: label.to_string(),
+            family: f[0].to_string(),
+            fault: Fault::parse(f[1]).ok_or_else(bad)?,
+            rto: num(f[2])?,
+            detection: num(f[3])?,
+            promotion: num(f[4])?,
+            lost: num(f[5])?.map(|l| l as u64),
+            acked_before: 0,
+            old_acked_after: f[6].parse().map_err(|_| bad())?,
+            error: (!error.is_empty()).then(|| error.to_string()),
+        });
+    }
+    Ok(trials)
+}
+
 /// RTO per tool and setting (rows), one point per trial, coloured by fault, log-scaled seconds.
 pub fn svg(trials: &[Trial]) -> String {
     let mut labels: Vec<&str> = Vec::new();
@@ -263,6 +298,31 @@ mod tests {
         let ten: Vec<f64> = (1..=10).map(f64::from).collect();
         let s = stats(&ten).unwrap();
         assert_eq!((s.median, s.p90), (5.5, 9.0));
+    }
+
+    #[test]
+    fn csv_reads_back_what_it_wrote() {
+        let trial = |label: &str, fault, rto, error: Option<&str>| Trial {
+            label: label.into(),
+            family: "pg_promoter".into(),
+            fault,
+            rto,
+            detection: rto.map(|r| r - 0.03),
+            promotion: rto.map(|_| 0.03),
+            lost: rto.map(|_| 3),
+            acked_before: 0,
+            old_acked_after: 7,
+            error: error.map(str::to_string),
+        };
+        let trials = [
+            trial("pg_promoter 1s×3", Fault::Cut, Some(2.5), None),
+            trial("x", Fault::Freeze, None, Some("setup: a, b and 'c'")),
+        ];
+        let text = csv(&trials);
+        let back = parse_csv(&text).unwrap();
+        assert_eq!(csv(&back), text);
+        assert_eq!(back[1].error.as_deref(), Some("setup: a, b and 'c'"));
+        assert!(parse_csv("header\n\"broken line\n").is_err());
     }
 
     #[test]

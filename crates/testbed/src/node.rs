@@ -303,7 +303,13 @@ impl Node {
     /// while the kernel still completes TCP handshakes for it.
     pub fn freeze(&self) {
         let postmaster = self.expect_postmaster_pid();
-        let mut frozen = self.frozen_pids();
+        Node::freeze_tree(postmaster, &mut self.frozen_pids());
+    }
+
+    /// What `freeze` does, for servers that something other than a `Node`
+    /// runs: SIGSTOPs `postmaster` and all its descendants, adding each to
+    /// `frozen` (to SIGCONT later, last first).
+    pub fn freeze_tree(postmaster: i32, frozen: &mut Vec<i32>) {
         signal(postmaster, libc::SIGSTOP);
         frozen.push(postmaster);
         // A second walk catches children forked while the first was running.

@@ -2,26 +2,22 @@
 //! hosts, each `pg_autoctl` a child process we keep. pg_autoctl makes and runs the PostgreSQL
 //! servers itself: initdb for the monitor and the primary, pg_basebackup for the secondary.
 
+use std::ffi::OsStr;
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{mpsc, Mutex, MutexGuard};
+use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use testbed::{Host, Net};
 
+use super::common::{
+    as_server_user, make_base, postmaster_pid, remove_base, run, stop_server, tail, Daemon, Faults,
+};
 use crate::client::Client;
 use crate::cluster::{Cluster, Fault, Tool};
 
-/// Where the test bed keeps its servers' files.
-const ROOT: &str = "/tmp/pg_promoter_testbed";
-/// pg_autoctl and PostgreSQL refuse to run as root.
-const USER: &str = "postgres";
 /// pg_autoctl leaves unix_socket_directories at Debian's default, where psql looks too.
 const SOCKETS: &str = "/var/run/postgresql";
 /// initdb or pg_basebackup and the first state changes, on a machine shared with other benchmarks.
@@ -152,7 +148,7 @@ impl Tool for AutoFailover {
 
     fn start(&self) -> Result<Box<dyn Cluster>, String> {
         let net = Net::new("autofailover");
-        let base = make_base()?;
+        let base = make_base("autofailover")?;
         // The hosts have addresses of their own, but the servers share one socket directory.
         let instance = |name, host: Host| Instance {
             pgdata: base.join(name),
@@ -164,31 +160,17 @@ impl Tool for AutoFailover {
             monitor: instance("monitor", net.host("mon")),
             nodes: vec![instance("a", net.host("a")), instance("b", net.host("b"))],
             daemons: Vec::new(),
-            frozen: Mutex::new(Vec::new()),
             base,
-            net,
+            faults: Faults::new(net),
         };
 
         let m = &f.monitor;
         let (port, ip) = (m.port.to_string(), m.host.ip().to_string());
-        let pg_ctl = testbed::bindir().join("pg_ctl").display().to_string();
         let pgdata = m.pgdata.display().to_string();
-        let create = [
-            "create",
-            "monitor",
-            "--pgdata",
-            &pgdata,
-            "--pgport",
-            &port,
-            "--hostname",
-            &ip,
-            "--auth",
-            "trust",
-            "--no-ssl",
-            "--pgctl",
-            &pg_ctl,
-        ];
-        run(pg_autoctl(&m.host, &f.base, &create), SETUP_TIMEOUT)?;
+        run(
+            pg_autoctl(&m.host, &f.base, m.create("monitor", &[])),
+            SETUP_TIMEOUT,
+        )?;
         // postgresql.conf includes pg_autoctl's own file first, so these lines win.
         let conf: String = self
             .monitor_conf()
@@ -201,38 +183,26 @@ impl Tool for AutoFailover {
             .open(&path)
             .and_then(|mut file| file.write_all(conf.as_bytes()))
             .map_err(|e| format!("appending to {}: {e}", path.display()))?;
-        let daemon = spawn(&f.base, &f.monitor, &["run", "--pgdata", &pgdata])?;
+        let daemon = spawn(&f.base, &f.monitor, ["run", "--pgdata", &pgdata])?;
         f.daemons.push(daemon);
         f.wait("the monitor answers", |f| f.monitor_sql("SELECT 1").is_ok())?;
 
         let monitor = format!("postgres://autoctl_node@{ip}:{port}/pg_auto_failover?sslmode=disable");
         for i in 0..2 {
             let node = &f.nodes[i];
-            let (port, ip) = (node.port.to_string(), node.host.ip().to_string());
-            let pgdata = node.pgdata.display().to_string();
-            let create = [
-                "create",
+            let create = node.create(
                 "postgres",
-                "--pgdata",
-                &pgdata,
-                "--pgport",
-                &port,
-                "--hostname",
-                &ip,
-                "--name",
-                node.name,
-                "--auth",
-                "trust",
-                "--no-ssl",
-                // Rules for the whole subnet, so the benchmark's client gets in from the bridge.
-                "--pg-hba-lan",
-                "--pgctl",
-                &pg_ctl,
-                "--monitor",
-                &monitor,
-                "--run",
-            ];
-            let daemon = spawn(&f.base, node, &create)?;
+                &[
+                    "--name",
+                    node.name,
+                    // Rules for the whole subnet, so the benchmark's client gets in from the bridge.
+                    "--pg-hba-lan",
+                    "--monitor",
+                    &monitor,
+                    "--run",
+                ],
+            );
+            let daemon = spawn(&f.base, node, create)?;
             f.daemons.push(daemon);
             if i == 0 {
                 // Registered alone, so it is the one that becomes primary.
@@ -278,17 +248,26 @@ impl Instance {
         )
     }
 
-    fn postmaster_pid(&self) -> Option<i32> {
-        let text = fs::read_to_string(self.pgdata.join("postmaster.pid")).ok()?;
-        text.lines().next()?.trim().parse().ok()
+    /// `pg_autoctl create <kind>` for this server: the options the monitor and the nodes share,
+    /// then `extra`.
+    fn create(&self, kind: &str, extra: &[&str]) -> Vec<String> {
+        let shared = [
+            "create",
+            kind,
+            "--pgdata",
+            &self.pgdata.display().to_string(),
+            "--pgport",
+            &self.port.to_string(),
+            "--hostname",
+            &self.host.ip().to_string(),
+            "--auth",
+            "trust",
+            "--no-ssl",
+            "--pgctl",
+            &testbed::bindir().join("pg_ctl").display().to_string(),
+        ];
+        shared.iter().chain(extra).map(|arg| arg.to_string()).collect()
     }
-}
-
-/// A long-running pg_autoctl (the monitor's `run`, a node's `create postgres --run`).
-struct Daemon {
-    name: &'static str,
-    child: Child,
-    log: PathBuf,
 }
 
 /// The monitor and the two nodes, primary first, all under `base`.
@@ -296,11 +275,11 @@ struct Formation {
     base: PathBuf,
     monitor: Instance,
     nodes: Vec<Instance>,
-    daemons: Vec<Daemon>,
-    /// Processes stopped by a freeze, so recovery and teardown resume exactly them.
-    frozen: Mutex<Vec<i32>>,
-    /// Dropped last (fields drop after `Drop::drop`), once every process in its hosts is dead.
-    net: Net,
+    /// Each long-running pg_autoctl (the monitor's `run`, a node's `create postgres --run`), by
+    /// the name of its server.
+    daemons: Vec<(&'static str, Daemon)>,
+    /// Last: see [`Faults`].
+    faults: Faults,
 }
 
 impl Formation {
@@ -308,12 +287,11 @@ impl Formation {
     fn wait(&mut self, what: &str, mut done: impl FnMut(&Formation) -> bool) -> Result<(), String> {
         let deadline = Instant::now() + SETUP_TIMEOUT;
         loop {
-            for d in &mut self.daemons {
-                if let Ok(Some(status)) = d.child.try_wait() {
+            for (name, d) in &mut self.daemons {
+                if let Some(status) = d.exited() {
                     return Err(format!(
-                        "waiting until {what}: pg_autoctl for {} exited ({status})\n{}",
-                        d.name,
-                        tail(&d.log, 30)
+                        "waiting until {what}: pg_autoctl for {name} exited ({status})\n{}",
+                        tail(d.log(), 30)
                     ));
                 }
             }
@@ -324,7 +302,7 @@ impl Formation {
                 let logs: Vec<String> = self
                     .daemons
                     .iter()
-                    .map(|d| format!("--- {} ---\n{}", d.name, tail(&d.log, 15)))
+                    .map(|(name, d)| format!("--- {name} ---\n{}", tail(d.log(), 15)))
                     .collect();
                 return Err(format!(
                     "not within {SETUP_TIMEOUT:?}: {what}\n{}",
@@ -337,14 +315,10 @@ impl Formation {
 
     /// `sql` on the monitor's database over its Unix socket: the rows as psql's unaligned text.
     fn monitor_sql(&self, sql: &str) -> Result<String, String> {
-        let mut cmd = Command::new("runuser");
-        cmd.args(["-u", USER, "--"])
-            .arg(testbed::bindir().join("psql"))
-            .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-h", SOCKETS, "-p"])
+        let mut cmd = as_server_user(None, testbed::bindir().join("psql"));
+        cmd.args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-h", SOCKETS, "-p"])
             .arg(self.monitor.port.to_string())
-            .args(["-d", "pg_auto_failover", "-c", sql])
-            .current_dir("/")
-            .process_group(0);
+            .args(["-d", "pg_auto_failover", "-c", sql]);
         run(cmd, Duration::from_secs(15)).map(|out| out.trim().to_string())
     }
 
@@ -360,11 +334,6 @@ impl Formation {
         self.monitor_sql(&sql)
             .is_ok_and(|out| out == format!("{state}|{state}"))
     }
-
-    fn frozen(&self) -> MutexGuard<'_, Vec<i32>> {
-        // A panic elsewhere must not stop teardown from thawing.
-        self.frozen.lock().unwrap_or_else(|e| e.into_inner())
-    }
 }
 
 impl Cluster for Formation {
@@ -372,43 +341,14 @@ impl Cluster for Formation {
         self.nodes.iter().map(Instance::conninfo).collect()
     }
 
+    /// On a kill, the keeper beside the server keeps running and reacts as it would to a crash.
     fn inject(&self, fault: Fault) {
         let primary = &self.nodes[0];
-        match fault {
-            // The keeper beside it keeps running and reacts as it would to a crash.
-            Fault::Kill => {
-                if let Some(pid) = primary.postmaster_pid() {
-                    signal(pid, libc::SIGKILL);
-                }
-            }
-            // PostgreSQL only: pg_autoctl keeps running beside it, as when the database hangs
-            // on its own.
-            Fault::Freeze => {
-                let Some(postmaster) = primary.postmaster_pid() else {
-                    return;
-                };
-                let mut frozen = self.frozen();
-                signal(postmaster, libc::SIGSTOP);
-                frozen.push(postmaster);
-                // A second walk catches children forked while the first was running.
-                for _ in 0..2 {
-                    for pid in descendants(postmaster) {
-                        if !frozen.contains(&pid) {
-                            signal(pid, libc::SIGSTOP);
-                            frozen.push(pid);
-                        }
-                    }
-                }
-            }
-            Fault::Cut => self.net.isolate(&primary.host),
-        }
+        self.faults.inject(fault, &primary.host, &primary.pgdata);
     }
 
     fn recover(&self) {
-        for pid in self.frozen().drain(..).rev() {
-            signal(pid, libc::SIGCONT);
-        }
-        self.net.heal_all();
+        self.faults.recover();
     }
 
     /// From the monitor's event log: when it assigned prepare_promotion to the new primary, and
@@ -437,167 +377,40 @@ impl Drop for Formation {
         self.recover();
         // pg_autoctl stops its PostgreSQL server when it stops; every process of a daemon,
         // servers included, is in its process group.
-        for d in &self.daemons {
-            signal(-(d.child.id() as i32), libc::SIGTERM);
+        for (_, d) in &self.daemons {
+            d.signal(libc::SIGTERM);
         }
-        for d in &mut self.daemons {
-            let ended = testbed::try_wait_until(Duration::from_secs(15), || {
-                matches!(d.child.try_wait(), Ok(Some(_)))
-            });
-            if ended.is_none() {
-                signal(-(d.child.id() as i32), libc::SIGKILL);
-            }
-            let _ = d.child.wait();
+        for (_, d) in &mut self.daemons {
+            d.reap(Duration::from_secs(15));
         }
         for instance in self.nodes.iter().chain([&self.monitor]) {
-            if instance.postmaster_pid().is_none() {
-                continue;
+            if postmaster_pid(&instance.pgdata).is_some() {
+                stop_server(&instance.pgdata);
             }
-            let mut stop = Command::new("runuser");
-            stop.args(["-u", USER, "--"])
-                .arg(testbed::bindir().join("pg_ctl"))
-                .arg("-D")
-                .arg(&instance.pgdata)
-                .args(["stop", "-m", "immediate", "-w", "-t", "30"])
-                .current_dir("/")
-                .process_group(0);
-            // Fails when the server is gone already, which is what we want.
-            let _ = run(stop, Duration::from_secs(60));
         }
-        if std::env::var("TESTBED_KEEP").as_deref() == Ok("1") {
-            eprintln!("bench: kept pg_auto_failover files at {}", self.base.display());
-        } else if let Err(e) = fs::remove_dir_all(&self.base) {
-            eprintln!("bench: cannot remove {}: {e}", self.base.display());
-        }
+        remove_base(&self.base, "pg_auto_failover");
     }
 }
 
 /// Starts pg_autoctl for `instance`, its output in `<base>/<name>.log`.
-fn spawn(base: &Path, instance: &Instance, args: &[&str]) -> Result<Daemon, String> {
+fn spawn(
+    base: &Path,
+    instance: &Instance,
+    args: impl IntoIterator<Item = impl AsRef<OsStr>>,
+) -> Result<(&'static str, Daemon), String> {
     let log = base.join(format!("{}.log", instance.name));
-    let out = fs::File::create(&log).map_err(|e| format!("creating {}: {e}", log.display()))?;
-    let err = out.try_clone().map_err(|e| format!("{}: {e}", log.display()))?;
-    let child = pg_autoctl(&instance.host, base, args)
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .map_err(|e| format!("starting pg_autoctl: {e}"))?;
-    Ok(Daemon {
-        name: instance.name,
-        child,
-        log,
-    })
+    Ok((
+        instance.name,
+        Daemon::spawn(pg_autoctl(&instance.host, base, args), log)?,
+    ))
 }
 
-/// `pg_autoctl args` as the server user inside `host`, in a process group of its own.
-fn pg_autoctl(host: &Host, base: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new("ip");
-    cmd.args([
-        "netns",
-        "exec",
-        host.netns(),
-        "runuser",
-        "-u",
-        USER,
-        "--",
-        "pg_autoctl",
-    ])
-    .args(args)
-    // pg_autoctl keeps its configuration and state there, not in the server user's home.
-    .env("XDG_CONFIG_HOME", base.join("config"))
-    .env("XDG_DATA_HOME", base.join("share"))
-    // The server user may not be able to read our working directory.
-    .current_dir("/")
-    .stdin(Stdio::null())
-    .process_group(0);
+/// `pg_autoctl args` as the server user inside `host`.
+fn pg_autoctl(host: &Host, base: &Path, args: impl IntoIterator<Item = impl AsRef<OsStr>>) -> Command {
+    let mut cmd = as_server_user(Some(host), "pg_autoctl");
+    cmd.args(args)
+        // pg_autoctl keeps its configuration and state there, not in the server user's home.
+        .env("XDG_CONFIG_HOME", base.join("config"))
+        .env("XDG_DATA_HOME", base.join("share"));
     cmd
-}
-
-/// A fresh directory for one formation, owned by the server user, who makes everything in it.
-fn make_base() -> Result<PathBuf, String> {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    fs::create_dir_all(ROOT).map_err(|e| format!("creating {ROOT}: {e}"))?;
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let base = Path::new(ROOT).join(format!("autofailover-{}-{n}", std::process::id()));
-    // Only a crashed earlier process with our pid can have left this.
-    let _ = fs::remove_dir_all(&base);
-    fs::create_dir(&base).map_err(|e| format!("creating {}: {e}", base.display()))?;
-    fs::set_permissions(&base, fs::Permissions::from_mode(0o755))
-        .map_err(|e| format!("chmod {}: {e}", base.display()))?;
-    let mut chown = Command::new("chown");
-    chown.arg(format!("{USER}:{USER}")).arg(&base).process_group(0);
-    run(chown, Duration::from_secs(10))?;
-    Ok(base)
-}
-
-/// Runs `cmd` (made with its own process group) to completion: `Ok(stdout)`, or `Err` with all
-/// it printed; after `timeout` its whole group is killed.
-fn run(mut cmd: Command, timeout: Duration) -> Result<String, String> {
-    let shown = format!("{cmd:?}");
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot start {shown}: {e}"))?;
-    let group = child.id() as i32;
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || tx.send(child.wait_with_output()));
-    match rx.recv_timeout(timeout) {
-        Ok(Ok(out)) if out.status.success() => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
-        Ok(Ok(out)) => Err(format!(
-            "{shown}: {}: {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )),
-        Ok(Err(e)) => Err(format!("waiting for {shown}: {e}")),
-        Err(_) => {
-            signal(-group, libc::SIGKILL);
-            Err(format!("{shown} timed out after {timeout:?}"))
-        }
-    }
-}
-
-fn signal(pid: i32, sig: libc::c_int) {
-    // SAFETY: kill has no memory-safety preconditions; a process already gone is no error here.
-    unsafe { libc::kill(pid, sig) };
-}
-
-/// All live descendants of `root`, parents before children.
-fn descendants(root: i32) -> Vec<i32> {
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let parents: Vec<(i32, i32)> = entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .filter_map(|pid: i32| {
-            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            // The command name in parentheses may itself contain spaces or ')'.
-            let ppid = stat[stat.rfind(')')? + 1..]
-                .split_whitespace()
-                .nth(1)?
-                .parse()
-                .ok()?;
-            Some((pid, ppid))
-        })
-        .collect();
-    let mut found = vec![root];
-    let mut i = 0;
-    while i < found.len() {
-        let parent = found[i];
-        found.extend(parents.iter().filter(|(_, pp)| *pp == parent).map(|(p, _)| *p));
-        i += 1;
-    }
-    found.remove(0);
-    found
-}
-
-/// The last `lines` lines of a log file, for error messages.
-fn tail(path: &Path, lines: usize) -> String {
-    let text = fs::read(path)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }

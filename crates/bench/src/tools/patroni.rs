@@ -2,31 +2,23 @@
 //! a Patroni on each of the others, which makes its PostgreSQL server itself (initdb on the
 //! first, pg_basebackup on the second) and fails over between them.
 
-use std::fs::{self, File};
+use std::fs;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use testbed::{Host, Net};
 
+use super::common::{as_server_user, make_base, make_dir, remove_base, stop_server, tail, Daemon, Faults};
 use crate::client::Client;
 use crate::cluster::{Cluster, Fault, Tool};
 
-/// Where the test bed keeps its servers' files.
-const ROOT: &str = "/tmp/pg_promoter_testbed";
 /// Every host has an address of its own, so the standard ports serve all of them.
 const PG_PORT: u16 = 5432;
 const API_PORT: u16 = 8008;
 const ETCD_PORT: u16 = 2379;
 const ETCD_PEER_PORT: u16 = 2380;
-/// Patroni refuses to run as root, and PostgreSQL too.
-const USER: &str = "postgres";
 /// initdb or pg_basebackup, then Patroni's first cycles.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(180);
 /// The line Patroni logs on the node that won the leader race, right after taking the lock and
@@ -197,11 +189,10 @@ impl Tool for Patroni {
         let hosts = [net.host("pa"), net.host("pb")];
         let etcd_host = net.host("etcd");
         let mut cluster = Pair {
-            base: make_base()?,
+            base: make_base("patroni")?,
             members: Vec::new(),
             etcd: None,
-            frozen: Mutex::new(Vec::new()),
-            net,
+            faults: Faults::new(net),
         };
 
         let etcd_dir = cluster.base.join("etcd");
@@ -231,7 +222,7 @@ impl Tool for Patroni {
             "new",
         ];
         let etcd_log = cluster.base.join("etcd.log");
-        cluster.etcd = Some(spawn_in(&etcd_host, &etcd_log, &etcd_argv)?);
+        cluster.etcd = Some(spawn_in(&etcd_host, etcd_log.clone(), &etcd_argv)?);
         let healthy = testbed::try_wait_until(Duration::from_secs(60), || {
             http_get(ip, ETCD_PORT, "/health").is_ok_and(|(code, body)| code == 200 && body.contains("true"))
         });
@@ -244,8 +235,11 @@ impl Tool for Patroni {
             let config = dir.join("patroni.yml");
             fs::write(&config, self.config(&name, &host, &etcd_host, &dir))
                 .map_err(|e| format!("writing {}: {e}", config.display()))?;
-            let log = dir.join("patroni.log");
-            let patroni = spawn_in(&host, &log, &["patroni", &config.display().to_string()])?;
+            let patroni = spawn_in(
+                &host,
+                dir.join("patroni.log"),
+                &["patroni", &config.display().to_string()],
+            )?;
             cluster.members.push(Member {
                 name,
                 host,
@@ -273,7 +267,11 @@ impl Tool for Patroni {
                 } else {
                     "a streaming replica"
                 };
-                return Err(format!("{} never became {role}\n{}", member.name, tail(&log, 30)));
+                return Err(format!(
+                    "{} never became {role}\n{}",
+                    member.name,
+                    tail(member.patroni.log(), 30)
+                ));
             }
         }
         Ok(Box::new(cluster))
@@ -286,7 +284,7 @@ struct Member {
     name: String,
     host: Host,
     dir: PathBuf,
-    patroni: Child,
+    patroni: Daemon,
 }
 
 impl Member {
@@ -317,12 +315,6 @@ impl Member {
         self.dir.join("data")
     }
 
-    /// The pid on the first line of postmaster.pid, which Patroni's server writes.
-    fn postmaster_pid(&self) -> Option<i32> {
-        let text = fs::read_to_string(self.data().join("postmaster.pid")).ok()?;
-        text.lines().next()?.trim().parse().ok()
-    }
-
     /// Patroni's account of when it took the leader lock to promote this node, in Unix seconds.
     fn decided_at(&self) -> Option<f64> {
         let log = fs::read_to_string(self.dir.join("patroni.log")).ok()?;
@@ -348,18 +340,9 @@ impl Member {
 struct Pair {
     base: PathBuf,
     members: Vec<Member>,
-    etcd: Option<Child>,
-    /// Processes stopped by a freeze, so recovery and teardown resume exactly them.
-    frozen: Mutex<Vec<i32>>,
-    /// Dropped last (fields drop after `Drop::drop`), once every process in its hosts is dead.
-    net: Net,
-}
-
-impl Pair {
-    fn frozen(&self) -> std::sync::MutexGuard<'_, Vec<i32>> {
-        // A panic elsewhere must not stop teardown from thawing.
-        self.frozen.lock().unwrap_or_else(|e| e.into_inner())
-    }
+    etcd: Option<Daemon>,
+    /// Last: see [`Faults`].
+    faults: Faults,
 }
 
 impl Cluster for Pair {
@@ -369,49 +352,19 @@ impl Cluster for Pair {
 
     fn inject(&self, fault: Fault) {
         let leader = &self.members[0];
-        match fault {
-            Fault::Kill => {
-                if let Some(pid) = leader.postmaster_pid() {
-                    signal(pid, libc::SIGKILL);
-                }
-            }
-            Fault::Freeze => {
-                // PostgreSQL only: Patroni keeps running beside it, as it would when the
-                // database hangs on its own.
-                let Some(postmaster) = leader.postmaster_pid() else {
-                    return;
-                };
-                let mut frozen = self.frozen();
-                signal(postmaster, libc::SIGSTOP);
-                frozen.push(postmaster);
-                // A second walk catches children forked while the first was running.
-                for _ in 0..2 {
-                    for pid in descendants(postmaster) {
-                        if !frozen.contains(&pid) {
-                            signal(pid, libc::SIGSTOP);
-                            frozen.push(pid);
-                        }
-                    }
-                }
-            }
-            Fault::Cut => self.net.isolate(&leader.host),
-        }
+        self.faults.inject(fault, &leader.host, &leader.data());
     }
 
     fn recover(&self) {
-        let mut frozen = self.frozen();
-        if !frozen.is_empty() {
+        if self.faults.any_frozen() {
             // Once its server wakes, the old leader's Patroni 3.0.2 finishes its stalled cycle by
             // taking a new etcd lease and writing the leader key over the new leader's (etcd3
             // `_update_leader` puts unconditionally; fixed after 3.0.2 by Patroni's pull request
             // 2689), which demotes the new primary before its commits are counted. The fault is
             // over: end that Patroni.
-            signal(-(self.members[0].patroni.id() as i32), libc::SIGKILL);
+            self.members[0].patroni.signal(libc::SIGKILL);
         }
-        for pid in frozen.drain(..).rev() {
-            signal(pid, libc::SIGCONT);
-        }
-        self.net.heal_all();
+        self.faults.recover();
     }
 
     fn reported(&self, new_primary: usize) -> Option<(f64, f64)> {
@@ -432,124 +385,23 @@ impl Drop for Pair {
         self.recover();
         // Patroni first, or it would start the servers again.
         for member in &mut self.members {
-            kill_group(&mut member.patroni);
+            member.patroni.kill();
         }
         for member in &self.members {
-            let mut stop = Command::new("runuser");
-            stop.args(["-u", USER, "--"])
-                .arg(testbed::bindir().join("pg_ctl"))
-                .arg("-D")
-                .arg(member.data())
-                .args(["stop", "-m", "immediate", "-w", "-t", "30"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-            // Fails when no server runs there, which is fine.
-            let _ = stop.status();
+            stop_server(&member.data());
         }
         if let Some(etcd) = &mut self.etcd {
-            kill_group(etcd);
+            etcd.kill();
         }
-        if std::env::var("TESTBED_KEEP").as_deref() == Ok("1") {
-            eprintln!("bench: kept Patroni files at {}", self.base.display());
-        } else if let Err(e) = fs::remove_dir_all(&self.base) {
-            eprintln!("bench: cannot remove {}: {e}", self.base.display());
-        }
+        remove_base(&self.base, "Patroni");
     }
 }
 
-/// A fresh directory for one cluster, owned by the server user.
-fn make_base() -> Result<PathBuf, String> {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    fs::create_dir_all(ROOT).map_err(|e| format!("creating {ROOT}: {e}"))?;
-    // Another user may own it already; then its mode is theirs to keep.
-    let _ = fs::set_permissions(ROOT, fs::Permissions::from_mode(0o755));
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let base = Path::new(ROOT).join(format!("patroni-{}-{n}", std::process::id()));
-    // Only a crashed earlier process with our pid can have left this.
-    let _ = fs::remove_dir_all(&base);
-    make_dir(&base, 0o755)?;
-    Ok(base)
-}
-
-fn make_dir(dir: &Path, mode: u32) -> Result<(), String> {
-    fs::create_dir(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(mode))
-        .map_err(|e| format!("chmod {}: {e}", dir.display()))?;
-    let out = Command::new("chown")
-        .arg(format!("{USER}:{USER}"))
-        .arg(dir)
-        .output()
-        .map_err(|e| format!("chown {}: {e}", dir.display()))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "chown {}: {}",
-            dir.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-/// Starts `argv` as the server user inside `host`, its output appended to `log`, in a process
-/// group of its own: runuser keeps the program as its child, and killing the group ends both.
-fn spawn_in(host: &Host, log: &Path, argv: &[&str]) -> Result<Child, String> {
-    let out = File::options()
-        .create(true)
-        .append(true)
-        .open(log)
-        .map_err(|e| format!("opening {}: {e}", log.display()))?;
-    let err = out.try_clone().map_err(|e| format!("{}: {e}", log.display()))?;
-    Command::new("ip")
-        .args(["netns", "exec", host.netns(), "runuser", "-u", USER, "--"])
-        .args(argv)
-        // The server user may not be able to read our working directory.
-        .current_dir("/")
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .process_group(0)
-        .spawn()
-        .map_err(|e| format!("starting {}: {e}", argv[0]))
-}
-
-fn kill_group(child: &mut Child) {
-    signal(-(child.id() as i32), libc::SIGKILL);
-    let _ = child.wait();
-}
-
-fn signal(pid: i32, sig: libc::c_int) {
-    // SAFETY: kill has no memory-safety preconditions; a process already gone is no error here.
-    unsafe { libc::kill(pid, sig) };
-}
-
-/// All live descendants of `root`, parents before children.
-fn descendants(root: i32) -> Vec<i32> {
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let parents: Vec<(i32, i32)> = entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .filter_map(|pid: i32| {
-            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            // The command name in parentheses may itself contain spaces or ')'.
-            let ppid = stat[stat.rfind(')')? + 1..]
-                .split_whitespace()
-                .nth(1)?
-                .parse()
-                .ok()?;
-            Some((pid, ppid))
-        })
-        .collect();
-    let mut found = vec![root];
-    let mut i = 0;
-    while i < found.len() {
-        let parent = found[i];
-        found.extend(parents.iter().filter(|(_, pp)| *pp == parent).map(|(p, _)| *p));
-        i += 1;
-    }
-    found.remove(0);
-    found
+/// `argv` as the server user inside `host`, its output appended to `log`.
+fn spawn_in(host: &Host, log: PathBuf, argv: &[&str]) -> Result<Daemon, String> {
+    let mut cmd = as_server_user(Some(host), argv[0]);
+    cmd.args(&argv[1..]);
+    Daemon::spawn(cmd, log)
 }
 
 /// A GET over HTTP/1.0: the status code and the body.
@@ -596,15 +448,6 @@ fn iso8601_to_unix(s: &str) -> Option<f64> {
     let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
     let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
     Some((days * 86_400 + h * 3600 + min * 60 - offset) as f64 + sec)
-}
-
-/// The last `lines` lines of a log file, for error messages.
-fn tail(path: &Path, lines: usize) -> String {
-    let text = fs::read(path)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 #[cfg(test)]

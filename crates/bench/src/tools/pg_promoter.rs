@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use testbed::{Net, Node};
 
-use crate::cluster::{Cluster, Fault, Tool};
+use super::common::NodePair;
+use crate::cluster::{Cluster, Tool};
 
 pub struct PgPromoter {
     pub keep_alive_ms: u64,
@@ -50,9 +51,12 @@ impl Tool for PgPromoter {
             standby.psql("SELECT state FROM pg_promoter_status").as_deref() == Ok("watching")
         });
         watching.ok_or("the standby's worker never watched the primary")?;
-        Ok(Box::new(Pair {
+        Ok(Box::new(NodePair {
+            // Nothing: the worker runs inside the servers.
+            tool: (),
             net,
             nodes: [primary, standby],
+            reported: events,
         }))
     }
 }
@@ -66,37 +70,13 @@ impl PgPromoter {
     }
 }
 
-struct Pair {
-    net: Net,
-    nodes: [Node; 2],
-}
-
-impl Cluster for Pair {
-    fn conninfos(&self) -> Vec<String> {
-        self.nodes.iter().map(Node::conninfo).collect()
-    }
-
-    fn inject(&self, fault: Fault) {
-        let primary = &self.nodes[0];
-        match fault {
-            Fault::Kill => primary.kill9(),
-            Fault::Freeze => primary.freeze(),
-            Fault::Cut => self.net.isolate(primary.host().expect("nodes live on hosts")),
-        }
-    }
-
-    fn recover(&self) {
-        self.nodes[0].thaw();
-        self.net.heal_all();
-    }
-
-    fn reported(&self, new_primary: usize) -> Option<(f64, f64)> {
-        let at = |kind: &str| {
-            let sql = format!(
-                "SELECT extract(epoch FROM at) FROM pg_promoter_events() WHERE event = '{kind}' ORDER BY seq LIMIT 1"
-            );
-            self.nodes[new_primary].psql(&sql).ok()?.parse().ok()
-        };
-        Some((at("decided")?, at("promoted")?))
-    }
+/// The worker's own events on the new primary: when it decided to promote, and when it had.
+fn events(new_primary: &Node) -> Option<(f64, f64)> {
+    let at = |kind: &str| {
+        let sql = format!(
+            "SELECT extract(epoch FROM at) FROM pg_promoter_events() WHERE event = '{kind}' ORDER BY seq LIMIT 1"
+        );
+        new_primary.psql(&sql).ok()?.parse().ok()
+    };
+    Some((at("decided")?, at("promoted")?))
 }

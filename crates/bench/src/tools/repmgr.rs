@@ -1,17 +1,14 @@
 //! repmgrd (repmgr 5.3): a primary and a standby on two simulated hosts, registered with repmgr,
 //! and repmgrd running on both hosts in the foreground of a child process we keep.
 
-use std::fs::{self, OpenOptions};
-use std::os::unix::process::CommandExt;
+use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use testbed::{Host, Net, Node};
 
-use crate::cluster::{Cluster, Fault, Tool};
+use super::common::{as_server_user, give_to_server_user, run, Daemon, NodePair};
+use crate::cluster::{Cluster, Tool};
 
 /// repmgrd's detection settings, in whole seconds: repmgr takes nothing finer.
 #[derive(PartialEq, Eq)]
@@ -27,6 +24,14 @@ impl Repmgrd {
         monitor_interval_secs: 2,
         reconnect_attempts: 6,
         reconnect_interval: 10,
+    };
+
+    /// The same detection budget as pg_promoter's fast setting, 1 s × 3: whole seconds are as
+    /// low as repmgr goes.
+    pub const FAST: Repmgrd = Repmgrd {
+        monitor_interval_secs: 1,
+        reconnect_attempts: 3,
+        reconnect_interval: 1,
     };
 
     /// Every repmgr.conf line of a node.
@@ -111,6 +116,30 @@ impl Tool for Repmgrd {
     }
 
     fn start(&self) -> Result<Box<dyn Cluster>, String> {
+        Ok(Box::new(self.pair()?))
+    }
+}
+
+impl Repmgrd {
+    /// While the primary is frozen (repmgrd's check hangs on it): how long the standby's repmgrd
+    /// takes to exit after SIGTERM, then the standby's fast shutdown. (pg_promoter's worker is
+    /// inside the server: its share is in the server's shutdown.)
+    pub fn shutdown_while_frozen(&self) -> Result<(Duration, Duration), String> {
+        let mut pair = self.pair()?;
+        pair.nodes[0].freeze();
+        std::thread::sleep(Duration::from_millis(1500));
+        let start = Instant::now();
+        let daemon = &mut pair.tool.0[1];
+        daemon.signal(libc::SIGTERM);
+        testbed::try_wait_until(Duration::from_secs(60), || daemon.exited().is_some())
+            .ok_or("repmgrd did not exit within 60 s of SIGTERM")?;
+        let repmgrd = start.elapsed();
+        let server = pair.nodes[1].stop_fast();
+        pair.nodes[0].thaw();
+        Ok((repmgrd, server))
+    }
+
+    fn pair(&self) -> Result<NodePair<Repmgrds>, String> {
         let net = Net::new("bench");
         let (hp, hs) = (net.host("p"), net.host("s"));
         // Naming a library keeps the test bed from loading pg_promoter. The WAL receiver takes
@@ -124,22 +153,30 @@ impl Tool for Repmgrd {
         let conf_s = self.write_conf(2, &standby)?;
         // repmgrd on the standby reads its own node record, so wait until it has replayed it.
         repmgr(&hs, &conf_s, &["standby", "register", "--wait-sync=60"])?;
-        let daemons = vec![Daemon::start(&hp, &conf_p)?, Daemon::start(&hs, &conf_s)?];
-        for (daemon, sign) in daemons.iter().zip([
+        let mut daemons = Repmgrds(Vec::new());
+        for (host, conf) in [(&hp, &conf_p), (&hs, &conf_s)] {
+            daemons.0.push(repmgrd(host, conf)?);
+        }
+        for (daemon, sign) in daemons.0.iter().zip([
             "monitoring cluster primary",
             "monitoring connection to upstream node",
         ]) {
-            daemon.wait_for(sign)?;
+            wait_for(daemon, sign)?;
         }
-        Ok(Box::new(Pair {
-            _daemons: daemons,
+        Ok(NodePair {
+            tool: daemons,
             net,
             nodes: [primary, standby],
-        }))
+            // repmgr keeps no account of its own that would do: repmgr.events has no event for
+            // the decision (it is taken while no node is writable, so repmgrd cannot store one),
+            // and standby_promote is stamped when `repmgr standby promote` next checks the node
+            // (promote_check_interval, whole seconds, at least 1 s), which in our runs was ~1 s
+            // after PostgreSQL's log shows it writable. repmgrd's own log has whole-second
+            // timestamps only.
+            reported: |_| None,
+        })
     }
-}
 
-impl Repmgrd {
     /// Writes node `id`'s repmgr.conf beside its data directory, and an empty log file, both
     /// the postgres user's; returns the configuration's path.
     fn write_conf(&self, id: u32, node: &Node) -> Result<PathBuf, String> {
@@ -160,151 +197,49 @@ impl Repmgrd {
         fs::write(&path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
         let log = base.join("repmgr.log");
         fs::write(&log, "").map_err(|e| format!("writing {}: {e}", log.display()))?;
-        let mut chown = Command::new("chown");
-        chown.arg("postgres:postgres").arg(&path).arg(&log);
-        run(chown, Duration::from_secs(10))?;
+        give_to_server_user(&[&path, &log])?;
         Ok(path)
     }
 }
 
-/// `program args` as the postgres user inside `host`'s namespace.
-fn as_postgres(host: &Host, program: &str) -> Command {
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", host.netns(), "runuser", "-u", "postgres", "--"])
-        .arg(testbed::bindir().join(program))
-        // The postgres user may not be able to read our working directory.
-        .current_dir("/")
-        .process_group(0);
-    cmd
-}
-
 /// `repmgr -f conf args` on `host`.
 fn repmgr(host: &Host, conf: &Path, args: &[&str]) -> Result<String, String> {
-    let mut cmd = as_postgres(host, "repmgr");
+    let mut cmd = as_server_user(Some(host), testbed::bindir().join("repmgr"));
     cmd.arg("-f").arg(conf).args(args);
     run(cmd, Duration::from_secs(90))
 }
 
-/// Runs `cmd` (made with its own process group) to completion: `Ok(stdout)`, or `Err` with all
-/// it printed; after `timeout` its whole group is killed.
-fn run(mut cmd: Command, timeout: Duration) -> Result<String, String> {
-    let shown = format!("{cmd:?}");
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot start {shown}: {e}"))?;
-    let group = child.id() as libc::pid_t;
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || tx.send(child.wait_with_output()));
-    match rx.recv_timeout(timeout) {
-        Ok(Ok(out)) if out.status.success() => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
-        Ok(Ok(out)) => Err(format!(
-            "{shown}: {}: {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )),
-        Ok(Err(e)) => Err(format!("waiting for {shown}: {e}")),
-        Err(_) => {
-            signal_group(group, libc::SIGKILL);
-            Err(format!("{shown} timed out after {timeout:?}"))
-        }
-    }
+/// repmgrd in the foreground of a child we keep.
+fn repmgrd(host: &Host, conf: &Path) -> Result<Daemon, String> {
+    let mut cmd = as_server_user(Some(host), testbed::bindir().join("repmgrd"));
+    cmd.arg("-f")
+        .arg(conf)
+        .args(["--daemonize=false", "--no-pid-file"]);
+    // Anything repmgrd says before it opens its log_file goes to the same file.
+    Daemon::spawn(cmd, conf.with_file_name("repmgr.log"))
 }
 
-fn signal_group(group: libc::pid_t, sig: libc::c_int) {
-    // SAFETY: kill has no memory-safety preconditions; the group is one we created, and a failure
-    // only means it is gone already.
-    unsafe { libc::kill(-group, sig) };
+/// Waits until the log shows `sign`, i.e. repmgrd monitors its node.
+fn wait_for(daemon: &Daemon, sign: &str) -> Result<(), String> {
+    let read = || fs::read_to_string(daemon.log()).unwrap_or_default();
+    testbed::try_wait_until(Duration::from_secs(60), || read().contains(sign)).ok_or_else(|| {
+        format!(
+            "repmgrd never logged {sign:?}; {}:\n{}",
+            daemon.log().display(),
+            read()
+        )
+    })?;
+    Ok(())
 }
 
-/// repmgrd in the foreground of a child (its own process group, with runuser and `ip netns
-/// exec` before it), stopped when dropped.
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-}
+/// repmgrd on each host, stopped one after the other when dropped.
+struct Repmgrds(Vec<Daemon>);
 
-impl Daemon {
-    fn start(host: &Host, conf: &Path) -> Result<Daemon, String> {
-        let log = conf.with_file_name("repmgr.log");
-        // Anything repmgrd says before it opens its log_file goes to the same file.
-        let out = OpenOptions::new()
-            .append(true)
-            .open(&log)
-            .map_err(|e| format!("opening {}: {e}", log.display()))?;
-        let err = out.try_clone().map_err(|e| format!("{}: {e}", log.display()))?;
-        let mut cmd = as_postgres(host, "repmgrd");
-        cmd.arg("-f")
-            .arg(conf)
-            .args(["--daemonize=false", "--no-pid-file"])
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        let child = cmd.spawn().map_err(|e| format!("cannot start repmgrd: {e}"))?;
-        Ok(Daemon { child, log })
-    }
-
-    /// Waits until the log shows `sign`, i.e. repmgrd monitors its node.
-    fn wait_for(&self, sign: &str) -> Result<(), String> {
-        let read = || fs::read_to_string(&self.log).unwrap_or_default();
-        testbed::try_wait_until(Duration::from_secs(60), || read().contains(sign)).ok_or_else(|| {
-            format!(
-                "repmgrd never logged {sign:?}; {}:\n{}",
-                self.log.display(),
-                read()
-            )
-        })?;
-        Ok(())
-    }
-}
-
-impl Drop for Daemon {
+impl Drop for Repmgrds {
     fn drop(&mut self) {
-        let group = self.child.id() as libc::pid_t;
-        signal_group(group, libc::SIGTERM);
-        let ended = testbed::try_wait_until(Duration::from_secs(5), || {
-            matches!(self.child.try_wait(), Ok(Some(_)))
-        });
-        if ended.is_none() {
-            signal_group(group, libc::SIGKILL);
-        }
-        let _ = self.child.wait();
-    }
-}
-
-struct Pair {
-    /// First, so repmgrd stops before the servers and the network go away.
-    _daemons: Vec<Daemon>,
-    net: Net,
-    nodes: [Node; 2],
-}
-
-impl Cluster for Pair {
-    fn conninfos(&self) -> Vec<String> {
-        self.nodes.iter().map(Node::conninfo).collect()
-    }
-
-    fn inject(&self, fault: Fault) {
-        let primary = &self.nodes[0];
-        match fault {
-            // repmgrd on the primary's host keeps running: only PostgreSQL crashed.
-            Fault::Kill => primary.kill9(),
-            Fault::Freeze => primary.freeze(),
-            Fault::Cut => self.net.isolate(primary.host().expect("nodes live on hosts")),
+        for daemon in &mut self.0 {
+            daemon.signal(libc::SIGTERM);
+            daemon.reap(Duration::from_secs(5));
         }
     }
-
-    fn recover(&self) {
-        self.nodes[0].thaw();
-        self.net.heal_all();
-    }
-
-    // `reported` keeps its default (None): repmgr.events has no event for the decision (it is
-    // taken while no node is writable, so repmgrd cannot store one), and standby_promote is
-    // stamped when `repmgr standby promote` next checks the node (promote_check_interval, whole
-    // seconds, at least 1 s), which in our runs was ~1 s after PostgreSQL's log shows it
-    // writable. repmgrd's own log has whole-second timestamps only.
 }

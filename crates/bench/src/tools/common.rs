@@ -1,0 +1,285 @@
+//! What the tool drivers share: commands and daemons run as the server user on a simulated host,
+//! fresh directories that user owns, faults on servers a tool runs itself, and the cluster of
+//! the tools that work beside the test bed's own servers.
+
+use std::ffi::OsStr;
+use std::fs::{self, File};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{mpsc, Mutex, MutexGuard};
+use std::thread;
+use std::time::Duration;
+
+use testbed::{Host, Net, Node};
+
+use crate::cluster::{Cluster, Fault};
+
+/// Where the test bed keeps its servers' files.
+const ROOT: &str = "/tmp/pg_promoter_testbed";
+/// The tools and PostgreSQL refuse to run as root.
+const SERVER_USER: &str = "postgres";
+
+/// `program` as the server user, inside `host`'s network namespace when given.
+pub fn as_server_user(host: Option<&Host>, program: impl AsRef<OsStr>) -> Command {
+    let mut cmd = match host {
+        Some(host) => {
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", host.netns(), "runuser"]);
+            cmd
+        }
+        None => Command::new("runuser"),
+    };
+    cmd.args(["-u", SERVER_USER, "--"])
+        .arg(program)
+        // The server user may not be able to read our working directory.
+        .current_dir("/");
+    cmd
+}
+
+/// Runs `cmd` to completion in a process group of its own: `Ok(stdout)`, or `Err` with all it
+/// printed; after `timeout` its whole group is killed.
+pub fn run(mut cmd: Command, timeout: Duration) -> Result<String, String> {
+    let shown = format!("{cmd:?}");
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("cannot start {shown}: {e}"))?;
+    let group = child.id() as i32;
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || tx.send(child.wait_with_output()));
+    match rx.recv_timeout(timeout) {
+        Ok(Ok(out)) if out.status.success() => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
+        Ok(Ok(out)) => Err(format!(
+            "{shown}: {}: {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )),
+        Ok(Err(e)) => Err(format!("waiting for {shown}: {e}")),
+        Err(_) => {
+            signal(-group, libc::SIGKILL);
+            Err(format!("{shown} timed out after {timeout:?}"))
+        }
+    }
+}
+
+fn signal(pid: i32, sig: libc::c_int) {
+    // SAFETY: kill has no memory-safety preconditions; a process already gone is no error here.
+    unsafe { libc::kill(pid, sig) };
+}
+
+/// A long-running program (a tool's daemon, etcd), its output appended to a log file, in a
+/// process group of its own: runuser and `ip netns exec` keep the program as their child, and
+/// signalling the group reaches all of them.
+pub struct Daemon {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    pub fn spawn(mut cmd: Command, log: PathBuf) -> Result<Daemon, String> {
+        let out = File::options()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(|e| format!("opening {}: {e}", log.display()))?;
+        let err = out.try_clone().map_err(|e| format!("{}: {e}", log.display()))?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0)
+            .spawn()
+            .map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
+        Ok(Daemon { child, log })
+    }
+
+    pub fn log(&self) -> &Path {
+        &self.log
+    }
+
+    /// Its exit status, once it has exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Sends `sig` to its whole process group.
+    pub fn signal(&self, sig: libc::c_int) {
+        signal(-(self.child.id() as i32), sig);
+    }
+
+    /// Waits up to `grace` for it to exit (after a SIGTERM), then kills its whole group; reaps it.
+    pub fn reap(&mut self, grace: Duration) {
+        let ended = testbed::try_wait_until(grace, || self.exited().is_some());
+        if ended.is_none() {
+            self.signal(libc::SIGKILL);
+        }
+        let _ = self.child.wait();
+    }
+
+    /// Kills its whole group at once and reaps it.
+    pub fn kill(&mut self) {
+        self.signal(libc::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+/// `pg_ctl stop -m immediate` on the server in `data`, for teardown.
+pub fn stop_server(data: &Path) {
+    let mut stop = as_server_user(None, testbed::bindir().join("pg_ctl"));
+    stop.arg("-D")
+        .arg(data)
+        .args(["stop", "-m", "immediate", "-w", "-t", "30"]);
+    // Fails when no server runs there, which is what teardown wants anyway.
+    let _ = run(stop, Duration::from_secs(60));
+}
+
+/// The pid on the first line of the postmaster.pid in `data`, which outlives the server.
+pub fn postmaster_pid(data: &Path) -> Option<i32> {
+    let text = fs::read_to_string(data.join("postmaster.pid")).ok()?;
+    text.lines().next()?.trim().parse().ok()
+}
+
+/// The last `lines` lines of a log file, for error messages.
+pub fn tail(path: &Path, lines: usize) -> String {
+    let text = fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// A fresh directory for one cluster, named after `tool`, owned by the server user, who makes
+/// everything in it.
+pub fn make_base(tool: &str) -> Result<PathBuf, String> {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    fs::create_dir_all(ROOT).map_err(|e| format!("creating {ROOT}: {e}"))?;
+    // Another user may own it already; then its mode is theirs to keep.
+    let _ = fs::set_permissions(ROOT, fs::Permissions::from_mode(0o755));
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let base = Path::new(ROOT).join(format!("{tool}-{}-{n}", std::process::id()));
+    // Only a crashed earlier process with our pid can have left this.
+    let _ = fs::remove_dir_all(&base);
+    make_dir(&base, 0o755)?;
+    Ok(base)
+}
+
+/// Creates `dir` with `mode`, owned by the server user.
+pub fn make_dir(dir: &Path, mode: u32) -> Result<(), String> {
+    fs::create_dir(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("chmod {}: {e}", dir.display()))?;
+    give_to_server_user(&[dir])
+}
+
+pub fn give_to_server_user(paths: &[&Path]) -> Result<(), String> {
+    let mut chown = Command::new("chown");
+    chown.arg(format!("{SERVER_USER}:{SERVER_USER}")).args(paths);
+    run(chown, Duration::from_secs(10)).map(drop)
+}
+
+/// Deletes a torn-down cluster's directory, unless TESTBED_KEEP=1 asks to keep it for a look.
+pub fn remove_base(base: &Path, tool: &str) {
+    if std::env::var("TESTBED_KEEP").as_deref() == Ok("1") {
+        eprintln!("bench: kept {tool} files at {}", base.display());
+    } else if let Err(e) = fs::remove_dir_all(base) {
+        eprintln!("bench: cannot remove {}: {e}", base.display());
+    }
+}
+
+/// The faults done to servers that a tool runs itself (not the test bed's [`Node`]s), and the
+/// network of their hosts. Its owner drops it last (fields drop after `Drop::drop`), once every
+/// process in the hosts is dead.
+pub struct Faults {
+    net: Net,
+    /// Processes stopped by a freeze, so recovery and teardown resume exactly them.
+    frozen: Mutex<Vec<i32>>,
+}
+
+impl Faults {
+    pub fn new(net: Net) -> Faults {
+        Faults {
+            net,
+            frozen: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Hurts the server in `data` on `host`. Kill and Freeze reach PostgreSQL only: the tool's
+    /// own processes beside it keep running, as when the database crashes or hangs on its own.
+    pub fn inject(&self, fault: Fault, host: &Host, data: &Path) {
+        match fault {
+            Fault::Kill => {
+                if let Some(pid) = postmaster_pid(data) {
+                    signal(pid, libc::SIGKILL);
+                }
+            }
+            Fault::Freeze => {
+                if let Some(postmaster) = postmaster_pid(data) {
+                    Node::freeze_tree(postmaster, &mut self.frozen());
+                }
+            }
+            Fault::Cut => self.net.isolate(host),
+        }
+    }
+
+    /// Whether a freeze stopped processes that `recover` has not resumed yet.
+    pub fn any_frozen(&self) -> bool {
+        !self.frozen().is_empty()
+    }
+
+    pub fn recover(&self) {
+        // Children first, so the postmaster wakes up to a running family.
+        for pid in self.frozen().drain(..).rev() {
+            signal(pid, libc::SIGCONT);
+        }
+        self.net.heal_all();
+    }
+
+    fn frozen(&self) -> MutexGuard<'_, Vec<i32>> {
+        // A panic elsewhere must not stop teardown from thawing.
+        self.frozen.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A primary and a standby that the test bed runs, each on a host of `net`, for the tools that
+/// work beside the servers rather than running them.
+pub struct NodePair<T> {
+    /// What the tool runs beside the servers, kept for its `Drop`; first, so it stops before the
+    /// servers and the network go away.
+    pub tool: T,
+    pub net: Net,
+    pub nodes: [Node; 2],
+    /// The tool's own account of a failover to a node ([`Cluster::reported`]).
+    pub reported: fn(&Node) -> Option<(f64, f64)>,
+}
+
+impl<T> Cluster for NodePair<T> {
+    fn conninfos(&self) -> Vec<String> {
+        self.nodes.iter().map(Node::conninfo).collect()
+    }
+
+    fn inject(&self, fault: Fault) {
+        let primary = &self.nodes[0];
+        match fault {
+            // Anything the tool runs on the primary's host keeps running: only PostgreSQL crashed.
+            Fault::Kill => primary.kill9(),
+            Fault::Freeze => primary.freeze(),
+            Fault::Cut => self.net.isolate(primary.host().expect("nodes live on hosts")),
+        }
+    }
+
+    fn recover(&self) {
+        self.nodes[0].thaw();
+        self.net.heal_all();
+    }
+
+    fn reported(&self, new_primary: usize) -> Option<(f64, f64)> {
+        (self.reported)(&self.nodes[new_primary])
+    }
+}
