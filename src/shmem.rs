@@ -146,6 +146,6 @@ pub fn record(events: &[Event]) {
     }
     update(|s| events.iter().for_each(|e| s.events.push(e)));
     for e in events {
-        log!("pg_promoter: {}: {}", e.kind.as_str(), e.detail);
+        crate::versions::log(format!("pg_promoter: {}: {}", e.kind.as_str(), e.detail));
     }
 }

@@ -8,6 +8,7 @@
 use std::ffi::CStr;
 
 use pgrx::pg_sys;
+use pgrx::{PgLogLevel, PgSqlErrorCode};
 
 /// Reserves the `pg_promoter.` prefix so a misspelt setting is reported. On 15 and later
 /// PostgreSQL also drops the unknown placeholder; 13 and 14 can only warn about it.
@@ -63,6 +64,18 @@ pub unsafe fn is_regular_backend(proc: &pg_sys::PGPROC) -> bool {
         let xact = &*(*pg_sys::ProcGlobal).allPgXact.add(proc.pgprocno as usize);
         !proc.isBackgroundWorker && u32::from(xact.vacuumFlags) & pg_sys::PROC_IS_AUTOVACUUM == 0
     }
+}
+
+/// A LOG line in the server log. pgrx's `log!` first asks whether LOG is wanted, and its answer on
+/// 13 forgets that LOG ranks above ERROR for the server log, so every line was dropped there;
+/// PostgreSQL's own errstart() decides right on every major.
+pub fn log(message: String) {
+    pgrx::pg_sys::panic::ErrorReport::new(
+        PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+        message,
+        "pg_promoter",
+    )
+    .report(PgLogLevel::LOG);
 }
 
 /// The OID of the `pg_lsn` type.

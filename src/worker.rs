@@ -20,7 +20,7 @@ use policy::{
 use crate::latch::sleep_until;
 use crate::latch::Interrupted;
 use crate::probe::Probe;
-use crate::{fence, guc, local, probe, promote, shmem, witness};
+use crate::{fence, guc, local, probe, promote, shmem, versions, witness};
 
 /// The postmaster restarts a crashed worker after this long (never the whole server).
 const RESTART_AFTER: Duration = Duration::from_secs(5);
@@ -361,7 +361,7 @@ impl Worker {
             Err(e) => (false, format!("{what} could not run: {e}")),
         };
         if ok {
-            log!("pg_promoter: {detail}");
+            versions::log(format!("pg_promoter: {detail}"));
         } else {
             warning!("pg_promoter: {detail}");
         }
