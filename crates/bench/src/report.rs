@@ -170,7 +170,11 @@ pub fn csv(trials: &[Trial]) -> String {
             n(t.promotion),
             t.lost.map_or(String::new(), |l| l.to_string()),
             t.old_acked_after,
-            t.error.as_deref().unwrap_or("").replace('"', "'")
+            t.error
+                .as_deref()
+                .unwrap_or("")
+                .replace('"', "'")
+                .replace('\n', " ")
         );
     }
     out
@@ -183,9 +187,21 @@ pub fn parse_csv(text: &str) -> Result<Vec<Trial>, String> {
             .then(|| s.parse().map_err(|_| format!("not a number: {s}")))
             .transpose()
     };
+    // Files written before errors were kept on one line: a line that does not start a row
+    // continues the error of the row before.
+    let mut rows: Vec<String> = Vec::new();
+    for line in text.lines().skip(1) {
+        match rows.last_mut() {
+            Some(row) if !line.starts_with('"') => {
+                row.push(' ');
+                row.push_str(line.trim());
+            }
+            _ => rows.push(line.to_string()),
+        }
+    }
     let mut trials = Vec::new();
-    for (i, line) in text.lines().enumerate().skip(1) {
-        let bad = || format!("results.csv line {}: {line}", i + 1);
+    for (i, line) in rows.iter().enumerate() {
+        let bad = || format!("results.csv row {}: {line}", i + 1);
         // The label and the error are quoted (and hold no quote); the fields between are plain.
         let rest = line.strip_prefix('"').ok_or_else(bad)?;
         let (label, rest) = rest.split_once("\",").ok_or_else(bad)?;
@@ -316,12 +332,16 @@ mod tests {
         };
         let trials = [
             trial("pg_promoter 1s×3", Fault::Cut, Some(2.5), None),
-            trial("x", Fault::Freeze, None, Some("setup: a, b and 'c'")),
+            trial("x", Fault::Freeze, None, Some("setup: a, b and 'c'\n\tmore")),
         ];
         let text = csv(&trials);
         let back = parse_csv(&text).unwrap();
         assert_eq!(csv(&back), text);
-        assert_eq!(back[1].error.as_deref(), Some("setup: a, b and 'c'"));
+        assert_eq!(back[1].error.as_deref(), Some("setup: a, b and 'c' \tmore"));
+        // An error over two lines, as older files have it.
+        let old = text.replace(" \tmore", "\n\tmore");
+        let joined = parse_csv(&old).unwrap();
+        assert_eq!(joined[1].error.as_deref(), Some("setup: a, b and 'c' more"));
         assert!(parse_csv("header\n\"broken line\n").is_err());
     }
 

@@ -47,6 +47,8 @@ pub struct Soak {
     /// probe's commits failed (each waits at most 1 s).
     pub longest_write_gap_ms: Option<u64>,
     pub failed_commits: u64,
+    /// pg_promoter's own account of a false failover: its decision and the checks before it.
+    pub why: Vec<String>,
     pub error: Option<String>,
 }
 
@@ -138,6 +140,7 @@ fn run(tool: &dyn Tool, variant: Variant, duration: Duration, rng: &mut Rng) -> 
         longest_check_ms: None,
         longest_write_gap_ms: None,
         failed_commits: 0,
+        why: Vec::new(),
         error: None,
     };
     let cluster = match tool.start() {
@@ -232,6 +235,16 @@ fn watch(
         if let Ok(rows) = promoted {
             if rows[0][0].as_deref() == Some("f") {
                 soak.failovers += 1;
+                // pg_promoter's events say why; on other tools the query fails and says nothing.
+                let events = standby.exec(
+                    "SELECT to_char(at, 'HH24:MI:SS.MS') || ' ' || event || ': ' || detail \
+                     FROM pg_promoter_events() WHERE event IN ('check_failed', 'decided', 'primary_back') \
+                     ORDER BY seq DESC LIMIT 6",
+                    Duration::from_secs(5),
+                );
+                soak.why = events
+                    .map(|rows| rows.into_iter().rev().filter_map(|r| r[0].clone()).collect())
+                    .unwrap_or_default();
                 break;
             }
         }
@@ -269,6 +282,9 @@ pub fn table(soaks: &[Soak]) -> String {
                 .as_deref()
                 .map_or(String::new(), |e| format!("  error: {e}"))
         ));
+        for line in &s.why {
+            out.push_str(&format!("    {line}\n"));
+        }
     }
     out
 }
