@@ -202,7 +202,10 @@ fn pg_promoter_probe_reports_role_timeline_position_and_errors() {
         free_port()
     ));
     // libpq words it by version ("could not connect to server: Connection refused" before 14).
-    assert!(dead.starts_with("f|t|") && dead.contains("Connection refused"), "{dead}");
+    assert!(
+        dead.starts_with("f|t|") && dead.contains("Connection refused"),
+        "{dead}"
+    );
     let err = w
         .psql("SELECT * FROM pg_promoter_probe('host=x port', '1s')")
         .unwrap_err();

@@ -184,6 +184,10 @@ fn rto_mode(args: &Args, tools: &[Box<dyn Tool>], mut facts: Vec<(String, String
 /// Several runs' trials (their results.csv) reported as one: runs of different tools may go
 /// side by side, and the ratios still compare each with pg_promoter at the same budget.
 fn report_mode(args: &Args, tools: &[Box<dyn Tool>], mut facts: Vec<(String, String)>) -> bool {
+    // The trials ran at their own runs' commits (in their results.json), not at this one.
+    for fact in facts.iter_mut().filter(|f| f.0 == "commit") {
+        fact.0 = "report_commit".into();
+    }
     let mut trials = Vec::new();
     for dir in &args.from {
         let path = dir.join("results.csv");
