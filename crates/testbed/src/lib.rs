@@ -14,6 +14,6 @@ mod wait;
 pub use load::Writer;
 pub use net::{Host, Net};
 pub use node::Node;
-pub use pg::{bindir, free_port, psql_at};
+pub use pg::{bindir, free_port, psql_at, run, Output};
 pub use proxy::{Mode, Proxy};
 pub use wait::{try_wait_until, wait_until};

@@ -100,7 +100,7 @@ pub(crate) fn chown_to_server_user(path: &Path) {
 }
 
 /// What a finished command printed.
-pub(crate) struct Output {
+pub struct Output {
     pub status: ExitStatus,
     pub stdout: String,
     pub stderr: String,
@@ -117,7 +117,7 @@ impl Output {
 
 /// Runs `cmd` to completion, killing it (and anything it started in its
 /// process group, such as the program behind `runuser`) after `timeout`.
-pub(crate) fn run(mut cmd: Command, timeout: Duration) -> Result<Output, String> {
+pub fn run(mut cmd: Command, timeout: Duration) -> Result<Output, String> {
     let shown = format!("{cmd:?}");
     let mut child = cmd
         .stdin(Stdio::null())

@@ -9,8 +9,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{mpsc, Mutex, MutexGuard};
-use std::thread;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use testbed::{Host, Net, Node};
@@ -39,33 +38,15 @@ pub fn as_server_user(host: Option<&Host>, program: impl AsRef<OsStr>) -> Comman
     cmd
 }
 
-/// Runs `cmd` to completion in a process group of its own: `Ok(stdout)`, or `Err` with all it
-/// printed; after `timeout` its whole group is killed.
-pub fn run(mut cmd: Command, timeout: Duration) -> Result<String, String> {
+/// Runs `cmd` to completion (the test bed's way: in a process group of its own, the whole group
+/// killed after `timeout`): `Ok(stdout)`, or `Err` with all it printed.
+pub fn run(cmd: Command, timeout: Duration) -> Result<String, String> {
     let shown = format!("{cmd:?}");
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .map_err(|e| format!("cannot start {shown}: {e}"))?;
-    let group = child.id() as i32;
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || tx.send(child.wait_with_output()));
-    match rx.recv_timeout(timeout) {
-        Ok(Ok(out)) if out.status.success() => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
-        Ok(Ok(out)) => Err(format!(
-            "{shown}: {}: {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )),
-        Ok(Err(e)) => Err(format!("waiting for {shown}: {e}")),
-        Err(_) => {
-            signal(-group, libc::SIGKILL);
-            Err(format!("{shown} timed out after {timeout:?}"))
-        }
+    let out = testbed::run(cmd, timeout)?;
+    if out.status.success() {
+        Ok(out.stdout)
+    } else {
+        Err(format!("{shown}: {}: {}{}", out.status, out.stdout, out.stderr))
     }
 }
 
