@@ -84,10 +84,10 @@ pub const LSN_OID: pg_sys::Oid = pg_sys::LSNOID;
 #[cfg(not(feature = "pg13"))]
 pub const LSN_OID: pg_sys::Oid = pg_sys::PG_LSNOID;
 
+// The WAL receiver's shared state (`WalRcv`), its "streaming" state, and the position it has
+// flushed. pgrx has no bindings of walreceiver.h for 13: see `pg13`.
 #[cfg(feature = "pg13")]
 pub use pg13::WalRcvData;
-/// The WAL receiver's shared state (`WalRcv`), its "streaming" state, and the position it has
-/// flushed. pgrx has no bindings of walreceiver.h for 13: see `pg13`.
 #[cfg(not(feature = "pg13"))]
 pub use pg_sys::WalRcvData;
 

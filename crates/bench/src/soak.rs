@@ -59,10 +59,10 @@ fn pgbench(conninfo: &str, args: &[&str]) -> Command {
 }
 
 /// Busy loops on every core for as long as the guard lives.
-pub struct Hog(Vec<Child>);
+struct Hog(Vec<Child>);
 
 impl Hog {
-    pub fn start() -> Hog {
+    fn start() -> Hog {
         let cores = thread::available_parallelism().map_or(2, |n| n.get());
         Hog((0..cores)
             .filter_map(|_| {
