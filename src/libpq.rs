@@ -7,6 +7,7 @@ use std::ffi::{c_char, CStr, CString};
 use std::ptr::NonNull;
 
 use pgrx::pg_sys;
+use policy::schedule::Path;
 use pq_sys as pq;
 
 /// What `PQconnectPoll` asks for next.
@@ -73,6 +74,37 @@ impl Conn {
     pub fn socket(&self) -> i32 {
         // SAFETY: a valid connection.
         unsafe { pq::PQsocket(self.conn.as_ptr()) }
+    }
+
+    /// How far what this connection sent last (its SYN, or a query) has got, as the kernel's
+    /// TCP_INFO tells it; `Local` for a Unix socket.
+    pub fn path(&self) -> Path {
+        // SAFETY: tcp_info is plain data, zero is a valid value for every field.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: `info` and `len` are live and sized for the call; the socket belongs to libpq
+        // and stays open meanwhile. On anything but TCP the call fails, which means Local.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.socket(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&raw mut info).cast(),
+                &mut len,
+            )
+        };
+        if rc != 0 {
+            return Path::Local;
+        }
+        // The kernel's TCP states (include/net/tcp_states.h): 1 established, 2 SYN sent.
+        const ESTABLISHED: u8 = 1;
+        const SYN_SENT: u8 = 2;
+        if info.tcpi_state == SYN_SENT || info.tcpi_unacked > 0 {
+            let rtt_us = (info.tcpi_state == ESTABLISHED && info.tcpi_rtt > 0).then_some(info.tcpi_rtt);
+            Path::Unacked { rtt_us }
+        } else {
+            Path::Delivered
+        }
     }
 
     pub fn error_message(&self) -> String {

@@ -1,14 +1,15 @@
 //! Talking to another server without ever blocking: connect with `PQconnectStartParams` and
 //! `PQconnectPoll`, query with `PQsendQueryParams` and `PQconsumeInput`, every wait on the latch
 //! with a deadline. The check keeps its connection between checks and remakes it only after a
-//! failure; other questions (to witnesses, from `pg_promoter_probe()`) use a fresh one.
+//! failure, and adds fresh attempts while the network loses what it sent; other questions (to witnesses, from `pg_promoter_probe()`) use a fresh one.
 
 use std::ffi::{CStr, CString};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use policy::schedule::{self, Path};
 use policy::{conninfo, lsn, Outcome};
 
-use crate::latch::{wait, Interrupted, Socket};
+use crate::latch::{wait, wait_any, Interrupted, Socket};
 use crate::libpq::{self, Conn, PgResult, Poll};
 
 /// Whether the server is in recovery, its WAL position (received, on a standby) and timeline
@@ -41,37 +42,71 @@ impl Probe {
         self.conn = None;
     }
 
-    /// Runs one check, ending by `deadline`; `Err` only when `stop` interrupts it.
+    /// Runs one check, ending by `deadline`; `Err` only when `stop` interrupts it. It starts with
+    /// the kept connection (or a fresh one) and adds fresh attempts while the network loses what
+    /// was sent (see `schedule::next_attempt`); the first attempt to end decides, and the one
+    /// that got an answer is kept for the next check.
     pub fn check(
         &mut self,
         params: &[(String, String)],
         deadline: Instant,
         stop: &dyn Fn() -> bool,
     ) -> Result<Outcome, Interrupted> {
-        if let Some(mut conn) = self.conn.take() {
-            match query(&mut conn, CHECK_QUERY, &[], deadline, stop)? {
-                Ok(rows) => {
-                    self.conn = Some(conn);
+        let timeout_ms = deadline
+            .saturating_duration_since(Instant::now())
+            .as_millis()
+            .min(i32::MAX as u128) as i32;
+        let mut attempts: Vec<Attempt> = Vec::new();
+        let mut newest = Instant::now();
+        // Set when an attempt could not even start (out of descriptors, say): no more of them.
+        let mut no_more = false;
+        loop {
+            let paths: Vec<Path> = attempts.iter().map(|a| a.conn.path()).collect();
+            let due = (!no_more)
+                .then(|| schedule::next_attempt(timeout_ms, &paths, newest.elapsed().as_micros() as i64))
+                .flatten();
+            if due == Some(0) && (attempts.is_empty() || Instant::now() < deadline) {
+                // A kept connection that cannot even send is broken: a fresh one at once.
+                let started = match self.conn.take() {
+                    Some(conn) => Attempt::reuse(conn, CHECK_QUERY)
+                        .or_else(|_| Attempt::fresh(params, CHECK_QUERY, &[])),
+                    None => Attempt::fresh(params, CHECK_QUERY, &[]),
+                };
+                newest = Instant::now();
+                match started {
+                    Ok(attempt) => attempts.push(attempt),
+                    Err(outcome) if attempts.is_empty() => return Ok(outcome),
+                    Err(_) => no_more = true,
+                }
+                continue;
+            }
+            // Wake up when another attempt may be due (paths change meanwhile), at the latest at
+            // the deadline.
+            let wake = due.map_or(deadline, |us| {
+                deadline.min(Instant::now() + Duration::from_micros(us as u64))
+            });
+            let sockets: Vec<Socket> = attempts.iter().map(|a| a.socket).collect();
+            let Some(i) = wait_any(&sockets, wake, stop)? else {
+                if Instant::now() < deadline {
+                    continue;
+                }
+                let connecting = attempts.iter().all(|a| a.stage == Stage::Connecting);
+                return Ok(Outcome::TimedOut { connecting });
+            };
+            match attempts[i].advance() {
+                None => {}
+                Some(Ok(rows)) => {
+                    self.conn = Some(attempts.swap_remove(i).conn);
                     return Ok(answered(&rows));
                 }
                 // A kept connection can break while the primary is fine (it restarted, or an idle
                 // connection was cut): only a fresh attempt speaks for the primary, if time remains.
-                Err(outcome @ Outcome::TimedOut { .. }) => return Ok(outcome),
-                Err(outcome) if Instant::now() >= deadline => return Ok(outcome),
-                Err(_) => {}
+                Some(Err(_)) if attempts[i].reused && Instant::now() < deadline => {
+                    attempts.swap_remove(i);
+                }
+                Some(Err(outcome)) => return Ok(outcome),
             }
         }
-        let mut conn = match connect(params, deadline, stop)? {
-            Ok(conn) => conn,
-            Err(outcome) => return Ok(outcome),
-        };
-        Ok(match query(&mut conn, CHECK_QUERY, &[], deadline, stop)? {
-            Ok(rows) => {
-                self.conn = Some(conn);
-                answered(&rows)
-            }
-            Err(outcome) => outcome,
-        })
     }
 }
 
@@ -101,86 +136,140 @@ pub fn ask(
         }
     };
     let args: Vec<&CStr> = args.iter().map(|a| a.as_c_str()).collect();
-    let mut conn = match connect(params, deadline, stop)? {
-        Ok(conn) => conn,
+    let mut attempt = match Attempt::fresh(params, sql, &args) {
+        Ok(attempt) => attempt,
         Err(outcome) => return Ok(Err(outcome)),
     };
-    query(&mut conn, sql, &args, deadline, stop)
-}
-
-fn answered(rows: &[Vec<Option<String>>]) -> Outcome {
-    let cell = |i: usize| rows.first().and_then(|r| r.get(i)).cloned().flatten();
-    Outcome::Answered {
-        in_recovery: cell(0).as_deref() == Some("t"),
-        lsn: cell(1).as_deref().and_then(lsn::parse),
-        timeline: cell(2).and_then(|t| t.parse().ok()),
-        started: cell(3).and_then(|t| t.parse().ok()),
-    }
-}
-
-fn connect(
-    params: &[(String, String)],
-    deadline: Instant,
-    stop: &dyn Fn() -> bool,
-) -> Result<Result<Conn, Outcome>, Interrupted> {
-    let mut conn = match Conn::start(params) {
-        Ok(conn) => conn,
-        Err(msg) => return Ok(Err(Outcome::ConnectFailed(msg))),
-    };
-    // libpq's protocol: after PQconnectStartParams, act as if polling asked to write.
-    let mut socket = Socket::Writable(conn.socket());
     loop {
-        if !wait(socket, deadline, stop)? {
-            return Ok(Err(Outcome::TimedOut { connecting: true }));
+        if !wait(attempt.socket, deadline, stop)? {
+            let connecting = attempt.stage == Stage::Connecting;
+            return Ok(Err(Outcome::TimedOut { connecting }));
         }
-        // The socket can change between polls when several hosts are tried.
-        socket = match conn.poll() {
-            Poll::Read => Socket::Readable(conn.socket()),
-            Poll::Write => Socket::Writable(conn.socket()),
-            Poll::Ready => return Ok(Ok(conn)),
-            Poll::Failed => return Ok(Err(Outcome::ConnectFailed(conn.error_message()))),
-        };
-    }
-}
-
-fn query(
-    conn: &mut Conn,
-    sql: &CStr,
-    args: &[&CStr],
-    deadline: Instant,
-    stop: &dyn Fn() -> bool,
-) -> Result<Rows, Interrupted> {
-    if let Err(msg) = conn.send_query(sql, args) {
-        return Ok(Err(Outcome::Lost(msg)));
-    }
-    loop {
-        match conn.flush() {
-            Ok(false) => break,
-            Ok(true) if wait(Socket::Writable(conn.socket()), deadline, stop)? => {}
-            Ok(true) => return Ok(Err(Outcome::TimedOut { connecting: false })),
-            Err(msg) => return Ok(Err(Outcome::Lost(msg))),
+        if let Some(rows) = attempt.advance() {
+            return Ok(rows);
         }
     }
-    // Read every result until libpq says none is left, waiting whenever one is incomplete
-    // (PQgetResult on an incomplete result would block).
-    let mut first: Option<PgResult> = None;
-    loop {
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Connecting,
+    Sending,
+    Reading,
+}
+
+/// One connection asking one query, moved forward each time its socket is ready and never
+/// blocking in between.
+struct Attempt {
+    conn: Conn,
+    stage: Stage,
+    /// What to wait for before the next `advance`.
+    socket: Socket,
+    /// On a kept connection, as opposed to a fresh one.
+    reused: bool,
+    sql: CString,
+    args: Vec<CString>,
+    first: Option<PgResult>,
+}
+
+impl Attempt {
+    fn fresh(params: &[(String, String)], sql: &CStr, args: &[&CStr]) -> Result<Attempt, Outcome> {
+        let conn = Conn::start(params).map_err(Outcome::ConnectFailed)?;
+        // libpq's protocol: after PQconnectStartParams, act as if polling asked to write.
+        let socket = Socket::Writable(conn.socket());
+        Ok(Attempt::new(conn, Stage::Connecting, socket, false, sql, args))
+    }
+
+    fn reuse(conn: Conn, sql: &CStr) -> Result<Attempt, Outcome> {
+        let socket = Socket::Writable(conn.socket());
+        let mut attempt = Attempt::new(conn, Stage::Sending, socket, true, sql, &[]);
+        match attempt.send() {
+            Some(Err(outcome)) => Err(outcome),
+            _ => Ok(attempt),
+        }
+    }
+
+    fn new(conn: Conn, stage: Stage, socket: Socket, reused: bool, sql: &CStr, args: &[&CStr]) -> Attempt {
+        Attempt {
+            conn,
+            stage,
+            socket,
+            reused,
+            sql: sql.to_owned(),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            first: None,
+        }
+    }
+
+    /// Goes as far as it can now that its socket is ready: `None` to wait again, or the end.
+    fn advance(&mut self) -> Option<Rows> {
+        match self.stage {
+            Stage::Connecting => match self.conn.poll() {
+                // The socket can change between polls when several hosts are tried.
+                Poll::Read => self.wait_for(Socket::Readable(self.conn.socket())),
+                Poll::Write => self.wait_for(Socket::Writable(self.conn.socket())),
+                Poll::Ready => {
+                    let args: Vec<&CStr> = self.args.iter().map(|a| a.as_c_str()).collect();
+                    if let Err(msg) = self.conn.send_query(&self.sql, &args) {
+                        return Some(Err(Outcome::Lost(msg)));
+                    }
+                    self.stage = Stage::Sending;
+                    self.flush()
+                }
+                Poll::Failed => Some(Err(Outcome::ConnectFailed(self.conn.error_message()))),
+            },
+            Stage::Sending => self.flush(),
+            Stage::Reading => self.read(),
+        }
+    }
+
+    /// Queues the query on a kept connection, then pushes it out.
+    fn send(&mut self) -> Option<Rows> {
+        let args: Vec<&CStr> = self.args.iter().map(|a| a.as_c_str()).collect();
+        if let Err(msg) = self.conn.send_query(&self.sql, &args) {
+            return Some(Err(Outcome::Lost(msg)));
+        }
+        self.flush()
+    }
+
+    fn flush(&mut self) -> Option<Rows> {
+        match self.conn.flush() {
+            Ok(false) => {
+                self.stage = Stage::Reading;
+                self.read()
+            }
+            Ok(true) => self.wait_for(Socket::Writable(self.conn.socket())),
+            Err(msg) => Some(Err(Outcome::Lost(msg))),
+        }
+    }
+
+    /// Reads every result until libpq says none is left, waiting whenever one is incomplete
+    /// (PQgetResult on an incomplete result would block).
+    fn read(&mut self) -> Option<Rows> {
         loop {
-            match conn.consume() {
-                Ok(false) => break,
-                Ok(true) if wait(Socket::Readable(conn.socket()), deadline, stop)? => {}
-                Ok(true) => return Ok(Err(Outcome::TimedOut { connecting: false })),
-                Err(msg) => return Ok(Err(Outcome::Lost(msg))),
+            match self.conn.consume() {
+                Ok(true) => return self.wait_for(Socket::Readable(self.conn.socket())),
+                Ok(false) => {}
+                Err(msg) => return Some(Err(Outcome::Lost(msg))),
             }
-        }
-        match conn.next_result() {
-            Some(result) => {
-                first.get_or_insert(result);
+            match self.conn.next_result() {
+                Some(result) => {
+                    self.first.get_or_insert(result);
+                }
+                None => return Some(rows(self.first.take(), &self.conn)),
             }
-            None => break,
         }
     }
-    Ok(match first {
+
+    fn wait_for(&mut self, socket: Socket) -> Option<Rows> {
+        self.socket = socket;
+        None
+    }
+}
+
+/// The rows of a query's first result, or why there are none.
+fn rows(first: Option<PgResult>, conn: &Conn) -> Rows {
+    match first {
         Some(r) if r.has_rows() => Ok((0..r.rows())
             .map(|row| (0..r.columns()).map(|col| r.value(row, col)).collect())
             .collect()),
@@ -196,5 +285,15 @@ fn query(
             },
         }),
         None => Err(Outcome::Lost(conn.error_message())),
-    })
+    }
+}
+
+fn answered(rows: &[Vec<Option<String>>]) -> Outcome {
+    let cell = |i: usize| rows.first().and_then(|r| r.get(i)).cloned().flatten();
+    Outcome::Answered {
+        in_recovery: cell(0).as_deref() == Some("t"),
+        lsn: cell(1).as_deref().and_then(lsn::parse),
+        timeline: cell(2).and_then(|t| t.parse().ok()),
+        started: cell(3).and_then(|t| t.parse().ok()),
+    }
 }

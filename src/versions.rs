@@ -43,6 +43,23 @@ pub fn insertion_timeline() -> u32 {
     }
 }
 
+/// A new WaitEventSet for `nevents` events, made the way `WaitLatchOrSocket` makes its own: in
+/// the current memory context before 17, tracked by the current resource owner from 17.
+///
+/// # Safety
+/// The caller must free it with `FreeWaitEventSet` (an ERROR meanwhile leaves it to the context
+/// or the resource owner, as for `WaitLatchOrSocket`).
+pub unsafe fn wait_event_set(nevents: i32) -> *mut pg_sys::WaitEventSet {
+    #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15", feature = "pg16"))]
+    {
+        pg_sys::CreateWaitEventSet(pg_sys::CurrentMemoryContext, nevents)
+    }
+    #[cfg(any(feature = "pg17", feature = "pg18"))]
+    {
+        pg_sys::CreateWaitEventSet(pg_sys::CurrentResourceOwner, nevents)
+    }
+}
+
 /// Whether `proc` is a regular backend serving a client: not a background worker and not an
 /// autovacuum worker. (WAL senders are regular backends before 18; callers spare them apart.)
 ///

@@ -3,7 +3,8 @@
 
 mod common;
 
-use std::time::Duration;
+use std::thread;
+use std::time::{Duration, Instant};
 
 use common::*;
 use testbed::{wait_until, Net, Node, Writer};
@@ -156,4 +157,46 @@ fn an_isolated_primary_ends_ordinary_sessions_and_unfences_when_the_majority_is_
     assert!(has_event(&c.primary, "unfenced", "of 3 members reachable again"));
     assert_eq!(psql_as(&c.primary, "app", "SELECT 1").as_deref(), Ok("1"));
     assert_eq!(c.standby.in_recovery(), Some(true));
+}
+
+#[test]
+fn network_stalls_shorter_than_a_check_fail_no_check() {
+    // 200 ms checks: a fresh attempt every 50 ms while nothing sent is acknowledged, so a check
+    // fails only if the path was cut for 150 ms of it. TCP alone resends a lost query after
+    // 200 ms, the check's whole deadline: before, every check that began during a stall failed.
+    let settings = [
+        ("pg_promoter.keep_alive", "'200ms'"),
+        ("pg_promoter.keepalives_count", "5"),
+    ];
+    let net = Net::new("stall");
+    let (hp, hs) = (net.host("p"), net.host("s"));
+    let primary = Node::primary_on(&hp, "stall-p", &settings);
+    primary.query("CREATE EXTENSION pg_promoter");
+    let standby = Node::standby_on(&hs, "stall-s", &primary, &settings);
+    wait_until("the standby watches", LONG, || state(&standby) == "watching");
+    let (stalls, stall) = (30, Duration::from_millis(60));
+    // Stalls the harness could not keep short on a busy machine may fail a check legitimately.
+    let mut long_stalls = 0;
+    for i in 0..stalls {
+        let began = Instant::now();
+        net.cut(&hs, &hp);
+        thread::sleep(stall);
+        net.heal(&hs, &hp);
+        if began.elapsed() >= Duration::from_millis(100) {
+            long_stalls += 1;
+        }
+        // Gaps that are not multiples of the check interval: stalls hit every phase of it.
+        thread::sleep(Duration::from_millis(150 + (i * 137) % 400));
+    }
+    let failed = events(&standby)
+        .iter()
+        .filter(|(e, _)| e == "check_failed")
+        .count();
+    assert!(
+        failed <= 2 * long_stalls,
+        "{failed} failed checks after {stalls} stalls of {stall:?} ({long_stalls} lasted 100 ms or \
+         more); events:\n{:#?}",
+        events(&standby)
+    );
+    assert_eq!(standby.in_recovery(), Some(true));
 }

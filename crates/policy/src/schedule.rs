@@ -26,6 +26,51 @@ pub fn next_check(last_start: Option<Micros>, keep_alive_ms: i32, now: Micros) -
     }
 }
 
+/// How many connection attempts one check may make at most: the first, and more only while the
+/// network loses what the others sent.
+pub const ATTEMPTS_PER_CHECK: usize = 4;
+
+/// How far the request of one attempt (its SYN, or the check's query) has got, as this host's TCP
+/// stack sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    /// The primary's host acknowledged it: the host has the request, only its server can be slow.
+    Delivered,
+    /// Not acknowledged yet; `rtt_us` is the kernel's smoothed round trip, once known.
+    Unacked { rtt_us: Option<u32> },
+    /// Not TCP (a Unix socket): nothing is lost on the way.
+    Local,
+}
+
+/// When a check starts another connection attempt: `Some(0)` now, `Some(d)` in `d` if nothing
+/// changes meanwhile, `None` not in this check. A request lost in the network is resent by TCP
+/// only after 200 ms (data) or 1 s (SYN), beyond a short deadline, so one lost packet would fail
+/// the check however short the outage; a fresh attempt, started while every attempt in flight is
+/// still unacknowledged, samples the path again. A check therefore fails only when the path lost
+/// everything for its whole deadline (to within `check_timeout / ATTEMPTS_PER_CHECK`), and
+/// `keepalives_count` failures need an outage of about `keep_alive * keepalives_count`. A slow or
+/// frozen server gets no more connections than before: its host acknowledges what is sent.
+///
+/// `paths` are the attempts in flight, `newest_age` the time since the newest one started.
+pub fn next_attempt(check_timeout_ms: i32, paths: &[Path], newest_age: Micros) -> Option<Micros> {
+    if paths.is_empty() {
+        return Some(0);
+    }
+    if paths.len() >= ATTEMPTS_PER_CHECK {
+        return None;
+    }
+    let mut slowest_rtt: Micros = 0;
+    for path in paths {
+        match *path {
+            Path::Delivered | Path::Local => return None,
+            Path::Unacked { rtt_us } => slowest_rtt = slowest_rtt.max(rtt_us.unwrap_or(0).into()),
+        }
+    }
+    // Twice the round trip: an ACK the peer delays (40 ms or more on Linux) is not a loss.
+    let every = (ms(check_timeout_ms.into()) / ATTEMPTS_PER_CHECK as Micros).max(2 * slowest_rtt);
+    Some((every - newest_age).max(0))
+}
+
 /// How long the primary must have been silent, to the check and to the WAL receiver, before it
 /// can be declared dead: `keep_alive * keepalives_count`.
 pub fn silence_window(keep_alive_ms: i32, keepalives_count: i32) -> Micros {
@@ -55,6 +100,43 @@ mod tests {
         assert_eq!(next_check(Some(10 * SEC), 1000, 11 * SEC), 11 * SEC);
         // Far behind: start now, once.
         assert_eq!(next_check(Some(10 * SEC), 1000, 60 * SEC), 60 * SEC);
+    }
+
+    #[test]
+    fn a_check_always_makes_its_first_attempt_at_once() {
+        assert_eq!(next_attempt(200, &[], 0), Some(0));
+    }
+
+    #[test]
+    fn attempts_are_added_only_while_everything_in_flight_is_lost() {
+        let lost = Path::Unacked { rtt_us: None };
+        // 200 ms deadline: a new attempt every 50 ms while nothing is acknowledged.
+        assert_eq!(next_attempt(200, &[lost], 0), Some(50_000));
+        assert_eq!(next_attempt(200, &[lost], 49_999), Some(1));
+        assert_eq!(next_attempt(200, &[lost], 50_000), Some(0));
+        assert_eq!(next_attempt(200, &[lost, lost], 70_000), Some(0));
+        assert_eq!(next_attempt(200, &[lost, lost, lost], 10_000), Some(40_000));
+        assert_eq!(
+            next_attempt(200, &[lost; ATTEMPTS_PER_CHECK], SEC),
+            None,
+            "capped"
+        );
+        // The host has one request: the server is slow or frozen, more connections would not help.
+        for reached in [Path::Delivered, Path::Local] {
+            assert_eq!(next_attempt(200, &[lost, reached], SEC), None);
+            assert_eq!(next_attempt(200, &[reached], SEC), None);
+        }
+    }
+
+    #[test]
+    fn a_slow_round_trip_is_not_taken_for_a_loss() {
+        // 80 ms round trip: not before 160 ms, although a quarter of the deadline is 50 ms.
+        let far = Path::Unacked { rtt_us: Some(80_000) };
+        assert_eq!(next_attempt(200, &[far], 100_000), Some(60_000));
+        assert_eq!(next_attempt(200, &[far], 160_000), Some(0));
+        // A quarter of a 1 s deadline already covers a short round trip.
+        let near = Path::Unacked { rtt_us: Some(300) };
+        assert_eq!(next_attempt(1000, &[near], 0), Some(250_000));
     }
 
     #[test]
