@@ -40,6 +40,9 @@ pub struct Soak {
     pub failovers: u32,
     pub stalls: u32,
     pub stall_ms: u64,
+    /// The longest stall as the harness made it, from the start of the cut to the end of the
+    /// heal (an upper bound: on a busy machine the `ip` commands wait for the CPU too).
+    pub longest_stall_ms: Option<u64>,
     pub tps: Option<f64>,
     /// pg_promoter only: the longest check the standby's worker saw.
     pub longest_check_ms: Option<f64>,
@@ -136,6 +139,7 @@ fn run(tool: &dyn Tool, variant: Variant, duration: Duration, rng: &mut Rng) -> 
         } else {
             0
         },
+        longest_stall_ms: None,
         tps: None,
         longest_check_ms: None,
         longest_write_gap_ms: None,
@@ -221,11 +225,16 @@ fn watch(
     let mut standby = Client::new(standby);
     let end = Instant::now() + duration;
     let mut next_stall = Instant::now() + Duration::from_secs(2);
+    let mut last_stall_ms = None;
     while Instant::now() < end {
         if variant == Variant::Stalls && Instant::now() >= next_stall {
+            let began = Instant::now();
             cluster.inject(Fault::Cut);
-            thread::sleep(stall);
+            thread::sleep(stall.saturating_sub(began.elapsed()));
             cluster.recover();
+            let took = began.elapsed().as_millis() as u64;
+            last_stall_ms = Some(took);
+            soak.longest_stall_ms = soak.longest_stall_ms.max(Some(took));
             soak.stalls += 1;
             // Random gaps between stalls: every phase of the tool's schedule gets hit.
             next_stall = Instant::now() + Duration::from_millis(1000 + (rng.next_f64() * 3000.0) as u64);
@@ -245,6 +254,9 @@ fn watch(
                 soak.why = events
                     .map(|rows| rows.into_iter().rev().filter_map(|r| r[0].clone()).collect())
                     .unwrap_or_default();
+                if let Some(ms) = last_stall_ms {
+                    soak.why.push(format!("(the last stall lasted at most {ms} ms)"));
+                }
                 break;
             }
         }
@@ -253,13 +265,14 @@ fn watch(
 
 pub fn table(soaks: &[Soak]) -> String {
     let mut out = format!(
-        "{:<24} {:<16} {:>6} {:>9} {:>7} {:>9} {:>9} {:>11} {:>12} {:>7}\n",
+        "{:<24} {:<16} {:>6} {:>9} {:>7} {:>9} {:>9} {:>9} {:>11} {:>12} {:>7}\n",
         "tool",
         "load",
         "secs",
         "failovers",
         "stalls",
         "stall ms",
+        "max stall",
         "tps",
         "longest chk",
         "write gap",
@@ -267,13 +280,14 @@ pub fn table(soaks: &[Soak]) -> String {
     );
     for s in soaks {
         out.push_str(&format!(
-            "{:<24} {:<16} {:>6} {:>9} {:>7} {:>9} {:>9} {:>11} {:>12} {:>7}{}\n",
+            "{:<24} {:<16} {:>6} {:>9} {:>7} {:>9} {:>9} {:>9} {:>11} {:>12} {:>7}{}\n",
             s.label,
             s.variant.name(),
             s.seconds,
             s.failovers,
             s.stalls,
             s.stall_ms,
+            s.longest_stall_ms.map_or("-".into(), |m| m.to_string()),
             s.tps.map_or("-".into(), |t| format!("{t:.0}")),
             s.longest_check_ms.map_or("-".into(), |m| format!("{m:.1} ms")),
             s.longest_write_gap_ms.map_or("-".into(), |m| format!("{m} ms")),

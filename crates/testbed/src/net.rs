@@ -174,11 +174,22 @@ impl Net {
     }
 
     /// Cuts `a` silently from every other host this Net has now; the admin
-    /// path stays.
+    /// path stays. `a`'s side of every link goes in one command, so the cut
+    /// starts at once however many hosts there are (on a busy machine each
+    /// `ip` waits for the CPU); the other sides and the checks follow.
     pub fn isolate(&self, a: &Host) {
         let others: Vec<Host> = self.hosts().iter().filter(|h| *h != a).cloned().collect();
+        let routes: Vec<String> = others
+            .iter()
+            .map(|o| format!("route replace unicast {}/32 dev {SINK} proto {CUT_PROTO}", o.ip))
+            .collect();
+        self.batch(&a.netns, &routes);
         for other in &others {
-            self.cut(a, other);
+            self.route_cut(other, a, &["unicast"], &["dev", SINK]);
+        }
+        for other in &others {
+            self.assert_cut(a, other);
+            self.assert_cut(other, a);
         }
     }
 
@@ -194,23 +205,47 @@ impl Net {
     fn set_cut(&self, a: &Host, b: &Host, kind: &[&str], tail: &[&str]) {
         self.check_pair(a, b);
         for (from, to) in [(a, b), (b, a)] {
-            let dst = format!("{}/32", to.ip);
-            let head = ["-n", &from.netns, "route", "replace"];
-            self.ip(&[&head[..], kind, &[dst.as_str()], tail, &["proto", CUT_PROTO]].concat());
-            // The sink's route is "linkdown", which a namespace set to
-            // ignore_routes_with_linkdown would skip, silently leaving the
-            // link up; so ask the kernel where the traffic goes now (behind
-            // a refusing cut, the lookup itself fails).
-            if let Ok(route) = ip(&["-n", &from.netns, "route", "get", &to.ip.to_string()]) {
-                assert!(
-                    route.contains(&format!(" dev {SINK} ")),
-                    "net {}: {} still routes to {} over the link: {}",
-                    self.name,
-                    from.name,
-                    to.name,
-                    route.trim()
-                );
-            }
+            self.route_cut(from, to, kind, tail);
+        }
+        for (from, to) in [(a, b), (b, a)] {
+            self.assert_cut(from, to);
+        }
+    }
+
+    fn route_cut(&self, from: &Host, to: &Host, kind: &[&str], tail: &[&str]) {
+        let dst = format!("{}/32", to.ip);
+        let head = ["-n", &from.netns, "route", "replace"];
+        self.ip(&[&head[..], kind, &[dst.as_str()], tail, &["proto", CUT_PROTO]].concat());
+    }
+
+    /// The sink's route is "linkdown", which a namespace set to
+    /// ignore_routes_with_linkdown would skip, silently leaving the link up;
+    /// so ask the kernel where the traffic goes now (behind a refusing cut,
+    /// the lookup itself fails).
+    fn assert_cut(&self, from: &Host, to: &Host) {
+        if let Ok(route) = ip(&["-n", &from.netns, "route", "get", &to.ip.to_string()]) {
+            assert!(
+                route.contains(&format!(" dev {SINK} ")),
+                "net {}: {} still routes to {} over the link: {}",
+                self.name,
+                from.name,
+                to.name,
+                route.trim()
+            );
+        }
+    }
+
+    /// Runs `commands` (`ip` subcommands, one a line) in `netns` with one `ip`.
+    fn batch(&self, netns: &str, commands: &[String]) {
+        static SEQ: AtomicUsize = AtomicUsize::new(0);
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let path = Path::new(CLAIMS).join(format!("batch-{}-{n}", std::process::id()));
+        let write = fs::write(&path, commands.join("\n") + "\n");
+        write.unwrap_or_else(|e| panic!("net {}: writing {}: {e}", self.name, path.display()));
+        let result = ip(&["-n", netns, "-batch", &path.to_string_lossy()]);
+        let _ = fs::remove_file(&path);
+        if let Err(e) = result {
+            panic!("net {}: {e}", self.name);
         }
     }
 
