@@ -66,10 +66,8 @@ impl Probe {
                 .then(|| schedule::next_attempt(timeout_ms, &paths, newest.elapsed().as_micros() as i64))
                 .flatten();
             if due == Some(0) && (attempts.is_empty() || Instant::now() < deadline) {
-                // A kept connection that cannot even send is broken: a fresh one at once.
                 let started = match self.conn.take() {
-                    Some(conn) => Attempt::reuse(conn, CHECK_QUERY)
-                        .or_else(|_| Attempt::fresh(params, CHECK_QUERY, &[])),
+                    Some(conn) => Ok(Attempt::reuse(conn, CHECK_QUERY)),
                     None => Attempt::fresh(params, CHECK_QUERY, &[]),
                 };
                 newest = Instant::now();
@@ -154,6 +152,8 @@ pub fn ask(
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Stage {
     Connecting,
+    /// Connected, the query not sent yet (a kept connection, writable at once).
+    Idle,
     Sending,
     Reading,
 }
@@ -180,13 +180,11 @@ impl Attempt {
         Ok(Attempt::new(conn, Stage::Connecting, socket, false, sql, args))
     }
 
-    fn reuse(conn: Conn, sql: &CStr) -> Result<Attempt, Outcome> {
+    /// The query goes out at the first `advance`, so that even an answer that arrives at once
+    /// goes the one way every answer goes.
+    fn reuse(conn: Conn, sql: &CStr) -> Attempt {
         let socket = Socket::Writable(conn.socket());
-        let mut attempt = Attempt::new(conn, Stage::Sending, socket, true, sql, &[]);
-        match attempt.send() {
-            Some(Err(outcome)) => Err(outcome),
-            _ => Ok(attempt),
-        }
+        Attempt::new(conn, Stage::Idle, socket, true, sql, &[])
     }
 
     fn new(conn: Conn, stage: Stage, socket: Socket, reused: bool, sql: &CStr, args: &[&CStr]) -> Attempt {
@@ -208,27 +206,22 @@ impl Attempt {
                 // The socket can change between polls when several hosts are tried.
                 Poll::Read => self.wait_for(Socket::Readable(self.conn.socket())),
                 Poll::Write => self.wait_for(Socket::Writable(self.conn.socket())),
-                Poll::Ready => {
-                    let args: Vec<&CStr> = self.args.iter().map(|a| a.as_c_str()).collect();
-                    if let Err(msg) = self.conn.send_query(&self.sql, &args) {
-                        return Some(Err(Outcome::Lost(msg)));
-                    }
-                    self.stage = Stage::Sending;
-                    self.flush()
-                }
+                Poll::Ready => self.send(),
                 Poll::Failed => Some(Err(Outcome::ConnectFailed(self.conn.error_message()))),
             },
+            Stage::Idle => self.send(),
             Stage::Sending => self.flush(),
             Stage::Reading => self.read(),
         }
     }
 
-    /// Queues the query on a kept connection, then pushes it out.
+    /// Queues the query, then pushes it out.
     fn send(&mut self) -> Option<Rows> {
         let args: Vec<&CStr> = self.args.iter().map(|a| a.as_c_str()).collect();
         if let Err(msg) = self.conn.send_query(&self.sql, &args) {
             return Some(Err(Outcome::Lost(msg)));
         }
+        self.stage = Stage::Sending;
         self.flush()
     }
 
