@@ -2,6 +2,8 @@
 //! made with initdb or a standby made with pg_basebackup, plus the crude ways
 //! tests hurt it.
 
+#![allow(unsafe_code)]
+
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -12,7 +14,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::net::Host;
-use crate::pg::{chown_to_server_user, free_port, pg_command, psql_via, run, run_ok};
+use crate::pg::{chown_to_server_user, pg_command, psql_via, reserve_port, run, run_ok, PortLease};
 use crate::wait::try_wait_until;
 
 /// Parent of every node's base directory.
@@ -20,6 +22,10 @@ const ROOT: &str = "/tmp/pg_promoter_testbed";
 
 /// How long a node may take to start, stop, or accept connections.
 const SERVER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How many ports a new node tries before giving up, when something else
+/// keeps taking the one it was given.
+const PORT_ATTEMPTS: usize = 5;
 
 const PG_HBA: &str = "\
 # testbed: these clusters only listen on loopback, so trust everyone.
@@ -47,6 +53,9 @@ pub struct Node {
     data: PathBuf,
     log: PathBuf,
     port: u16,
+    /// Keeps `port` from other test beds until the node is dropped (after
+    /// its server is stopped).
+    _port_lease: PortLease,
     /// Where the server runs; None for loopback in the root namespace.
     host: Option<Host>,
     /// Processes stopped by `freeze`, so `thaw` (and drop) resume exactly
@@ -69,7 +78,12 @@ impl Node {
     }
 
     fn init_primary(name: &str, host: Option<&Host>, extra: &[(&str, &str)]) -> Node {
-        let node = Node::allocate(name, host);
+        Node::allocate(name, host).setup_primary(extra)
+    }
+
+    /// initdb, configuration and first start of a freshly allocated node.
+    fn setup_primary(self, extra: &[(&str, &str)]) -> Node {
+        let mut node = self;
         let mut initdb = pg_command(None, "initdb");
         initdb
             .arg("-D")
@@ -98,10 +112,14 @@ impl Node {
         }
         settings.extend_from_slice(extra);
         node.append_settings(&settings);
-        let hba = if host.is_some() { PG_HBA_ON_HOST } else { PG_HBA };
+        let hba = if node.host.is_some() {
+            PG_HBA_ON_HOST
+        } else {
+            PG_HBA
+        };
         fs::write(node.data.join("pg_hba.conf"), hba)
             .unwrap_or_else(|e| panic!("{}: writing pg_hba.conf: {e}", node.name));
-        node.start();
+        node.first_start();
         node
     }
 
@@ -128,7 +146,19 @@ impl Node {
         upstream_port: u16,
         extra: &[(&str, &str)],
     ) -> Node {
-        let node = Node::allocate(name, host);
+        Node::allocate(name, host).setup_standby(from, upstream_host, upstream_port, extra)
+    }
+
+    /// pg_basebackup, configuration and first start of a freshly allocated
+    /// node.
+    fn setup_standby(
+        self,
+        from: &Node,
+        upstream_host: &str,
+        upstream_port: u16,
+        extra: &[(&str, &str)],
+    ) -> Node {
+        let mut node = self;
         let mut backup = pg_command(node.netns(), "pg_basebackup");
         backup
             .arg("-D")
@@ -156,12 +186,12 @@ impl Node {
         ];
         // Loopback standbys keep what they inherit, as they always did; one
         // on a host must not listen on its upstream's address.
-        if host.is_some() {
+        if node.host.is_some() {
             settings.push(("listen_addresses", listen.as_str()));
         }
         settings.extend_from_slice(extra);
         node.append_settings(&settings);
-        node.start();
+        node.first_start();
         node
     }
 
@@ -183,12 +213,14 @@ impl Node {
                 .unwrap_or_else(|e| panic!("chmod {}: {e}", dir.display()));
             chown_to_server_user(dir);
         }
+        let lease = reserve_port();
         Node {
             name: name.to_string(),
             log: base.join("server.log"),
             base,
             data,
-            port: free_port(),
+            port: lease.port(),
+            _port_lease: lease,
             host: host.cloned(),
             frozen: Mutex::new(Vec::new()),
         }
@@ -262,9 +294,62 @@ impl Node {
     /// Starts the server and waits until it accepts connections (a standby:
     /// read-only ones). Panics with the log tail when it does not come up.
     pub fn start(&self) {
+        if let Err(e) = self.pg_ctl_start() {
+            panic!(
+                "{}: pg_ctl start failed: {e}\n--- log tail ---\n{}",
+                self.name,
+                self.log_tail(30)
+            );
+        }
+        self.await_connections();
+    }
+
+    /// The first start of a new node, which moves to another port when the
+    /// server cannot bind its own: the port is reserved against other test
+    /// beds and outside the kernel's ephemeral range, but something else on
+    /// the machine may still have taken it. Nothing knows the node's port
+    /// yet except its own configuration, which gets the new one.
+    fn first_start(&mut self) {
+        for attempt in 1..=PORT_ATTEMPTS {
+            let log_before = self.log_len();
+            let Err(e) = self.pg_ctl_start() else {
+                break;
+            };
+            let log = self.log_since(log_before);
+            if attempt == PORT_ATTEMPTS || !port_taken(&log) {
+                panic!(
+                    "{}: pg_ctl start failed (attempt {attempt}, port {}): {e}\n\
+                     --- log tail ---\n{}",
+                    self.name,
+                    self.port,
+                    self.log_tail(30)
+                );
+            }
+            let lease = reserve_port();
+            eprintln!(
+                "testbed: {}: port {} is taken, moving to {} (attempt {attempt} of \
+                 {PORT_ATTEMPTS}):\n{}",
+                self.name,
+                self.port,
+                lease.port(),
+                log.trim_end()
+            );
+            self.port = lease.port();
+            self._port_lease = lease;
+            let port = self.port.to_string();
+            self.append_settings(&[("port", port.as_str())]);
+        }
+        self.await_connections();
+    }
+
+    /// `pg_ctl start -w` in the node's namespace, logging to its log file.
+    fn pg_ctl_start(&self) -> Result<(), String> {
         let mut cmd = self.pg_ctl(self.netns(), &["start", "-w", "-t", "60", "-l"]);
         cmd.arg(&self.log);
-        self.run_or_panic("pg_ctl start", cmd, SERVER_TIMEOUT + Duration::from_secs(10));
+        run_ok(cmd, SERVER_TIMEOUT + Duration::from_secs(10))
+    }
+
+    fn await_connections(&self) {
         // pg_ctl -w trusts postmaster.pid; confirm with a real connection.
         if try_wait_until(SERVER_TIMEOUT, || self.psql("SELECT 1").is_ok()).is_none() {
             panic!(
@@ -404,6 +489,18 @@ impl Node {
             .unwrap_or_default()
     }
 
+    /// The log's size in bytes now (0 if there is none yet).
+    fn log_len(&self) -> u64 {
+        fs::metadata(&self.log).map_or(0, |m| m.len())
+    }
+
+    /// What the server logged after the log was `from` bytes long.
+    fn log_since(&self, from: u64) -> String {
+        let log = fs::read(&self.log).unwrap_or_default();
+        let from = usize::try_from(from).unwrap_or(usize::MAX).min(log.len());
+        String::from_utf8_lossy(&log[from..]).into_owned()
+    }
+
     pub fn log_tail(&self, lines: usize) -> String {
         let log = self.log();
         let all: Vec<&str> = log.lines().collect();
@@ -436,11 +533,23 @@ fn signal(pid: i32, sig: libc::c_int) {
     unsafe { libc::kill(pid, sig) };
 }
 
+/// Whether a server's log (of one start) says it could not listen because
+/// its port was in use: PostgreSQL's "could not bind IPv4 address
+/// "127.0.0.1": Address already in use", followed by "could not create listen
+/// socket" and "could not create any TCP/IP sockets". A Unix socket whose
+/// name (which holds the port) is in use reads alike.
+fn port_taken(log: &str) -> bool {
+    log.lines().any(|line| {
+        line.contains("Address already in use")
+            && (line.contains("could not bind") || line.contains("could not create listen socket"))
+    })
+}
+
 fn alive(pid: i32) -> bool {
     // SAFETY: signal 0 only checks that the process exists and may be
     // signalled; it has no memory-safety preconditions.
-    let exists =
-        unsafe { libc::kill(pid, 0) } == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    let signalled = unsafe { libc::kill(pid, 0) };
+    let exists = signalled == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
     // A killed postmaster is reparented to pid 1, which may be slow to reap
     // it (or never do so in a container); kill(pid, 0) succeeds on zombies.
     exists && proc_stat(pid).is_some_and(|(state, _)| state != 'Z')
@@ -474,4 +583,146 @@ fn descendants(root: i32) -> Vec<i32> {
     }
     found.remove(0);
     found
+}
+
+#[cfg(test)]
+mod tests {
+    //! The port retry, against real servers (PostgreSQL, and root for the
+    //! simulated host).
+
+    use super::*;
+    use crate::net::Net;
+    use crate::wait::wait_until;
+    use std::io::{BufRead, BufReader, Read};
+    use std::net::TcpListener;
+    use std::process::{Child, Stdio};
+
+    /// The extension may not be built yet; these tests don't need it.
+    const PLAIN: &[(&str, &str)] = &[("shared_preload_libraries", "''")];
+
+    /// Set in the child that `squat` runs as: the address to occupy.
+    const SQUAT_ENV: &str = "TESTBED_SQUAT_ADDR";
+
+    /// The child's part of `a_node_on_a_host_moves_off_a_port_someone_took`:
+    /// listens on the address given, inside the host's namespace, until its
+    /// stdin closes. Does nothing in a normal test run.
+    #[test]
+    fn squat() {
+        let Ok(addr) = std::env::var(SQUAT_ENV) else {
+            return;
+        };
+        let _listener = TcpListener::bind(addr.as_str()).unwrap();
+        println!("\nready");
+        io::stdout().flush().unwrap();
+        let _ = io::stdin().read_to_end(&mut Vec::new());
+    }
+
+    /// Kills the child when dropped.
+    struct Reaped(Child);
+
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn count(node: &Node) -> Option<i64> {
+        node.psql("SELECT count(*) FROM t").ok()?.parse().ok()
+    }
+
+    /// Asserts that `node` left the `taken` port, said why, and serves.
+    fn moved(node: &Node, taken: u16) {
+        assert_ne!(node.port(), taken, "{} still on its taken port", node.name());
+        let log = node.log();
+        assert!(
+            port_taken(&log),
+            "{}: no bind failure in the log:\n{log}",
+            node.name()
+        );
+        assert_eq!(node.query("SELECT 1"), "1");
+        assert!(node.conninfo().contains(&format!("port={}", node.port())));
+    }
+
+    #[test]
+    fn the_log_lines_of_a_taken_port_are_recognised() {
+        let pg15 = "2024-01-01 00:00:00.000 UTC [42] LOG:  could not bind IPv4 address \
+                    \"127.0.0.1\": Address already in use\n\
+                    2024-01-01 00:00:00.000 UTC [42] HINT:  Is another postmaster already \
+                    running on port 20001? If not, wait a few seconds and retry.\n\
+                    2024-01-01 00:00:00.000 UTC [42] WARNING:  could not create listen socket \
+                    for \"127.0.0.1\"\n\
+                    2024-01-01 00:00:00.000 UTC [42] FATAL:  could not create any TCP/IP sockets\n";
+        assert!(port_taken(pg15));
+        assert!(!port_taken(
+            "FATAL:  could not create lock file \"postmaster.pid\": File exists\n"
+        ));
+        assert!(!port_taken(
+            "FATAL:  data directory \"/x\" has invalid permissions\n"
+        ));
+    }
+
+    /// Something that is no test bed listens on the ports a primary and then
+    /// its standby were given, before they first start: each moves to another
+    /// port, and the standby still streams from the primary.
+    #[test]
+    fn a_new_node_moves_off_a_port_someone_took() {
+        let node = Node::allocate("taken_p", None);
+        let taken_p = node.port;
+        let _squatter_p = TcpListener::bind(("127.0.0.1", taken_p)).unwrap();
+        let primary = node.setup_primary(PLAIN);
+        moved(&primary, taken_p);
+
+        let node = Node::allocate("taken_s", None);
+        let taken_s = node.port;
+        let _squatter_s = TcpListener::bind(("127.0.0.1", taken_s)).unwrap();
+        let standby = node.setup_standby(&primary, "127.0.0.1", primary.port(), PLAIN);
+        moved(&standby, taken_s);
+        assert_eq!(standby.in_recovery(), Some(true));
+        primary.query("CREATE TABLE t(id int); INSERT INTO t SELECT generate_series(1, 5)");
+        wait_until("the standby sees 5 rows", Duration::from_secs(30), || {
+            count(&standby) == Some(5)
+        });
+
+        // Later starts keep the port they have.
+        let port = standby.port();
+        standby.restart();
+        assert_eq!(standby.port(), port);
+        assert_eq!(count(&standby), Some(5));
+    }
+
+    /// The same on a simulated host, where the port is taken on the host's
+    /// own address inside its namespace.
+    #[test]
+    fn a_node_on_a_host_moves_off_a_port_someone_took() {
+        let net = Net::new("taken");
+        let (hp, hs) = (net.host("p"), net.host("s"));
+        let primary = Node::primary_on(&hp, "taken_hp", PLAIN);
+
+        let node = Node::allocate("taken_hs", Some(&hs));
+        let taken = node.port;
+        let mut squatter = Reaped(
+            Command::new("ip")
+                .args(["netns", "exec", hs.netns()])
+                .arg(std::env::current_exe().unwrap())
+                .args(["--exact", "node::tests::squat", "--nocapture", "--test-threads=1"])
+                .env(SQUAT_ENV, format!("{}:{taken}", hs.ip()))
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let ready = BufReader::new(squatter.0.stdout.take().unwrap())
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l == "ready");
+        assert!(ready, "the squatter did not start");
+
+        let standby = node.setup_standby(&primary, &primary.address(), primary.port(), PLAIN);
+        moved(&standby, taken);
+        primary.query("CREATE TABLE t(id int); INSERT INTO t SELECT generate_series(1, 3)");
+        wait_until("the standby sees 3 rows", Duration::from_secs(30), || {
+            count(&standby) == Some(3)
+        });
+    }
 }
