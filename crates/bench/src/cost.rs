@@ -1,6 +1,7 @@
 //! What pg_promoter costs while all is well: connections opened on the primary, the worker's CPU
 //! and memory, the primary's throughput with and without the worker (interleaved runs), and how
 //! long a standby takes to shut down while its primary is frozen.
+#![allow(unsafe_code)]
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -12,7 +12,6 @@
 //! Prints tables and writes results.json, results.csv, rto.svg, soak.txt and cost.txt under the
 //! results folder, with the settings, versions and machine facts. Nothing here asserts a speed.
 
-mod client;
 mod cluster;
 mod cost;
 mod env;

@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::client::Client;
+use pgwire::Client;
+
 use crate::cluster::{Fault, Tool};
 
 /// The client's cadence and its per-commit deadline.

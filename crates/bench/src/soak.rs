@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::client::Client;
+use pgwire::Client;
+
 use crate::cluster::{Cluster, Fault, Tool};
 use crate::rto::Rng;
 

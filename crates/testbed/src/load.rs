@@ -6,8 +6,14 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use pgwire::Client;
+
 use crate::node::Node;
 use crate::pg::psql_via;
+
+/// How long one commit (connecting first if needed) may take before it counts as failed, so a
+/// frozen or cut server cannot hang the load, nor `stop` for longer than this.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Writer {
     stop: Arc<AtomicBool>,
@@ -16,8 +22,9 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Creates `table` if needed on `node`, then inserts one row per `interval` until stopped.
-    /// Failed commits (the server is down or refuses) are retried at the next tick.
+    /// Creates `table` if needed on `node`, then inserts one row per `interval` until stopped,
+    /// over one kept session. Failed commits (the server is down, refuses, or takes more than
+    /// 5 s) are retried at the next tick on a new session.
     pub fn start(node: &Node, table: &str, interval: Duration) -> Writer {
         Writer::run(node, None, table, interval)
     }
@@ -38,13 +45,20 @@ impl Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(AtomicU64::new(0));
         let (s, a, table) = (stop.clone(), acked.clone(), table.to_string());
+        // One string, one implicit transaction: if SET ROLE fails, nothing is inserted, and the
+        // whole call is an error. The role is set again each time, as in a fresh session.
         let set_role = role.map(|r| format!("SET ROLE {r}; ")).unwrap_or_default();
+        let conninfo = format!("host={host} port={port} user=postgres dbname=postgres connect_timeout=5");
         let thread = std::thread::spawn(move || {
+            // One session kept across commits; any failure (refused, cut, timed out, an error)
+            // drops it, and the next tick connects afresh.
+            let mut client = Client::new(&conninfo);
             let mut next = Instant::now();
             while !s.load(Ordering::Relaxed) {
                 let id = a.load(Ordering::Relaxed) + 1;
                 let sql = format!("{set_role}INSERT INTO {table} VALUES ({id}, now())");
-                if psql_via(None, &host, port, &sql).is_ok() {
+                // Ok only once the server has reported the commit done (ReadyForQuery).
+                if client.exec(&sql, COMMIT_TIMEOUT).is_ok() {
                     a.store(id, Ordering::Relaxed);
                 }
                 next += interval;

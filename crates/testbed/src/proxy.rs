@@ -1,5 +1,6 @@
 //! A fault-injecting TCP proxy on loopback, to cut, refuse, and heal the
 //! network between two nodes without root-only tools like iptables.
+#![allow(unsafe_code)]
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};

@@ -10,12 +10,12 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use pgwire::Client;
 use testbed::{Host, Net};
 
 use super::common::{
     as_server_user, make_base, postmaster_pid, remove_base, run, stop_server, tail, Daemon, Faults,
 };
-use crate::client::Client;
 use crate::cluster::{Cluster, Fault, Tool};
 
 /// pg_autoctl leaves unix_socket_directories at Debian's default, where psql looks too.

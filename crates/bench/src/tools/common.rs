@@ -1,6 +1,7 @@
 //! What the tool drivers share: commands and daemons run as the server user on a simulated host,
 //! fresh directories that user owns, faults on servers a tool runs itself, and the cluster of
 //! the tools that work beside the test bed's own servers.
+#![allow(unsafe_code)]
 
 use std::ffi::OsStr;
 use std::fs::{self, File};

@@ -8,10 +8,10 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use pgwire::Client;
 use testbed::{Host, Net};
 
 use super::common::{as_server_user, make_base, make_dir, remove_base, stop_server, tail, Daemon, Faults};
-use crate::client::Client;
 use crate::cluster::{Cluster, Fault, Tool};
 
 /// Every host has an address of its own, so the standard ports serve all of them.
