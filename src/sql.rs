@@ -8,11 +8,14 @@ use pgrx::datum::Datum;
 use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
 use pgrx::{impl_sql_translatable, IntoDatum};
-use policy::decide::{estimated_loss, manual_guards, reasons};
+use policy::standby::estimated_loss;
 use policy::text::sentence;
-use policy::{classify, Event, EventKind, Facts, Outcome, Verdict};
+use policy::{classify, Action, Event, EventKind, Input, Node, Outcome, Promotion, Verdict};
 
-use crate::{guc, latch, local, probe, promote, shmem};
+use crate::act::promote::{Sequence, WAIT};
+use crate::check::probe;
+use crate::pg::shmem::Running;
+use crate::pg::{guc, latch, local, shmem};
 
 /// A WAL position, returned as `pg_lsn`.
 pub struct Lsn(u64);
@@ -22,7 +25,7 @@ impl IntoDatum for Lsn {
         Some(pg_sys::Datum::from(self.0))
     }
     fn type_oid() -> pg_sys::Oid {
-        crate::versions::LSN_OID
+        crate::pg::versions::LSN_OID
     }
 }
 
@@ -34,6 +37,11 @@ unsafe impl BoxRet for Lsn {
         // SAFETY: a pg_lsn datum is its 64-bit value, as the declared return type says.
         unsafe { fcinfo.return_raw_datum(pg_sys::Datum::from(self.0)) }
     }
+}
+
+/// The status's settings columns are `integer`, as the settings themselves.
+fn int4(v: i64) -> i32 {
+    i32::try_from(v).unwrap_or(i32::MAX)
 }
 
 fn ts(t: Option<i64>) -> Option<TimestampWithTimeZone> {
@@ -95,15 +103,21 @@ fn pg_promoter_status() -> TableIterator<
     } else {
         String::new()
     };
+    // What the worker runs with; with no worker, what one would start with.
+    let settings = if running && shared.running.published {
+        shared.running
+    } else {
+        Running::of(&guc::snapshot())
+    };
     let row = (
         role.to_string(),
         state.to_string(),
-        guc::enabled(),
+        settings.enabled,
         shared.paused,
         conninfo,
-        guc::keep_alive_ms(),
-        guc::keepalives_count(),
-        guc::check_timeout_ms(),
+        int4(settings.keep_alive_ms),
+        int4(settings.keepalives_count),
+        int4(settings.check_timeout_ms),
         i64::from(st.failures),
         st.ever_reached,
         ts(st.last_check_at),
@@ -120,7 +134,7 @@ fn pg_promoter_status() -> TableIterator<
         ts(st.promoted_at),
         running.then_some(st.worker_pid),
         ts(st.started_at),
-        i64::from(guc::max_lag_on_failover()),
+        settings.max_lag_bytes,
         estimated_loss(st.primary_lsn, local.receive_lsn).map(|b| b as i64),
         fenced,
         fenced.then(|| shared.fence_reason.as_str().to_string()),
@@ -180,88 +194,76 @@ fn pg_promoter_resume() -> bool {
     set_paused(false)
 }
 
-/// Promotes this standby now, through the same path as the worker, and waits until it accepts
-/// writes. Without `force`, refuses when the primary was never reached since the worker started
-/// or when the estimated data loss exceeds `pg_promoter.max_lag_on_failover`.
+/// Promotes this standby now, through the worker's own sequence (pre-promote command, signal,
+/// wait until writable, post-promote command), and waits until it accepts writes. Without
+/// `force`, refuses when the primary was never reached since the worker started or when the
+/// estimated data loss exceeds `pg_promoter.max_lag_on_failover`.
 #[pg_extern(volatile)]
 fn pg_promoter_promote(force: default!(bool, false)) -> bool {
     shmem::require();
-    let now = local::now();
-    let status = shmem::read().status;
-    let local = local::read();
-    let facts = Facts {
-        now,
-        in_recovery: local.in_recovery,
-        primary_lsn: status.primary_lsn,
-        receive_lsn: local.receive_lsn,
-        ..Facts::default()
-    };
-    let settings = guc::settings();
-    let held = manual_guards(force, &facts, &settings, status.ever_reached);
-    if !held.is_empty() {
-        let why = reasons(&held, &facts, &settings);
-        shmem::record(&[Event::new(
-            now,
-            EventKind::Refused,
-            format!("manual promotion refused: {why}"),
-        )]);
-        ereport!(
-            ERROR,
-            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            "cannot promote this server",
-            sentence(&why),
-        );
-    }
-    let detail = if force {
-        "manual promotion requested (force)"
-    } else {
-        "manual promotion requested"
-    };
-    shmem::record(&[Event::new(now, EventKind::Decided, detail)]);
-    let start = Instant::now();
-    if let Err(e) = promote::signal() {
-        shmem::record(&[Event::new(local::now(), EventKind::PromoteFailed, e.clone())]);
-        ereport!(
-            ERROR,
-            PgSqlErrorCode::ERRCODE_SYSTEM_ERROR,
-            "could not request promotion",
-            format!("{e}.")
-        );
-    }
-    shmem::record(&[Event::new(
-        local::now(),
-        EventKind::PromoteRequested,
-        "promote signal sent to the postmaster",
-    )]);
-    // Interrupts (statement_timeout, cancel) raise their ERROR here; promotion goes on anyway.
+    let shared = shmem::read();
+    let mut node = Node::new(guc::snapshot(), local::now(), shared.status.ever_reached);
+    node.standby.primary_lsn = shared.status.primary_lsn;
+    // Interrupts (statement_timeout, cancel) raise their ERROR in waits; promotion goes on anyway.
     let interrupted = || {
         pgrx::check_for_interrupts!();
         false
     };
-    match promote::wait_until_writable(&interrupted) {
-        Ok(Some(waited)) => {
-            let detail = format!(
-                "recovery ended {} ms after the request; request to writable {} ms",
-                waited.as_millis(),
-                start.elapsed().as_millis()
-            );
-            shmem::update(|s| s.status.promoted_at = Some(local::now()));
-            shmem::record(&[Event::new(local::now(), EventKind::Promoted, detail)]);
-            true
-        }
-        Ok(None) | Err(latch::Interrupted) => {
-            let detail = format!(
-                "recovery had not ended {} s after the request",
-                promote::WAIT.as_secs()
-            );
-            shmem::record(&[Event::new(local::now(), EventKind::PromoteFailed, detail)]);
-            warning!(
-                "pg_promoter: server did not promote within {} seconds",
-                promote::WAIT.as_secs()
-            );
-            false
+    let mut sequence = Sequence::new(&node.settings);
+    let mut inputs = vec![Input::Manual { force }];
+    let mut last = None;
+    while let Some(input) = inputs.pop() {
+        let flags = shmem::flags();
+        let step = policy::step(
+            &node,
+            input,
+            &local::facts(flags.paused, flags.promoted_at.is_some()),
+        );
+        node = step.state;
+        shmem::record(&step.events);
+        for action in step.actions {
+            if let Action::Reject(why) = action {
+                ereport!(
+                    ERROR,
+                    PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                    "cannot promote this server",
+                    sentence(&why),
+                );
+            }
+            let result = sequence
+                .carry_out(&action, &interrupted)
+                .unwrap_or_else(|latch::Interrupted| unreachable!("interrupts raise an ERROR"));
+            if let Some(result) = result {
+                last = Some(result.clone());
+                inputs.push(Input::Promotion(result));
+            }
         }
     }
+    match last {
+        Some(Promotion::PreCommandFailed) => {
+            ereport!(
+                ERROR,
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                "cannot promote this server",
+                "The pre_promote_command failed: promotion aborted.",
+            );
+        }
+        Some(Promotion::SignalFailed(e)) => {
+            ereport!(
+                ERROR,
+                PgSqlErrorCode::ERRCODE_SYSTEM_ERROR,
+                "could not request promotion",
+                format!("{e}.")
+            );
+        }
+        Some(Promotion::Writable { .. }) => return true,
+        _ => {}
+    }
+    warning!(
+        "pg_promoter: server did not promote within {} seconds",
+        WAIT.as_secs()
+    );
+    false
 }
 
 /// Checks a server with the worker's own non-blocking code: whether it is reachable (it

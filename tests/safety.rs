@@ -145,6 +145,47 @@ fn the_post_promote_command_runs_once_with_its_placeholders_filled() {
     assert!(has_event(&standby, "command", "post_promote_command succeeded"));
 }
 
+#[test]
+fn a_manual_promotion_runs_the_same_hooks_and_a_failing_pre_command_stops_it() {
+    let settings = with(&[
+        (
+            "pg_promoter.pre_promote_command",
+            "'echo fencing %h:%p; exit 3'".into(),
+        ),
+        (
+            "pg_promoter.post_promote_command",
+            "'echo tl=%t >> %d/post_promote.out'".into(),
+        ),
+        ("pg_promoter.enabled", "off".into()),
+    ]);
+    let (primary, standby) = pair("manualhooks", &as_refs(&settings), None);
+    let port = primary.port();
+    let err = standby.psql("SELECT pg_promoter_promote()").unwrap_err();
+    assert!(err.contains("cannot promote this server"), "{err}");
+    assert!(err.contains("pre_promote_command failed"), "{err}");
+    assert!(has_event(
+        &standby,
+        "command",
+        &format!("fencing 127.0.0.1:{port}")
+    ));
+    assert!(has_event(&standby, "promote_failed", "promotion aborted"));
+    assert_eq!(standby.in_recovery(), Some(true));
+
+    standby.append_conf("pg_promoter.pre_promote_command = 'true'");
+    standby.reload();
+    // The backend reads its own settings: wait until it has the reloaded value.
+    wait_until("the reload reaches new sessions", LONG, || {
+        standby.psql("SHOW pg_promoter.pre_promote_command").as_deref() == Ok("true")
+    });
+    assert_eq!(standby.query("SELECT pg_promoter_promote()"), "t");
+    assert_eq!(standby.in_recovery(), Some(false));
+    assert!(has_event(&standby, "command", "pre_promote_command succeeded"));
+    let out = standby.data_dir().join("post_promote.out");
+    wait_until("the post-promote command ran", LONG, || out.exists());
+    assert_eq!(fs::read_to_string(&out).unwrap(), "tl=2\n");
+    assert!(has_event(&standby, "promoted", "request to writable"));
+}
+
 /// A witness: any server with the extension created, no preload, no replication.
 fn witness(name: &str) -> Node {
     let w = Node::primary(name, &[("shared_preload_libraries", "''")]);

@@ -12,6 +12,11 @@ pub fn ms(ms: i64) -> Micros {
     ms.saturating_mul(MS)
 }
 
+/// A setting's duration in microseconds, saturating.
+pub fn micros(d: std::time::Duration) -> Micros {
+    Micros::try_from(d.as_micros()).unwrap_or(Micros::MAX)
+}
+
 /// Microseconds to whole milliseconds, rounding to nearest, for display.
 pub fn to_ms(us: Micros) -> i64 {
     (us + MS / 2).div_euclid(MS)
@@ -28,5 +33,7 @@ mod tests {
         assert_eq!(to_ms(1_499), 1);
         assert_eq!(to_ms(499), 0);
         assert_eq!(ms(i64::MAX), i64::MAX);
+        assert_eq!(micros(std::time::Duration::from_millis(2)), 2_000);
+        assert_eq!(micros(std::time::Duration::MAX), i64::MAX);
     }
 }

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use policy::schedule::{self, Path};
 use policy::{conninfo, lsn, Outcome};
 
-use crate::latch::{wait, wait_any, Interrupted, Socket};
-use crate::libpq::{self, Conn, PgResult, Poll};
+use crate::pg::latch::{wait, wait_any, Interrupted, Socket};
+use crate::pg::libpq::{self, Conn, PgResult, Poll, Progress};
 
 /// Whether the server is in recovery, its WAL position (received, on a standby) and timeline
 /// (exact on a primary, from its WAL file name; the WAL receiver's on a standby).
@@ -52,18 +52,15 @@ impl Probe {
         deadline: Instant,
         stop: &dyn Fn() -> bool,
     ) -> Result<Outcome, Interrupted> {
-        let timeout_ms = deadline
-            .saturating_duration_since(Instant::now())
-            .as_millis()
-            .min(i32::MAX as u128) as i32;
+        let timeout = deadline.saturating_duration_since(Instant::now());
         let mut attempts: Vec<Attempt> = Vec::new();
         let mut newest = Instant::now();
         // Set when an attempt could not even start (out of descriptors, say): no more of them.
         let mut no_more = false;
         loop {
-            let paths: Vec<Path> = attempts.iter().map(|a| a.conn.path()).collect();
+            let paths: Vec<Path> = attempts.iter().map(|a| path(&a.conn)).collect();
             let due = (!no_more)
-                .then(|| schedule::next_attempt(timeout_ms, &paths, newest.elapsed().as_micros() as i64))
+                .then(|| schedule::next_attempt(timeout, &paths, newest.elapsed().as_micros() as i64))
                 .flatten();
             if due == Some(0) && (attempts.is_empty() || Instant::now() < deadline) {
                 let started = match self.conn.take() {
@@ -257,6 +254,15 @@ impl Attempt {
     fn wait_for(&mut self, socket: Socket) -> Option<Rows> {
         self.socket = socket;
         None
+    }
+}
+
+/// How far what an attempt sent has got, as the schedule reads it.
+fn path(conn: &Conn) -> Path {
+    match conn.progress() {
+        Progress::Local => Path::Local,
+        Progress::Unacked { rtt_us } => Path::Unacked { rtt_us },
+        Progress::Delivered => Path::Delivered,
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use pgrx::pg_sys;
 
-use crate::versions;
+use super::versions;
 
 /// The caller asked to stop (SIGTERM in the worker); in a backend, interrupts raise an ERROR
 /// from the `stop` callback instead.

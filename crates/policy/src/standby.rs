@@ -1,24 +1,17 @@
-//! The decision: given the last check's verdict and the local facts, what the worker's state
-//! becomes, what it must do, and what it records.
+//! The standby's state machine: given the last check's verdict and the local facts, what the
+//! worker's state becomes, what it must do, and what it records; then how a promotion went.
+
+use std::time::Duration;
 
 use crate::classify::Verdict;
 use crate::event::{Event, EventKind};
+use crate::machine::{Action, Transition};
 use crate::schedule::silence_window;
-use crate::time::{to_ms, Micros, SEC};
+use crate::settings::Settings;
+use crate::time::{micros, to_ms, Micros, SEC};
 
-/// The settings a decision depends on (a snapshot of the GUCs).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Settings {
-    pub keep_alive_ms: i32,
-    pub keepalives_count: i32,
-    pub enabled: bool,
-    /// `pg_promoter.max_lag_on_failover` in bytes; `None` when off (-1).
-    pub max_lag_bytes: Option<u64>,
-    /// How many witnesses are configured; with any, promotion needs a majority.
-    pub witnesses: usize,
-}
-
-/// What the shell read of this server when the check ended.
+/// What a standby decision sees: this server's facts when the check ended, and what the worker
+/// knows of the primary.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Facts {
     pub now: Micros,
@@ -32,6 +25,8 @@ pub struct Facts {
     pub receive_lsn: Option<u64>,
     /// What the witnesses said this round, when they were asked.
     pub votes: Option<Votes>,
+    /// `pg_promoter_promote()` promoted this server (recovery did not end behind our back).
+    pub promoted_by_request: bool,
 }
 
 /// The witnesses' answers: whether each could reach the primary itself.
@@ -127,14 +122,14 @@ impl Guard {
             ),
             Guard::NoQuorum => {
                 let votes = facts.votes.unwrap_or(Votes {
-                    unreachable: settings.witnesses,
+                    unreachable: settings.witnesses.len(),
                     ..Votes::default()
                 });
                 format!(
                     "no majority says the primary is gone: {} of {} members (witnesses: {} cannot reach it, \
                      {} still reach it, {} unreachable)",
                     1 + votes.gone,
-                    2 + settings.witnesses,
+                    2 + settings.witnesses.len(),
                     votes.gone,
                     votes.alive,
                     votes.unreachable
@@ -162,6 +157,10 @@ pub struct State {
     pub warned_at: Option<Micros>,
     /// After a failed attempt (the pre-promote command refused), no new one before this.
     pub retry_at: Option<Micros>,
+    /// The primary's WAL position at the last check that reached it.
+    pub primary_lsn: Option<u64>,
+    /// The promotion under way was asked for by `pg_promoter_promote()`.
+    pub manual: bool,
 }
 
 impl State {
@@ -176,31 +175,20 @@ impl State {
             refused_by: Vec::new(),
             warned_at: None,
             retry_at: None,
+            primary_lsn: None,
+            manual: false,
         }
     }
 }
 
-/// What the shell must do.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Action {
-    Promote,
-    /// A WARNING for the log, rate-limited here.
-    Warn(String),
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Decision {
-    pub state: State,
-    pub actions: Vec<Action>,
-    pub events: Vec<Event>,
-}
+pub type Decision = Transition<State>;
 
 /// How often a primary that keeps refusing the check is warned about.
 pub const WARN_EVERY: Micros = 60 * SEC;
 
 /// The guards that hold an automatic promotion back now, in a fixed order.
 pub fn guards(state: &State, facts: &Facts, settings: &Settings) -> Vec<Guard> {
-    let window = silence_window(settings.keep_alive_ms, settings.keepalives_count);
+    let window = silence_window(settings.keep_alive, settings.keepalives_count);
     let walrcv_alive = facts.walrcv_last_msg.is_some_and(|at| facts.now - at < window);
     [
         (!settings.enabled, Guard::Disabled),
@@ -210,7 +198,10 @@ pub fn guards(state: &State, facts: &Facts, settings: &Settings) -> Vec<Guard> {
         (!state.ever_reached, Guard::NeverReached),
         (too_much_lag(facts, settings), Guard::TooMuchLag),
         (
-            settings.witnesses > 0 && !facts.votes.is_some_and(|v| has_quorum(settings.witnesses, &v)),
+            !settings.witnesses.is_empty()
+                && !facts
+                    .votes
+                    .is_some_and(|v| has_quorum(settings.witnesses.len(), &v)),
             Guard::NoQuorum,
         ),
     ]
@@ -232,9 +223,9 @@ fn too_much_lag(facts: &Facts, settings: &Settings) -> bool {
 /// Whether the shell must ask the witnesses before deciding on this verdict: only when it could
 /// complete the count, so a healthy cluster costs the witnesses nothing.
 pub fn needs_votes(state: &State, verdict: &Verdict, settings: &Settings) -> bool {
-    settings.witnesses > 0
+    !settings.witnesses.is_empty()
         && matches!(verdict, Verdict::Down(_))
-        && state.failures + 1 >= settings.keepalives_count.max(1) as u32
+        && state.failures + 1 >= settings.keepalives_count.max(1)
 }
 
 /// The guards a manual `pg_promoter_promote(force)` respects: recovery always; without force,
@@ -271,7 +262,7 @@ pub fn decide(state: &State, verdict: Option<&Verdict>, facts: &Facts, settings:
 
     if !facts.in_recovery {
         if s.phase != Phase::Primary {
-            let detail = if s.phase == Phase::Promoting {
+            let detail = if s.phase == Phase::Promoting || facts.promoted_by_request {
                 "recovery has ended: this server is now a primary"
             } else if s.phase == Phase::Starting {
                 "this server is a primary: nothing to watch"
@@ -339,7 +330,7 @@ pub fn decide(state: &State, verdict: Option<&Verdict>, facts: &Facts, settings:
         Some(Verdict::Down(reason)) => {
             s.failures += 1;
             let since = *s.first_failure_at.get_or_insert(now);
-            let count = settings.keepalives_count.max(1) as u32;
+            let count = settings.keepalives_count.max(1);
             if s.failures == 1 || s.last_error.as_deref() != Some(reason) {
                 event(
                     EventKind::CheckFailed,
@@ -363,13 +354,14 @@ pub fn decide(state: &State, verdict: Option<&Verdict>, facts: &Facts, settings:
                     if let Some(loss) = estimated_loss(facts.primary_lsn, facts.receive_lsn) {
                         detail.push_str(&format!("; estimated data loss {loss} bytes"));
                     }
-                    if let Some(votes) = facts.votes.filter(|_| settings.witnesses > 0) {
-                        let members = 2 + settings.witnesses;
+                    if let Some(votes) = facts.votes.filter(|_| !settings.witnesses.is_empty()) {
+                        let members = 2 + settings.witnesses.len();
                         detail.push_str(&format!("; {} of {members} members agree", 1 + votes.gone));
                     }
                     event(EventKind::Decided, detail);
                     actions.push(Action::Promote);
                     s.phase = Phase::Promoting;
+                    s.manual = false;
                     s.retry_at = None;
                     s.refused_by.clear();
                 } else {
@@ -392,18 +384,161 @@ pub fn decide(state: &State, verdict: Option<&Verdict>, facts: &Facts, settings:
     }
 }
 
+/// How each step of the promotion sequence went, as the shell carried it out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Promotion {
+    /// The pre-promote command succeeded, or there is none: go on.
+    Ready,
+    /// The pre-promote command failed or timed out (its own event says how): nothing was done.
+    PreCommandFailed,
+    /// The promotion signal could not be sent.
+    SignalFailed(String),
+    /// The postmaster was signalled, `took` after the decision.
+    Requested { took: Duration },
+    /// Recovery ended `waited` after the request, `total` after the decision.
+    Writable { waited: Duration, total: Duration },
+    /// Recovery had not ended `waited` after the request.
+    NotWritable { waited: Duration },
+}
+
+/// The next state after a step of the promotion sequence, and what to record.
+pub fn promotion(state: &State, step: &Promotion, now: Micros, settings: &Settings) -> Decision {
+    let mut s = state.clone();
+    let mut actions = Vec::new();
+    let (kind, detail) = match step {
+        Promotion::Ready => {
+            actions.push(Action::SignalPromotion);
+            return Decision {
+                state: s,
+                actions,
+                events: Vec::new(),
+            };
+        }
+        Promotion::PreCommandFailed => {
+            s.phase = Phase::Refusing;
+            if s.manual {
+                (
+                    EventKind::PromoteFailed,
+                    "pre_promote_command failed: promotion aborted".to_string(),
+                )
+            } else {
+                // Try again once the command has had the time to recover, not at every check.
+                let pause = settings.command_timeout.max(settings.keep_alive);
+                s.retry_at = Some(now.saturating_add(micros(pause)));
+                (
+                    EventKind::PromoteFailed,
+                    format!(
+                        "pre_promote_command failed: promotion aborted, next attempt in {} ms",
+                        pause.as_millis()
+                    ),
+                )
+            }
+        }
+        Promotion::SignalFailed(why) => {
+            s.phase = Phase::Refusing;
+            (EventKind::PromoteFailed, why.clone())
+        }
+        Promotion::Requested { took } => {
+            actions.push(Action::AwaitWritable);
+            (
+                EventKind::PromoteRequested,
+                format!("promote signal sent to the postmaster in {} ms", took.as_millis()),
+            )
+        }
+        Promotion::Writable { waited, total } => {
+            actions.push(Action::PostPromoteCommand);
+            let from = if s.manual { "request" } else { "decision" };
+            (
+                EventKind::Promoted,
+                format!(
+                    "recovery ended {} ms after the request; {from} to writable {} ms",
+                    waited.as_millis(),
+                    total.as_millis()
+                ),
+            )
+        }
+        Promotion::NotWritable { waited } => {
+            s.phase = Phase::Refusing;
+            (
+                EventKind::PromoteFailed,
+                format!("recovery had not ended {} s after the request", waited.as_secs()),
+            )
+        }
+    };
+    if s.phase != Phase::Promoting {
+        s.manual = false;
+    }
+    Decision {
+        state: s,
+        actions,
+        events: vec![Event::new(now, kind, detail)],
+    }
+}
+
+/// `pg_promoter_promote(force)`: the same sequence as an automatic promotion, or a refusal that
+/// names every guard that holds (see [`manual_guards`]), for the requester to raise.
+pub fn manual(state: &State, force: bool, facts: &Facts, settings: &Settings) -> Decision {
+    let mut s = state.clone();
+    let held = manual_guards(force, facts, settings, s.ever_reached);
+    let (event, actions) = if held.is_empty() {
+        s.phase = Phase::Promoting;
+        s.manual = true;
+        let detail = if force {
+            "manual promotion requested (force)"
+        } else {
+            "manual promotion requested"
+        };
+        (
+            Event::new(facts.now, EventKind::Decided, detail),
+            vec![Action::Promote],
+        )
+    } else {
+        let why = reasons(&held, facts, settings);
+        let detail = format!("manual promotion refused: {why}");
+        (
+            Event::new(facts.now, EventKind::Refused, detail),
+            vec![Action::Reject(why)],
+        )
+    };
+    Decision {
+        state: s,
+        actions,
+        events: vec![event],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::time::MS;
 
+    use crate::members::Member;
+
     const SETTINGS: Settings = Settings {
-        keep_alive_ms: 1000,
+        primary_conninfo: String::new(),
+        keep_alive: Duration::from_secs(1),
         keepalives_count: 3,
+        check_timeout: Duration::from_secs(1),
         enabled: true,
         max_lag_bytes: Some(16 << 20),
-        witnesses: 0,
+        peers: Vec::new(),
+        witnesses: Vec::new(),
+        fence_mode: crate::settings::FenceMode::RefuseConnections,
+        startup_hold_timeout: Duration::from_secs(10),
+        pre_promote_command: String::new(),
+        post_promote_command: String::new(),
+        command_timeout: Duration::from_secs(30),
     };
+
+    fn one_witness() -> Settings {
+        Settings {
+            witnesses: vec![Member {
+                name: "w1".into(),
+                conninfo: "host=w1".into(),
+            }],
+            ..SETTINGS
+        }
+    }
     const T0: Micros = 1_000 * SEC;
 
     fn facts(now: Micros) -> Facts {
@@ -762,10 +897,7 @@ mod tests {
         assert!(has_quorum(3, &v(2, 1, 0)));
         assert!(!has_quorum(3, &v(1, 1, 1)));
 
-        let one = Settings {
-            witnesses: 1,
-            ..SETTINGS
-        };
+        let one = one_witness();
         let ask = |votes| Facts { votes, ..facts(T0) };
         let d = decide(&failing(2), Some(&down()), &ask(Some(v(1, 0, 0))), &one);
         assert_eq!(d.actions, vec![Action::Promote]);
@@ -803,10 +935,7 @@ mod tests {
 
     #[test]
     fn witnesses_are_asked_only_when_the_count_could_complete() {
-        let one = Settings {
-            witnesses: 1,
-            ..SETTINGS
-        };
+        let one = one_witness();
         assert!(!needs_votes(&reached(), &down(), &one));
         assert!(needs_votes(&failing(2), &down(), &one));
         assert!(needs_votes(&failing(7), &down(), &one));

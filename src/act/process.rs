@@ -9,9 +9,9 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use policy::command::Exit;
+use policy::hook::Exit;
 
-use crate::latch::{sleep_until, wait, Interrupted, Socket};
+use crate::pg::latch::{sleep_until, wait, Interrupted, Socket};
 
 /// Output kept from a command: its last bytes, enough for a diagnosis.
 const KEEP_OUTPUT: usize = 8 * 1024;

@@ -3,7 +3,7 @@
 
 use pgrx::pg_sys;
 
-use crate::versions;
+use super::versions;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Local {
@@ -14,6 +14,31 @@ pub struct Local {
     pub walrcv_streaming: bool,
     /// When the connected WAL receiver last got a message (WAL or keepalive) from the primary.
     pub walrcv_last_msg: Option<i64>,
+}
+
+/// This server's facts as the policy takes them.
+pub fn facts(paused: bool, promoted_by_request: bool) -> policy::Local {
+    let local = read();
+    policy::Local {
+        now: now(),
+        in_recovery: local.in_recovery,
+        paused,
+        walrcv_last_msg: local.walrcv_last_msg,
+        receive_lsn: local.receive_lsn,
+        timeline: if local.in_recovery {
+            None
+        } else {
+            insert_timeline()
+        },
+        started_unix_us: started_unix_us(),
+        promoted_by_request,
+    }
+}
+
+/// Whether the postmaster is loading this library through `shared_preload_libraries`.
+pub fn preloading() -> bool {
+    // SAFETY: a plain flag set by the postmaster while it loads preloaded libraries.
+    unsafe { pg_sys::process_shared_preload_libraries_in_progress }
 }
 
 pub fn in_recovery() -> bool {

@@ -1,16 +1,18 @@
-//! Every `pg_promoter.*` setting: registration, the conninfo check hook, and typed accessors.
-//! All are reloadable (`SELECT pg_reload_conf()`); the worker applies them at its next check.
+//! Every `pg_promoter.*` setting: registration, the check and show hooks, and the one snapshot
+//! the worker takes of them. All are reloadable (`SELECT pg_reload_conf()`); the worker applies
+//! them at its next check.
 #![allow(unsafe_code)]
 
 use std::cell::RefCell;
 use std::ffi::{c_char, c_void, CStr, CString};
+use std::time::Duration;
 
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
 use pgrx::pg_sys;
-use policy::members::{self, Member, Naming};
-use policy::{conninfo, schedule, Settings};
+use policy::members::{self, Naming};
+use policy::{conninfo, schedule, FenceMode, Settings};
 
-use crate::{libpq, versions};
+use super::{libpq, versions};
 
 static PRIMARY_CONNINFO: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
 static KEEP_ALIVE: GucSetting<i32> = GucSetting::<i32>::new(1000);
@@ -19,7 +21,8 @@ static CHECK_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(0);
 static ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
 static MAX_LAG_ON_FAILOVER: GucSetting<i32> = GucSetting::<i32>::new(16 << 20);
 static PEERS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
-static FENCE_ACTION: GucSetting<FenceAction> = GucSetting::<FenceAction>::new(FenceAction::RefuseConnections);
+static FENCE_ACTION: GucSetting<GucFenceMode> =
+    GucSetting::<GucFenceMode>::new(GucFenceMode::RefuseConnections);
 static STARTUP_HOLD_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 static WITNESS_CONNINFO: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
 static PRE_PROMOTE_COMMAND: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
@@ -170,35 +173,40 @@ pub fn init() {
     versions::reserve_guc_prefix(c"pg_promoter");
 }
 
-pub fn keep_alive_ms() -> i32 {
-    KEEP_ALIVE.get()
-}
-
-pub fn keepalives_count() -> i32 {
-    KEEPALIVES_COUNT.get()
-}
-
-/// The effective deadline of one check (never more than `keep_alive`).
-pub fn check_timeout_ms() -> i32 {
-    schedule::check_timeout_ms(KEEP_ALIVE.get(), CHECK_TIMEOUT.get())
-}
-
-pub fn enabled() -> bool {
-    ENABLED.get()
-}
-
-pub fn settings() -> Settings {
+/// Every `pg_promoter.*` value as this process sees it now, member lists parsed (the check hooks
+/// validated them), durations typed: taken by the worker at start and at each reload only.
+pub fn snapshot() -> Settings {
+    let ms = |v: i32| Duration::from_millis(v.max(0) as u64);
+    let keep_alive = ms(KEEP_ALIVE.get());
     Settings {
-        keep_alive_ms: keep_alive_ms(),
-        keepalives_count: keepalives_count(),
-        enabled: enabled(),
+        primary_conninfo: primary_conninfo(),
+        keep_alive,
+        keepalives_count: KEEPALIVES_COUNT.get().max(1) as u32,
+        check_timeout: schedule::check_timeout(keep_alive, ms(CHECK_TIMEOUT.get())),
+        enabled: ENABLED.get(),
         max_lag_bytes: u64::try_from(MAX_LAG_ON_FAILOVER.get()).ok(),
-        witnesses: witnesses().len(),
+        peers: members::parse(&text(&PEERS), Naming::Required).unwrap_or_default(),
+        witnesses: members::parse(&text(&WITNESS_CONNINFO), WITNESS_NAMING).unwrap_or_default(),
+        fence_mode: match FENCE_ACTION.get() {
+            GucFenceMode::RefuseConnections => FenceMode::RefuseConnections,
+            GucFenceMode::Shutdown => FenceMode::Shutdown,
+        },
+        startup_hold_timeout: ms(STARTUP_HOLD_TIMEOUT.get()),
+        pre_promote_command: text(&PRE_PROMOTE_COMMAND),
+        post_promote_command: text(&POST_PROMOTE_COMMAND),
+        command_timeout: ms(COMMAND_TIMEOUT.get()),
     }
 }
 
-pub fn max_lag_on_failover() -> i32 {
-    MAX_LAG_ON_FAILOVER.get()
+/// Whether any member is configured, without parsing the lists: what a backend falls back on
+/// before the worker has published its snapshot.
+pub fn members_configured() -> bool {
+    !text(&PEERS).trim().is_empty() || !text(&WITNESS_CONNINFO).trim().is_empty()
+}
+
+/// The startup hold, for a backend before the worker has published its snapshot.
+pub fn startup_hold_timeout() -> Duration {
+    Duration::from_millis(STARTUP_HOLD_TIMEOUT.get().max(0) as u64)
 }
 
 fn text(setting: &GucSetting<Option<CString>>) -> String {
@@ -208,53 +216,18 @@ fn text(setting: &GucSetting<Option<CString>>) -> String {
         .unwrap_or_default()
 }
 
-/// The configured witnesses (the check hook has validated the list).
-pub fn witnesses() -> Vec<Member> {
-    members::parse(&text(&WITNESS_CONNINFO), WITNESS_NAMING).unwrap_or_default()
-}
-
-/// The configured peers (the check hook has validated the list).
-pub fn peers() -> Vec<Member> {
-    members::parse(&text(&PEERS), Naming::Required).unwrap_or_default()
-}
-
-/// Whether a primary here has anyone to check.
-pub fn has_members() -> bool {
-    !peers().is_empty() || !witnesses().is_empty()
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PostgresGucEnum)]
-pub enum FenceAction {
+enum GucFenceMode {
     #[name = c"refuse_connections"]
     RefuseConnections,
     #[name = c"shutdown"]
     Shutdown,
 }
 
-pub fn fence_action() -> FenceAction {
-    FENCE_ACTION.get()
-}
-
-pub fn startup_hold_timeout_ms() -> i32 {
-    STARTUP_HOLD_TIMEOUT.get()
-}
-
-pub fn pre_promote_command() -> String {
-    text(&PRE_PROMOTE_COMMAND)
-}
-
-pub fn post_promote_command() -> String {
-    text(&POST_PROMOTE_COMMAND)
-}
-
-pub fn command_timeout_ms() -> i32 {
-    COMMAND_TIMEOUT.get()
-}
-
 const WITNESS_NAMING: Naming = Naming::Optional { prefix: "witness" };
 
 /// The conninfo the check uses: ours, or else the server's `primary_conninfo`.
-pub fn primary_conninfo() -> String {
+fn primary_conninfo() -> String {
     match PRIMARY_CONNINFO.get() {
         Some(own) if !own.as_bytes().is_empty() => own.to_string_lossy().into_owned(),
         // SAFETY: PrimaryConnInfo is the server's own GUC variable: NULL or a valid string.

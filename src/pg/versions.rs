@@ -50,12 +50,15 @@ pub fn insertion_timeline() -> u32 {
 /// The caller must free it with `FreeWaitEventSet` (an ERROR meanwhile leaves it to the context
 /// or the resource owner, as for `WaitLatchOrSocket`).
 pub unsafe fn wait_event_set(nevents: i32) -> *mut pg_sys::WaitEventSet {
+    // SAFETY: the current memory context is valid in any running process; the caller frees
+    // the set as this function's contract says.
     #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15", feature = "pg16"))]
-    {
+    unsafe {
         pg_sys::CreateWaitEventSet(pg_sys::CurrentMemoryContext, nevents)
     }
+    // SAFETY: as above, with the current resource owner (NULL is allowed: then it is untracked).
     #[cfg(any(feature = "pg17", feature = "pg18"))]
-    {
+    unsafe {
         pg_sys::CreateWaitEventSet(pg_sys::CurrentResourceOwner, nevents)
     }
 }

@@ -1,4 +1,4 @@
-//! Fencing a primary that may no longer be the primary.
+//! The primary's state machine: fencing a primary that may no longer be the primary.
 //!
 //! A primary with peers or witnesses checks them at every tick. It fences itself:
 //! - for a while, when it reaches no strict majority of the members (itself, its peers and the
@@ -9,8 +9,19 @@
 //! - for good, when a peer answers as a primary on a newer timeline: this server was failed
 //!   over from, and must be rejoined with pg_rewind or a new base backup.
 
+use crate::classify::{classify, Outcome, Verdict};
 use crate::event::{Event, EventKind};
+use crate::machine::{Action, Transition};
 use crate::time::Micros;
+
+/// How one member answered a round's check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    pub name: String,
+    /// A peer (a PostgreSQL node of this cluster) rather than a witness.
+    pub peer: bool,
+    pub outcome: Outcome,
+}
 
 /// What a round found out about one other member.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,37 +48,69 @@ pub enum Fence {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FenceState {
+pub struct State {
     pub fence: Fence,
     /// Consecutive rounds without a majority.
     pub short_rounds: u32,
 }
 
-impl FenceState {
-    pub fn open() -> FenceState {
-        FenceState {
+impl State {
+    pub fn open() -> State {
+        State {
             fence: Fence::Open,
             short_rounds: 0,
         }
     }
 }
 
-/// What the shell must do when the fence changes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum FenceAction {
-    /// Refuse ordinary connections, end ordinary sessions, block ordinary commits; `permanent`
-    /// also leaves a marker in the data directory so a restart stays fenced.
-    Fence {
-        permanent: bool,
-        reason: String,
-    },
-    Unfence,
+/// Rounds without a majority after which an isolated primary fences itself.
+pub fn rounds_before_fencing(keepalives_count: u32) -> u32 {
+    keepalives_count.saturating_sub(2).max(1)
 }
 
-/// Rounds without a majority after which an isolated primary fences itself.
-pub fn rounds_before_fencing(keepalives_count: i32) -> u32 {
-    (keepalives_count - 2).max(1) as u32
+/// What a round's answers say of each other member. The same member list serves every node, so
+/// this server's own entry is recognised (it answered with this server's start time) and left
+/// out; a member answered when it answered at all, even to refuse the check.
+pub fn views(answers: &[Answer], started_unix_us: i64) -> Vec<View> {
+    answers
+        .iter()
+        .filter(|a| {
+            !matches!(a.outcome, Outcome::Answered { started: Some(started), .. } if started == started_unix_us)
+        })
+        .map(|a| View {
+            name: a.name.clone(),
+            peer: a.peer,
+            answered: !matches!(classify(&a.outcome), Verdict::Down(_)),
+            primary_timeline: match a.outcome {
+                Outcome::Answered {
+                    in_recovery: false,
+                    timeline,
+                    ..
+                } => timeline,
+                _ => None,
+            },
+        })
+        .collect()
 }
+
+/// A permanent fence found at start (the marker an earlier run left): in force again at once.
+pub fn restore(state: &State, marker_reason: &str, now: Micros) -> Transition<State> {
+    let reason = format!("fenced by an earlier run ({MARKER}): {marker_reason}");
+    Transition {
+        state: State {
+            fence: Fence::Superseded {
+                by: String::new(),
+                timeline: 0,
+            },
+            ..state.clone()
+        },
+        actions: vec![Action::RestoreFence(reason.clone())],
+        events: vec![Event::new(now, EventKind::Fenced, reason)],
+    }
+}
+
+/// The file a permanent fence leaves in the data directory.
+pub const MARKER: &str = "pg_promoter.fenced";
 
 /// Whether `reachable` of `members` (this server included in both) is a strict majority.
 pub fn has_majority(reachable: usize, members: usize) -> bool {
@@ -75,18 +118,23 @@ pub fn has_majority(reachable: usize, members: usize) -> bool {
 }
 
 /// One round of member checks on a primary.
-pub fn fence_step(
-    state: &FenceState,
+pub fn round(
+    state: &State,
     views: &[View],
     my_timeline: u32,
-    keepalives_count: i32,
+    keepalives_count: u32,
     now: Micros,
-) -> (FenceState, Vec<Event>, Vec<FenceAction>) {
+) -> Transition<State> {
     let mut s = state.clone();
     let mut events = Vec::new();
     let mut actions = Vec::new();
+    let done = |state, events, actions| Transition {
+        state,
+        actions,
+        events,
+    };
     if matches!(s.fence, Fence::Superseded { .. }) {
-        return (s, events, actions);
+        return done(s, events, actions);
     }
     if let Some(newer) = views
         .iter()
@@ -101,7 +149,7 @@ pub fn fence_step(
             v.name
         );
         events.push(Event::new(now, EventKind::Fenced, reason.clone()));
-        actions.push(FenceAction::Fence {
+        actions.push(Action::Fence {
             permanent: true,
             reason,
         });
@@ -109,7 +157,7 @@ pub fn fence_step(
             by: v.name.clone(),
             timeline,
         };
-        return (s, events, actions);
+        return done(s, events, actions);
     }
     let members = 1 + views.len();
     let reachable = 1 + views.iter().filter(|v| v.answered).count();
@@ -118,10 +166,10 @@ pub fn fence_step(
         if s.fence == Fence::Isolated {
             let detail = format!("{reachable} of {members} members reachable again: fence lifted");
             events.push(Event::new(now, EventKind::Unfenced, detail));
-            actions.push(FenceAction::Unfence);
+            actions.push(Action::Unfence);
             s.fence = Fence::Open;
         }
-        return (s, events, actions);
+        return done(s, events, actions);
     }
     s.short_rounds += 1;
     if s.fence == Fence::Open && s.short_rounds >= rounds_before_fencing(keepalives_count) {
@@ -137,13 +185,13 @@ pub fn fence_step(
             unreachable.join(", ")
         );
         events.push(Event::new(now, EventKind::Fenced, reason.clone()));
-        actions.push(FenceAction::Fence {
+        actions.push(Action::Fence {
             permanent: false,
             reason,
         });
         s.fence = Fence::Isolated;
     }
-    (s, events, actions)
+    done(s, events, actions)
 }
 
 #[cfg(test)]
@@ -167,15 +215,15 @@ mod tests {
         v("w1", false, answered, if answered { Some(1) } else { None })
     }
 
-    fn run(views_per_round: &[Vec<View>], count: i32) -> Vec<(FenceState, Vec<Event>, Vec<FenceAction>)> {
-        let mut s = FenceState::open();
+    fn run(views_per_round: &[Vec<View>], count: u32) -> Vec<(State, Vec<Event>, Vec<Action>)> {
+        let mut s = State::open();
         views_per_round
             .iter()
             .enumerate()
             .map(|(i, views)| {
-                let out = fence_step(&s, views, 1, count, i as i64);
-                s = out.0.clone();
-                out
+                let out = round(&s, views, 1, count, i as i64);
+                s = out.state.clone();
+                (out.state, out.events, out.actions)
             })
             .collect()
     }
@@ -197,7 +245,7 @@ mod tests {
         assert!(out[0].2.is_empty());
         assert_eq!(out[0].0.short_rounds, 1);
         match &out[1].2[..] {
-            [FenceAction::Fence {
+            [Action::Fence {
                 permanent: false,
                 reason,
             }] => {
@@ -210,7 +258,7 @@ mod tests {
         }
         assert_eq!(out[1].0.fence, Fence::Isolated);
         assert!(out[2].2.is_empty(), "fenced once");
-        assert_eq!(out[3].2, vec![FenceAction::Unfence]);
+        assert_eq!(out[3].2, vec![Action::Unfence]);
         assert_eq!(out[3].1[0].kind, EventKind::Unfenced);
         assert!(out[4].2.is_empty());
     }
@@ -236,7 +284,7 @@ mod tests {
         let newer = vec![v("s1", true, true, Some(2)), witness(true)];
         let out = run(&[newer, vec![standby(true), witness(true)]], 3);
         match &out[0].2[..] {
-            [FenceAction::Fence {
+            [Action::Fence {
                 permanent: true,
                 reason,
             }] => {
@@ -263,6 +311,71 @@ mod tests {
         let views = vec![v("w1", false, true, Some(9)), v("s1", true, true, Some(1))];
         let out = run(&[views], 3);
         assert!(out[0].2.is_empty());
+    }
+
+    #[test]
+    fn a_round_leaves_out_this_server_and_counts_refusals_as_answers() {
+        let me = 42;
+        let answered = |in_recovery, started| Outcome::Answered {
+            in_recovery,
+            lsn: None,
+            timeline: Some(3),
+            started: Some(started),
+        };
+        let answers = [
+            Answer {
+                name: "self".into(),
+                peer: true,
+                outcome: answered(false, me),
+            },
+            Answer {
+                name: "s1".into(),
+                peer: true,
+                outcome: answered(true, 7),
+            },
+            Answer {
+                name: "s2".into(),
+                peer: true,
+                outcome: Outcome::QueryFailed {
+                    sqlstate: "28P01".into(),
+                    message: "password authentication failed".into(),
+                },
+            },
+            Answer {
+                name: "w1".into(),
+                peer: false,
+                outcome: Outcome::TimedOut { connecting: true },
+            },
+            Answer {
+                name: "old".into(),
+                peer: true,
+                outcome: answered(false, 8),
+            },
+        ];
+        assert_eq!(
+            views(&answers, me),
+            vec![
+                v("s1", true, true, None),
+                v("s2", true, true, None),
+                v("w1", false, false, None),
+                v("old", true, true, Some(3)),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_fence_left_by_an_earlier_run_is_restored_and_never_lifted() {
+        let out = restore(&State::open(), "s1 is a primary on timeline 2", 5);
+        assert!(matches!(out.state.fence, Fence::Superseded { .. }));
+        match &out.actions[..] {
+            [Action::RestoreFence(reason)] => {
+                assert!(reason.starts_with("fenced by an earlier run (pg_promoter.fenced): s1 is"))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(out.events[0].kind, EventKind::Fenced);
+        let later = round(&out.state, &[standby(true), witness(true)], 1, 3, 6);
+        assert!(later.actions.is_empty());
     }
 
     #[test]

@@ -1,13 +1,12 @@
-//! Fencing on a primary that may be stale: ordinary clients can neither connect nor commit,
-//! their sessions are ended, superusers may still connect to diagnose. Also holds ordinary
-//! connections after a restart until the worker has checked the cluster once.
+//! What runs in every backend: ordinary clients can neither connect to nor commit on a fenced
+//! server (superusers may still connect to diagnose), and ordinary connections to a starting
+//! primary with members wait until the worker has checked the cluster once.
 //!
 //! Hooks: `ClientAuthentication_hook` (new connections) and a pre-commit transaction callback
 //! (the guarantee: no ordinary commit while fenced, whatever was already connected).
 #![allow(unsafe_code)]
 
 use std::ffi::{c_int, c_void};
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -15,31 +14,7 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use policy::text::sentence;
 
-use crate::{guc, local, shmem, versions};
-
-/// The marker a permanent fence leaves in the data directory: a restart stays fenced until the
-/// DBA rejoins the server (pg_rewind or a new base backup replace the directory) or removes it.
-pub const MARKER: &str = "pg_promoter.fenced";
-
-pub fn marker_path() -> PathBuf {
-    PathBuf::from(local::data_dir()).join(MARKER)
-}
-
-/// The reason of a permanent fence left by an earlier run, if any.
-pub fn read_marker() -> Option<String> {
-    std::fs::read_to_string(marker_path())
-        .ok()
-        .map(|r| r.trim().to_string())
-}
-
-pub fn write_marker(reason: &str) {
-    if let Err(e) = std::fs::write(marker_path(), format!("{reason}\n")) {
-        warning!(
-            "pg_promoter: could not write file \"{}\": {e}",
-            marker_path().display()
-        );
-    }
-}
+use crate::pg::{guc, local, shmem};
 
 // `libpq/auth.h` is not among pgrx's headers; the server exports the hook variable.
 type ClientAuthHook = Option<unsafe extern "C-unwind" fn(*mut pg_sys::libpq::be::Port, c_int)>;
@@ -67,8 +42,9 @@ fn is_superuser(role: pg_sys::Oid) -> bool {
 
 #[pg_guard]
 unsafe extern "C-unwind" fn on_authenticated(port: *mut pg_sys::libpq::be::Port, status: c_int) {
-    // SAFETY: chains to the hook installed before ours, with PostgreSQL's own arguments.
+    // SAFETY: the hook variable was written once, in the postmaster, before any backend existed.
     if let Some(previous) = unsafe { PREVIOUS_AUTH } {
+        // SAFETY: chains to the hook installed before ours, with PostgreSQL's own arguments.
         unsafe { previous(port, status) };
     }
     if status != pg_sys::STATUS_OK as c_int || local::in_recovery() {
@@ -96,8 +72,17 @@ unsafe extern "C-unwind" fn on_authenticated(port: *mut pg_sys::libpq::be::Port,
 /// After a restart of a primary with members, ordinary connections wait for the worker's first
 /// round of checks (a newer primary may exist), at most `pg_promoter.startup_hold_timeout`.
 fn hold_until_checked() {
-    let limit = Duration::from_millis(guc::startup_hold_timeout_ms().max(0) as u64);
-    if limit.is_zero() || !guc::has_members() {
+    // The worker's parsed snapshot; before it has published one, the lists' mere presence.
+    let running = shmem::running();
+    let (members, limit) = if running.published {
+        (
+            running.has_members,
+            Duration::from_millis(running.startup_hold_ms.max(0) as u64),
+        )
+    } else {
+        (guc::members_configured(), guc::startup_hold_timeout())
+    };
+    if limit.is_zero() || !members {
         return;
     }
     let start = Instant::now();
@@ -133,36 +118,4 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut c
         "terminating connection: this server is fenced by pg_promoter",
         sentence(&shmem::read_fence().1),
     );
-}
-
-/// Ends every client session (superusers' too: they may reconnect), as pg_terminate_backend
-/// would. Background workers, autovacuum and WAL senders are spared.
-pub fn terminate_sessions() -> usize {
-    let mut ended = 0;
-    // SAFETY: ProcGlobal and its PGPROC array live in shared memory for the server's life.
-    // The fields are read without ProcArrayLock: a session that ends meanwhile only makes a
-    // signal miss, and PostgreSQL's own pg_signal_backend accepts the same pid-reuse window.
-    unsafe {
-        let global = pg_sys::ProcGlobal;
-        let walsenders = versions::walsender_pids();
-        for i in 0..(*global).allProcCount as usize {
-            let proc = &*(*global).allProcs.add(i);
-            let pid = proc.pid;
-            let client = pid != 0
-                && pid != pg_sys::MyProcPid
-                && proc.databaseId != pg_sys::InvalidOid
-                && versions::is_regular_backend(proc)
-                && !walsenders.contains(&pid);
-            if client && libc::kill(pid, libc::SIGTERM) == 0 {
-                ended += 1;
-            }
-        }
-    }
-    ended
-}
-
-/// `pg_promoter.fence_action = shutdown`: a fast shutdown, as `pg_ctl stop -m fast`.
-pub fn shut_down() {
-    // SAFETY: signals the postmaster; no memory is touched.
-    unsafe { libc::kill(pg_sys::PostmasterPid, libc::SIGINT) };
 }

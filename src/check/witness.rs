@@ -3,20 +3,14 @@
 
 use std::time::{Duration, Instant};
 
+use policy::classify;
+use policy::machine::WitnessAnswer;
 use policy::members::Member;
-use policy::{classify, Votes};
 
-use crate::latch::Interrupted;
-use crate::probe;
+use super::probe;
+use crate::pg::latch::Interrupted;
 
 const ASK: &std::ffi::CStr = c"SELECT reachable, error FROM pg_promoter_probe($1, $2::interval)";
-
-/// One witness's answer, with a sentence for the event.
-pub struct Answer {
-    pub name: String,
-    pub gone: Option<bool>,
-    pub detail: String,
-}
 
 /// Asks every witness in turn. Each witness probes the primary for half of `timeout`, so its
 /// answer arrives within our own deadline of `timeout` even when the primary never answers.
@@ -25,7 +19,7 @@ pub fn ask(
     primary_conninfo: &str,
     timeout: Duration,
     stop: &dyn Fn() -> bool,
-) -> Result<Vec<Answer>, Interrupted> {
+) -> Result<Vec<WitnessAnswer>, Interrupted> {
     let probe_timeout = format!("{} ms", (timeout.as_millis() / 2).max(1));
     witnesses
         .iter()
@@ -50,22 +44,13 @@ pub fn ask(
                     }
                 }
             };
-            Ok(Answer {
+            Ok(WitnessAnswer {
                 name: w.name.clone(),
                 gone,
                 detail,
             })
         })
         .collect()
-}
-
-pub fn tally(answers: &[Answer]) -> Votes {
-    let count = |v: Option<bool>| answers.iter().filter(|a| a.gone == v).count();
-    Votes {
-        gone: count(Some(true)),
-        alive: count(Some(false)),
-        unreachable: count(None),
-    }
 }
 
 fn reason(outcome: &policy::Outcome) -> String {

@@ -8,7 +8,7 @@ use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, PGRXSharedMemory, PgAtomic, PgLwLock};
 use policy::fixed::FixedText;
 use policy::ring::Ring;
-use policy::{Event, Phase};
+use policy::{Event, Phase, Settings};
 
 /// Events kept in shared memory.
 pub const EVENTS: usize = 256;
@@ -34,9 +34,57 @@ pub struct Status {
     pub conninfo: FixedText<512>,
 }
 
+/// The settings the worker runs with, as it last published them: what the status reports, and
+/// what backends' hooks read instead of parsing the member lists at each login.
+#[derive(Clone, Copy, Debug)]
+pub struct Running {
+    /// False until a worker has published once since the server started.
+    pub published: bool,
+    pub keep_alive_ms: i64,
+    pub keepalives_count: i64,
+    pub check_timeout_ms: i64,
+    pub enabled: bool,
+    /// -1 when off.
+    pub max_lag_bytes: i64,
+    pub has_members: bool,
+    pub startup_hold_ms: i64,
+}
+
+impl Running {
+    const fn new() -> Running {
+        Running {
+            published: false,
+            keep_alive_ms: 0,
+            keepalives_count: 0,
+            check_timeout_ms: 0,
+            enabled: false,
+            max_lag_bytes: -1,
+            has_members: false,
+            startup_hold_ms: 0,
+        }
+    }
+
+    pub fn of(settings: &Settings) -> Running {
+        let ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        Running {
+            published: true,
+            keep_alive_ms: ms(settings.keep_alive),
+            keepalives_count: settings.keepalives_count.into(),
+            check_timeout_ms: ms(settings.check_timeout),
+            enabled: settings.enabled,
+            max_lag_bytes: settings
+                .max_lag_bytes
+                .map_or(-1, |b| i64::try_from(b).unwrap_or(i64::MAX)),
+            has_members: settings.has_members(),
+            startup_hold_ms: ms(settings.startup_hold_timeout),
+        }
+    }
+}
+
 #[derive(Clone, Copy)]
 pub struct Shared {
     pub status: Status,
+    pub running: Running,
     pub paused: bool,
     /// Why this server is fenced (`FENCED` says whether), and whether for good.
     pub fence_reason: FixedText<256>,
@@ -72,6 +120,7 @@ impl Shared {
     const fn new() -> Shared {
         Shared {
             status: Status::new(),
+            running: Running::new(),
             paused: false,
             fence_reason: FixedText::empty(),
             fence_permanent: false,
@@ -115,6 +164,31 @@ pub fn require() {
     }
 }
 
+/// The worker's settings, for the status and backends' hooks.
+pub fn publish_settings(settings: &Settings) {
+    let running = Running::of(settings);
+    update(|s| s.running = running);
+}
+
+/// What the worker reads of the backends' doing before each step.
+pub struct Flags {
+    pub paused: bool,
+    pub promoted_at: Option<i64>,
+}
+
+pub fn flags() -> Flags {
+    let s = SHARED.share();
+    Flags {
+        paused: s.paused,
+        promoted_at: s.status.promoted_at,
+    }
+}
+
+/// The worker's published settings alone (every login reads them: no copy of the event ring).
+pub fn running() -> Running {
+    SHARED.share().running
+}
+
 /// A copy of the shared state, taken under a shared lock.
 pub fn read() -> Shared {
     *SHARED.share()
@@ -146,6 +220,6 @@ pub fn record(events: &[Event]) {
     }
     update(|s| events.iter().for_each(|e| s.events.push(e)));
     for e in events {
-        crate::versions::log(format!("pg_promoter: {}: {}", e.kind.as_str(), e.detail));
+        super::versions::log(format!("pg_promoter: {}: {}", e.kind.as_str(), e.detail));
     }
 }

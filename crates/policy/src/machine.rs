@@ -1,0 +1,615 @@
+//! The worker's whole state machine behind one door: the shell feeds in an [`Input`] with what it
+//! read of this server ([`Local`]), and gets back a [`Step`]: the next state, the actions to
+//! carry out and the events to record. The standby's and the primary's machines (`standby`,
+//! `primary`) answer in the same shape, [`Transition`].
+
+use crate::classify::{classify, Outcome, Verdict};
+use crate::event::{Event, EventKind};
+use crate::primary::{self, Answer};
+use crate::settings::Settings;
+use crate::standby::{self, needs_votes, Promotion, Votes};
+use crate::time::Micros;
+
+/// What the shell must carry out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Ask every witness whether it can reach the primary, then feed [`Input::Votes`].
+    AskWitnesses,
+    /// Start the promotion sequence: run the pre-promote command, if any, and feed back
+    /// [`Promotion::Ready`] or [`Promotion::PreCommandFailed`]. Each step's result comes back as
+    /// an [`Input::Promotion`] and the policy names the next step.
+    Promote,
+    /// Ask the postmaster to end recovery; feed back `Requested` or `SignalFailed`.
+    SignalPromotion,
+    /// Wait until recovery has ended; feed back `Writable` or `NotWritable`.
+    AwaitWritable,
+    /// Run the post-promote command, if any (the server is writable).
+    PostPromoteCommand,
+    /// Refuse a request (`pg_promoter_promote()`): the requester raises this reason.
+    Reject(String),
+    /// A WARNING for the log, rate-limited here.
+    Warn(String),
+    /// Refuse ordinary connections, end ordinary sessions, block ordinary commits (or shut down,
+    /// as `fence_action` says); `permanent` also leaves the marker so a restart stays fenced.
+    Fence {
+        permanent: bool,
+        reason: String,
+    },
+    /// Put back in force, without acting again, the permanent fence an earlier run left.
+    RestoreFence(String),
+    Unfence,
+}
+
+/// A machine's answer to one input: its next state, what to do, what to record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transition<S> {
+    pub state: S,
+    pub actions: Vec<Action>,
+    pub events: Vec<Event>,
+}
+
+pub type Step = Transition<Node>;
+
+/// What the shell read of this server for this input.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Local {
+    pub now: Micros,
+    pub in_recovery: bool,
+    /// `pg_promoter_pause()` is in force.
+    pub paused: bool,
+    /// When the connected WAL receiver last heard from the primary (WAL or keepalive), if ever.
+    pub walrcv_last_msg: Option<Micros>,
+    /// How far this standby has received WAL.
+    pub receive_lsn: Option<u64>,
+    /// The timeline new WAL is written on (a primary's).
+    pub timeline: Option<u32>,
+    /// When this server started, in Unix microseconds (how it recognises itself among members).
+    pub started_unix_us: i64,
+    /// `pg_promoter_promote()` promoted this server.
+    pub promoted_by_request: bool,
+}
+
+/// One witness's answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WitnessAnswer {
+    pub name: String,
+    /// Whether it could not reach the primary either; `None` when it could not be asked.
+    pub gone: Option<bool>,
+    /// A sentence for the event.
+    pub detail: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// The worker starts (`pid`); `marker` is the reason a permanent fence left, if any.
+    Start { pid: i32, marker: Option<String> },
+    /// The configuration was reloaded: the new snapshot.
+    Reload(Settings),
+    /// The primary's check ended (a standby).
+    Checked(Outcome),
+    /// Nothing new was observed: only the local facts may have changed (end of recovery, the
+    /// WAL receiver's first message), or no check could run.
+    Tick,
+    /// The witnesses answered the question [`Action::AskWitnesses`] asked.
+    Votes(Vec<WitnessAnswer>),
+    /// A primary's round over its members ended.
+    Round(Vec<Answer>),
+    /// A step of the promotion sequence ended.
+    Promotion(Promotion),
+    /// `pg_promoter_promote(force)`.
+    Manual { force: bool },
+}
+
+/// Everything the worker remembers between inputs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    pub settings: Settings,
+    pub standby: standby::State,
+    pub primary: primary::State,
+    /// A failed check whose verdict waits for the witnesses' answers.
+    pub pending: Option<Verdict>,
+    /// Each witness's last answer, so a vote is recorded when it changes.
+    pub last_votes: Vec<(String, Option<bool>)>,
+}
+
+impl Node {
+    /// `ever_reached` outlives a worker: a restarted worker still knows the primary was reached.
+    pub fn new(settings: Settings, started_at: Micros, ever_reached: bool) -> Node {
+        Node {
+            settings,
+            standby: standby::State::new(started_at, ever_reached),
+            primary: primary::State::open(),
+            pending: None,
+            last_votes: Vec::new(),
+        }
+    }
+}
+
+/// The one transition function: every input, every role.
+pub fn step(node: &Node, input: Input, local: &Local) -> Step {
+    let mut next = node.clone();
+    let mut events = Vec::new();
+    let mut actions = Vec::new();
+    let now = local.now;
+    match input {
+        Input::Start { pid, marker } => {
+            let role = if local.in_recovery { "standby" } else { "primary" };
+            let detail = format!(
+                "worker started on a {role} (PID {pid}): {}",
+                node.settings.describe()
+            );
+            events.push(Event::new(now, EventKind::Start, detail));
+            if let Some(reason) = marker.filter(|_| !local.in_recovery) {
+                let t = primary::restore(&node.primary, &reason, now);
+                next.primary = t.state;
+                actions.extend(t.actions);
+                events.extend(t.events);
+            }
+        }
+        Input::Reload(settings) => {
+            let changes = node.settings.changes(&settings);
+            let detail = if changes.is_empty() {
+                "configuration reloaded: no pg_promoter setting changed".to_string()
+            } else {
+                format!("configuration reloaded: {}", changes.join(", "))
+            };
+            events.push(Event::new(now, EventKind::Reload, detail));
+            next.settings = settings;
+        }
+        Input::Checked(outcome) => {
+            if let Outcome::Answered { lsn: Some(lsn), .. } = outcome {
+                next.standby.primary_lsn = Some(lsn);
+            }
+            let verdict = classify(&outcome);
+            if local.in_recovery && needs_votes(&next.standby, &verdict, &node.settings) {
+                // The count could complete: the witnesses speak before anything is decided.
+                next.pending = Some(verdict);
+                actions.push(Action::AskWitnesses);
+            } else {
+                next.pending = None;
+                apply_standby(&mut next, Some(&verdict), None, local, &mut actions, &mut events);
+            }
+        }
+        Input::Votes(answers) => {
+            for a in &answers {
+                let said = (a.name.clone(), a.gone);
+                if !next.last_votes.contains(&said) {
+                    next.last_votes.retain(|(name, _)| *name != a.name);
+                    next.last_votes.push(said);
+                    events.push(Event::new(
+                        now,
+                        EventKind::WitnessVote,
+                        format!("witness {}: {}", a.name, a.detail),
+                    ));
+                }
+            }
+            let votes = tally(&answers);
+            let verdict = next.pending.take();
+            apply_standby(
+                &mut next,
+                verdict.as_ref(),
+                Some(votes),
+                local,
+                &mut actions,
+                &mut events,
+            );
+        }
+        Input::Tick => {
+            apply_standby(&mut next, None, None, local, &mut actions, &mut events);
+        }
+        Input::Round(answers) => {
+            let views = primary::views(&answers, local.started_unix_us);
+            let t = primary::round(
+                &node.primary,
+                &views,
+                local.timeline.unwrap_or(1),
+                node.settings.keepalives_count,
+                now,
+            );
+            next.primary = t.state;
+            actions.extend(t.actions);
+            events.extend(t.events);
+        }
+        Input::Promotion(result) => {
+            let t = standby::promotion(&node.standby, &result, now, &node.settings);
+            next.standby = t.state;
+            actions.extend(t.actions);
+            events.extend(t.events);
+        }
+        Input::Manual { force } => {
+            let facts = standby_facts(node, local, None);
+            let t = standby::manual(&node.standby, force, &facts, &node.settings);
+            next.standby = t.state;
+            actions.extend(t.actions);
+            events.extend(t.events);
+        }
+    }
+    Transition {
+        state: next,
+        actions,
+        events,
+    }
+}
+
+fn apply_standby(
+    node: &mut Node,
+    verdict: Option<&Verdict>,
+    votes: Option<Votes>,
+    local: &Local,
+    actions: &mut Vec<Action>,
+    events: &mut Vec<Event>,
+) {
+    let facts = standby_facts(node, local, votes);
+    let t = standby::decide(&node.standby, verdict, &facts, &node.settings);
+    node.standby = t.state;
+    actions.extend(t.actions);
+    events.extend(t.events);
+}
+
+fn standby_facts(node: &Node, local: &Local, votes: Option<Votes>) -> standby::Facts {
+    standby::Facts {
+        now: local.now,
+        in_recovery: local.in_recovery,
+        paused: local.paused,
+        walrcv_last_msg: local.walrcv_last_msg,
+        primary_lsn: node.standby.primary_lsn,
+        receive_lsn: local.receive_lsn,
+        votes,
+        promoted_by_request: local.promoted_by_request,
+    }
+}
+
+/// The witnesses' answers, counted.
+pub fn tally(answers: &[WitnessAnswer]) -> Votes {
+    let count = |v: Option<bool>| answers.iter().filter(|a| a.gone == v).count();
+    Votes {
+        gone: count(Some(true)),
+        alive: count(Some(false)),
+        unreachable: count(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::members::Member;
+    use crate::primary::Fence;
+    use crate::standby::Phase;
+    use crate::time::SEC;
+
+    const T0: Micros = 1_000 * SEC;
+
+    fn settings() -> Settings {
+        Settings {
+            primary_conninfo: "host=p".into(),
+            keep_alive: Duration::from_secs(1),
+            keepalives_count: 3,
+            check_timeout: Duration::from_secs(1),
+            ..Settings::default()
+        }
+    }
+
+    fn standby_at(now: Micros) -> Local {
+        Local {
+            now,
+            in_recovery: true,
+            ..Local::default()
+        }
+    }
+
+    fn refused() -> Outcome {
+        Outcome::ConnectFailed("Connection refused".into())
+    }
+
+    fn answered() -> Outcome {
+        Outcome::Answered {
+            in_recovery: false,
+            lsn: Some(0x3000),
+            timeline: Some(1),
+            started: Some(7),
+        }
+    }
+
+    fn kinds(step: &Step) -> Vec<EventKind> {
+        step.events.iter().map(|e| e.kind).collect()
+    }
+
+    /// Feeds inputs one second apart, as a standby would, and returns every step.
+    fn run(node: Node, inputs: Vec<Input>) -> Vec<Step> {
+        let mut node = node;
+        let mut out = Vec::new();
+        for (i, input) in inputs.into_iter().enumerate() {
+            let s = step(&node, input, &standby_at(T0 + i as i64 * SEC));
+            node = s.state.clone();
+            out.push(s);
+        }
+        out
+    }
+
+    /// The count completes (3 refused checks), then `then` follows.
+    fn down_then(then: Vec<Input>) -> Vec<Input> {
+        let mut inputs = vec![Input::Checked(refused()); 3];
+        inputs.extend(then);
+        inputs
+    }
+
+    fn reached() -> Node {
+        let node = Node::new(settings(), T0 - SEC, false);
+        step(&node, Input::Checked(answered()), &standby_at(T0 - SEC)).state
+    }
+
+    #[test]
+    fn the_primarys_position_is_remembered_from_its_answers() {
+        let node = reached();
+        assert_eq!(node.standby.primary_lsn, Some(0x3000));
+        assert!(node.standby.ever_reached);
+        let s = step(&node, Input::Checked(refused()), &standby_at(T0));
+        assert_eq!(
+            s.state.standby.primary_lsn,
+            Some(0x3000),
+            "kept while the primary is down"
+        );
+    }
+
+    #[test]
+    fn a_failed_promotion_signal_refuses_and_the_next_check_tries_again() {
+        let steps = run(
+            reached(),
+            down_then(vec![
+                Input::Promotion(Promotion::SignalFailed("could not send signal".into())),
+                Input::Checked(refused()),
+            ]),
+        );
+        assert_eq!(steps[2].actions, vec![Action::Promote]);
+        assert_eq!(steps[2].state.standby.phase, Phase::Promoting);
+        assert_eq!(steps[3].state.standby.phase, Phase::Refusing);
+        assert_eq!(kinds(&steps[3]), vec![EventKind::PromoteFailed]);
+        assert_eq!(steps[3].events[0].detail, "could not send signal");
+        assert_eq!(steps[4].actions, vec![Action::Promote]);
+    }
+
+    #[test]
+    fn recovery_that_does_not_end_is_a_failed_promotion() {
+        let steps = run(
+            reached(),
+            down_then(vec![
+                Input::Promotion(Promotion::Requested {
+                    took: Duration::from_millis(2),
+                }),
+                Input::Promotion(Promotion::NotWritable {
+                    waited: Duration::from_secs(60),
+                }),
+            ]),
+        );
+        assert_eq!(kinds(&steps[3]), vec![EventKind::PromoteRequested]);
+        assert_eq!(steps[3].actions, vec![Action::AwaitWritable]);
+        assert_eq!(steps[3].state.standby.phase, Phase::Promoting);
+        assert_eq!(
+            steps[4].events[0].detail,
+            "recovery had not ended 60 s after the request"
+        );
+        assert_eq!(steps[4].state.standby.phase, Phase::Refusing);
+    }
+
+    #[test]
+    fn a_failed_pre_promote_command_waits_before_the_next_attempt() {
+        let mut s = settings();
+        s.command_timeout = Duration::from_secs(5);
+        let node = Node {
+            settings: s,
+            ..reached()
+        };
+        let mut inputs = down_then(vec![Input::Promotion(Promotion::PreCommandFailed)]);
+        inputs.extend(vec![Input::Checked(refused()); 5]);
+        let steps = run(node, inputs);
+        assert_eq!(
+            steps[3].events[0].detail,
+            "pre_promote_command failed: promotion aborted, next attempt in 5000 ms"
+        );
+        assert_eq!(steps[3].state.standby.retry_at, Some(T0 + 3 * SEC + 5 * SEC));
+        // Checks at T0+4..T0+7 s wait; the one at T0+8 s tries again.
+        assert!(steps[4..8].iter().all(|s| s.actions.is_empty()));
+        assert!(steps[4..8]
+            .iter()
+            .all(|s| s.state.standby.phase == Phase::Refusing));
+        assert_eq!(steps[8].actions, vec![Action::Promote]);
+    }
+
+    #[test]
+    fn a_successful_promotion_reports_its_durations_then_the_role_change() {
+        let mut steps = run(
+            reached(),
+            down_then(vec![Input::Promotion(Promotion::Writable {
+                waited: Duration::from_millis(26),
+                total: Duration::from_millis(30),
+            })]),
+        );
+        let last = steps.pop().unwrap();
+        assert_eq!(
+            last.events[0].detail,
+            "recovery ended 26 ms after the request; decision to writable 30 ms"
+        );
+        assert_eq!(last.actions, vec![Action::PostPromoteCommand]);
+        let primary = Local {
+            in_recovery: false,
+            ..standby_at(T0 + 5 * SEC)
+        };
+        let after = step(&last.state, Input::Tick, &primary);
+        assert_eq!(after.state.standby.phase, Phase::Primary);
+        assert_eq!(
+            after.events[0].detail,
+            "recovery has ended: this server is now a primary"
+        );
+    }
+
+    #[test]
+    fn a_manual_promotion_takes_the_same_path_and_says_who_asked() {
+        let fresh = Node::new(settings(), T0, false);
+        let refused = step(&fresh, Input::Manual { force: false }, &standby_at(T0));
+        match &refused.actions[..] {
+            [Action::Reject(why)] => assert!(why.contains("has not been reached"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(kinds(&refused), vec![EventKind::Refused]);
+        assert!(refused.events[0]
+            .detail
+            .contains("manual promotion refused: the primary has not been reached"));
+        assert_eq!(refused.state.standby.phase, Phase::Starting);
+
+        let forced = step(&fresh, Input::Manual { force: true }, &standby_at(T0));
+        assert_eq!(forced.actions, vec![Action::Promote]);
+        let ready = step(
+            &forced.state,
+            Input::Promotion(Promotion::Ready),
+            &standby_at(T0 + 1),
+        );
+        assert_eq!(ready.actions, vec![Action::SignalPromotion]);
+        assert!(ready.events.is_empty());
+        assert_eq!(forced.events[0].detail, "manual promotion requested (force)");
+        let done = step(
+            &forced.state,
+            Input::Promotion(Promotion::Writable {
+                waited: Duration::from_millis(20),
+                total: Duration::from_millis(21),
+            }),
+            &standby_at(T0 + 1),
+        );
+        assert!(done.events[0].detail.ends_with("request to writable 21 ms"));
+        let failed = step(
+            &forced.state,
+            Input::Promotion(Promotion::PreCommandFailed),
+            &standby_at(T0 + 1),
+        );
+        assert_eq!(
+            failed.events[0].detail,
+            "pre_promote_command failed: promotion aborted"
+        );
+        assert_eq!(
+            failed.state.standby.retry_at, None,
+            "no automatic retry for a request"
+        );
+
+        let primary = Local {
+            in_recovery: false,
+            ..standby_at(T0)
+        };
+        let not_standby = step(&reached(), Input::Manual { force: true }, &primary);
+        assert!(matches!(not_standby.actions[..], [Action::Reject(_)]));
+        assert!(not_standby.events[0].detail.contains("not in recovery"));
+    }
+
+    #[test]
+    fn a_reload_mid_count_keeps_the_count_and_applies_the_new_one() {
+        let mut inputs = vec![Input::Checked(refused()), Input::Checked(refused())];
+        let longer = Settings {
+            keepalives_count: 5,
+            keep_alive: Duration::from_millis(500),
+            ..settings()
+        };
+        inputs.push(Input::Reload(longer));
+        inputs.extend(vec![Input::Checked(refused()); 3]);
+        let steps = run(reached(), inputs);
+        assert_eq!(kinds(&steps[2]), vec![EventKind::Reload]);
+        assert_eq!(
+            steps[2].events[0].detail,
+            "configuration reloaded: keep_alive 1000 ms -> 500 ms, keepalives_count 3 -> 5"
+        );
+        assert_eq!(
+            steps[2].state.standby.failures, 2,
+            "a reload does not reset the count"
+        );
+        // Failures 3 and 4 of 5 suspect; the fifth decides.
+        assert!(steps[3..5].iter().all(|s| s.actions.is_empty()));
+        assert_eq!(steps[4].state.standby.phase, Phase::Suspecting);
+        assert_eq!(steps[5].actions, vec![Action::Promote]);
+    }
+
+    #[test]
+    fn witnesses_are_asked_before_the_count_completes_and_their_answers_decide() {
+        let witness = |n: &str| Member {
+            name: n.into(),
+            conninfo: format!("host={n}"),
+        };
+        let node = Node {
+            settings: Settings {
+                witnesses: vec![witness("w1")],
+                ..settings()
+            },
+            ..reached()
+        };
+        let gone = |gone| {
+            Input::Votes(vec![WitnessAnswer {
+                name: "w1".into(),
+                gone,
+                detail: "says so".into(),
+            }])
+        };
+        let steps = run(
+            node,
+            vec![
+                Input::Checked(refused()),
+                Input::Checked(refused()),
+                Input::Checked(refused()),
+                gone(Some(false)),
+                Input::Checked(refused()),
+                gone(Some(true)),
+            ],
+        );
+        assert!(steps[1].actions.is_empty(), "not before the count could complete");
+        assert_eq!(steps[2].actions, vec![Action::AskWitnesses]);
+        assert_eq!(steps[2].state.standby.failures, 2, "counted with the answers");
+        assert_eq!(kinds(&steps[3]), vec![EventKind::WitnessVote, EventKind::Refused]);
+        assert!(steps[3].events[1].detail.contains("1 of 3 members"));
+        assert_eq!(steps[4].actions, vec![Action::AskWitnesses]);
+        assert_eq!(kinds(&steps[5]), vec![EventKind::WitnessVote, EventKind::Decided]);
+        assert_eq!(steps[5].actions, vec![Action::Promote]);
+        assert!(steps[5].events[1].detail.contains("2 of 3 members agree"));
+    }
+
+    #[test]
+    fn a_primary_fences_from_its_rounds_and_restores_a_marker_at_start() {
+        let primary = Local {
+            now: T0,
+            in_recovery: false,
+            timeline: Some(1),
+            started_unix_us: 99,
+            ..Local::default()
+        };
+        let node = Node::new(settings(), T0, true);
+        let cut = vec![Answer {
+            name: "s1".into(),
+            peer: true,
+            outcome: Outcome::TimedOut { connecting: true },
+        }];
+        let s = step(&node, Input::Round(cut), &primary);
+        assert_eq!(s.state.primary.fence, Fence::Isolated);
+        assert!(matches!(s.actions[..], [Action::Fence { permanent: false, .. }]));
+
+        let start = step(
+            &node,
+            Input::Start {
+                pid: 5,
+                marker: Some("s1 is a primary on timeline 2".into()),
+            },
+            &primary,
+        );
+        assert_eq!(kinds(&start), vec![EventKind::Start, EventKind::Fenced]);
+        assert!(start.events[0]
+            .detail
+            .starts_with("worker started on a primary (PID 5): keep_alive 1000 ms"));
+        assert!(matches!(start.actions[..], [Action::RestoreFence(_)]));
+        // A standby ignores a marker: it is rejoined.
+        let standby = step(
+            &node,
+            Input::Start {
+                pid: 5,
+                marker: Some("old".into()),
+            },
+            &standby_at(T0),
+        );
+        assert!(standby.actions.is_empty());
+        assert_eq!(kinds(&standby), vec![EventKind::Start]);
+    }
+}

@@ -1,0 +1,5 @@
+//! Carrying out what the policy decided: the promotion sequence, hook commands, the fence.
+
+pub mod fence;
+pub mod process;
+pub mod promote;

@@ -1,0 +1,299 @@
+//! The background worker: a latch loop that observes at a fixed rate, feeds what it saw to the
+//! policy (`policy::step`), and carries out what comes back. It decides nothing itself: what a
+//! role observes is in `standby` and `primary`, the actions are carried out by `act`.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
+use pgrx::prelude::*;
+use policy::fixed::FixedText;
+use policy::time::Micros;
+use policy::{schedule, Action, Event, EventKind, Input, Node, Phase, Settings};
+
+use crate::act::fence;
+use crate::act::promote::Sequence;
+use crate::check::{probe, witness};
+use crate::pg::latch::sleep_until;
+use crate::pg::{guc, local, shmem, this_process};
+
+mod primary;
+mod standby;
+
+/// The postmaster restarts a crashed worker after this long (never the whole server).
+const RESTART_AFTER: Duration = Duration::from_secs(5);
+
+pub fn register() {
+    BackgroundWorkerBuilder::new("pg_promoter")
+        .set_type("pg_promoter")
+        .set_library("pg_promoter")
+        .set_function("pg_promoter_worker_main")
+        .enable_shmem_access(None)
+        .set_start_time(BgWorkerStartTime::ConsistentState)
+        .set_restart_time(Some(RESTART_AFTER))
+        .load();
+}
+
+// The postmaster finds the entry point by its name: the one unsafe attribute of this module.
+#[allow(unsafe_code)]
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn pg_promoter_worker_main(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    Worker::start().run();
+    // Restarted unless the server is shutting down, so a stray pg_terminate_backend() cannot
+    // silently end automatic failover (exit 0 would).
+    this_process::exit_for_restart()
+}
+
+fn stop_requested() -> bool {
+    this_process::stop_requested()
+}
+
+struct Worker {
+    /// Everything the policy remembers, settings included.
+    node: Node,
+    probe: probe::Probe,
+    /// The parameters libpq gets for the check, or why there are none.
+    params: Result<Vec<(String, String)>, String>,
+    last_start: Option<Micros>,
+    /// The promotion under way, if any.
+    sequence: Option<Sequence>,
+}
+
+impl Worker {
+    fn start() -> Worker {
+        let now = local::now();
+        // A restarted worker keeps what the previous one knew: the primary was reached.
+        let ever_reached = shmem::read().status.ever_reached;
+        let pid = this_process::pid();
+        // The status describes this worker's checks; only what outlives a worker is kept
+        // (the primary was reached, when the server was promoted).
+        shmem::update(|s| {
+            s.status = shmem::Status {
+                worker_pid: pid,
+                started_at: Some(now),
+                ever_reached,
+                promoted_at: s.status.promoted_at,
+                ..shmem::Status::new()
+            };
+        });
+        let settings = guc::snapshot();
+        let mut worker = Worker {
+            node: Node::new(settings.clone(), now, ever_reached),
+            probe: probe::Probe::default(),
+            params: Err(String::new()),
+            last_start: None,
+            sequence: None,
+        };
+        worker.use_settings(&settings);
+        worker.feed(Input::Start {
+            pid,
+            marker: fence::read_marker(),
+        });
+        worker
+    }
+
+    fn run(mut self) {
+        loop {
+            if stop_requested() {
+                let stop = Event::new(
+                    local::now(),
+                    EventKind::Stop,
+                    "worker stopping: shutdown requested",
+                );
+                shmem::record(&[stop]);
+                shmem::update(|s| s.status.worker_pid = 0);
+                return;
+            }
+            if this_process::reload_if_requested() {
+                let settings = guc::snapshot();
+                self.use_settings(&settings);
+                self.feed(Input::Reload(settings));
+            }
+            let now = local::now();
+            let primary = !local::in_recovery();
+            if primary {
+                self.feed(Input::Tick);
+                if !self.node.settings.has_members() {
+                    // A primary with no one to check only reports its role.
+                    shmem::CHECKED.get().store(true, Ordering::Release);
+                    let _ = sleep_until(Instant::now() + self.node.settings.keep_alive, &stop_requested);
+                    continue;
+                }
+            }
+            let due = schedule::next_check(self.last_start, self.node.settings.keep_alive, now);
+            if due > now {
+                let wait = Duration::from_micros((due - now) as u64);
+                let _ = sleep_until(Instant::now() + wait, &stop_requested);
+                continue;
+            }
+            self.last_start = Some(now);
+            let observed = if primary {
+                primary::observe(&self.node.settings, &stop_requested)
+            } else {
+                standby::observe(&mut self)
+            };
+            // `Err`: a shutdown interrupted the observation; the loop's top ends the worker.
+            if let Ok(input) = observed {
+                self.feed(input);
+            }
+            if primary {
+                // Ordinary logins, held since the start, may come in: the fence is in force if due.
+                shmem::CHECKED.get().store(true, Ordering::Release);
+            }
+        }
+    }
+
+    /// The shell's side of a new settings snapshot, before the policy takes it: the check's
+    /// parameters (a changed conninfo drops the kept connection) and what the status and
+    /// backends read.
+    fn use_settings(&mut self, settings: &Settings) {
+        let changed = settings.primary_conninfo != self.node.settings.primary_conninfo;
+        if changed || self.params.is_err() {
+            self.probe.disconnect();
+            self.params = if settings.primary_conninfo.trim().is_empty() {
+                Err(
+                    "no conninfo to check the primary with: set pg_promoter.primary_conninfo or primary_conninfo"
+                        .into(),
+                )
+            } else {
+                probe::params(&settings.primary_conninfo)
+                    .map_err(|e| format!("invalid primary_conninfo: {e}"))
+            };
+            if let Err(reason) = &self.params {
+                if local::in_recovery() {
+                    warning!("pg_promoter: {reason}");
+                }
+            }
+        }
+        let shown = policy::conninfo::mask_password(&settings.primary_conninfo);
+        shmem::update(|s| s.status.conninfo = FixedText::new(&shown));
+        shmem::publish_settings(settings);
+    }
+
+    /// Feeds an input to the policy, then carries out what it returns, feeding each result back
+    /// in turn until nothing follows.
+    fn feed(&mut self, first: Input) {
+        let mut inputs = VecDeque::from([first]);
+        while let Some(input) = inputs.pop_front() {
+            let flags = shmem::flags();
+            let facts = local::facts(flags.paused, flags.promoted_at.is_some());
+            let before = (self.node.standby.phase, self.node.standby.failures);
+            let step = policy::step(&self.node, input, &facts);
+            self.node = step.state;
+            self.publish();
+            if before != (self.node.standby.phase, self.node.standby.failures) {
+                self.set_title();
+            }
+            self.record_fencing(step.events, &step.actions);
+            for action in step.actions {
+                match self.carry_out(action) {
+                    Ok(Some(next)) => inputs.push_back(next),
+                    Ok(None) => {}
+                    // A shutdown interrupted a wait: nothing more is done.
+                    Err(_) => return,
+                }
+            }
+        }
+    }
+
+    /// Puts fence actions in force before their events are stamped, so no ordinary commit can
+    /// follow a `fenced` event's time, and the event says what was done; then records the events.
+    fn record_fencing(&self, mut events: Vec<Event>, actions: &[Action]) {
+        let mode = self.node.settings.fence_mode;
+        let mut done = Vec::new();
+        let mut fenced = false;
+        for action in actions {
+            match action {
+                Action::Fence { permanent, reason } => {
+                    done.push(fence::fence(*permanent, reason, mode));
+                    fenced = true;
+                }
+                Action::RestoreFence(reason) => fence::restore(reason),
+                Action::Unfence => fence::unfence(),
+                _ => continue,
+            }
+            let now = local::now();
+            events.iter_mut().for_each(|e| e.at = now);
+        }
+        for e in events
+            .iter_mut()
+            .filter(|e| e.kind == EventKind::Fenced && !done.is_empty())
+        {
+            e.detail = format!("{}; {}", e.detail, done.join("; "));
+        }
+        shmem::record(&events);
+        if fenced && mode == policy::FenceMode::Shutdown {
+            fence::shut_down();
+        }
+    }
+
+    /// Carries out one action; what to feed back, if anything. `Err` when a shutdown interrupted it.
+    fn carry_out(&mut self, action: Action) -> Result<Option<Input>, crate::pg::latch::Interrupted> {
+        match action {
+            Action::AskWitnesses => {
+                let settings = &self.node.settings;
+                witness::ask(
+                    &settings.witnesses,
+                    &settings.primary_conninfo,
+                    settings.check_timeout,
+                    &stop_requested,
+                )
+                .map(|answers| Some(Input::Votes(answers)))
+            }
+            Action::Warn(reason) => {
+                warning!("pg_promoter: the primary is alive but refuses the check: {reason}");
+                Ok(None)
+            }
+            Action::Promote
+            | Action::SignalPromotion
+            | Action::AwaitWritable
+            | Action::PostPromoteCommand => {
+                // `Promote` starts a sequence, with the settings of the moment.
+                if action == Action::Promote || self.sequence.is_none() {
+                    self.sequence = Some(Sequence::new(&self.node.settings));
+                }
+                let sequence = self.sequence.as_mut().expect("set above");
+                Ok(sequence
+                    .carry_out(&action, &stop_requested)?
+                    .map(Input::Promotion))
+            }
+            // Carried out before their events were recorded (`record_fencing`).
+            Action::Fence { .. } | Action::RestoreFence(_) | Action::Unfence => Ok(None),
+            // Only a request is rejected (`pg_promoter_promote()`), never the worker's own step.
+            Action::Reject(_) => Ok(None),
+        }
+    }
+
+    fn publish(&self) {
+        let st = &self.node.standby;
+        shmem::update(|s| {
+            s.status.phase = st.phase;
+            s.status.failures = st.failures;
+            s.status.ever_reached = st.ever_reached;
+            s.status.primary_lsn = st.primary_lsn;
+            if let Some(e) = &st.last_error {
+                s.status.last_error = FixedText::new(e);
+            }
+        });
+    }
+
+    /// `ps` shows what the worker is doing.
+    fn set_title(&self) {
+        let st = &self.node.standby;
+        let title = match st.phase {
+            Phase::Suspecting | Phase::Refusing => {
+                format!(
+                    "{} {}/{}",
+                    st.phase.as_str(),
+                    st.failures,
+                    self.node.settings.keepalives_count
+                )
+            }
+            phase => phase.as_str().to_string(),
+        };
+        this_process::set_title(&title);
+    }
+}

@@ -1,0 +1,11 @@
+//! What a primary with members observes: one round over its peers and witnesses.
+
+use policy::{Input, Settings};
+
+use crate::check::members;
+use crate::pg::latch::Interrupted;
+
+/// One round; `Err` when a shutdown interrupted it.
+pub(super) fn observe(settings: &Settings, stop: &dyn Fn() -> bool) -> Result<Input, Interrupted> {
+    members::round(settings, stop).map(Input::Round)
+}
