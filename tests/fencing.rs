@@ -101,3 +101,53 @@ fn a_running_primary_whose_standby_was_promoted_by_hand_shuts_down_with_fence_ac
     assert!(log.contains("fence_action is shutdown: fast shutdown requested"));
     assert!(log.contains("received fast shutdown request"));
 }
+
+#[test]
+fn two_nodes_with_peers_keep_taking_ordinary_writes_with_the_other_node_gone() {
+    let (primary, standby) = pair("two", FAST, None);
+    primary.query("CREATE ROLE app LOGIN; CREATE TABLE t (x int); GRANT ALL ON t TO app");
+    // The documented two-node setup: the same peer list on both nodes, no witness.
+    let peers = format!(
+        "pg_promoter.peers = 'p: {}; s: {}'",
+        primary.conninfo(),
+        standby.conninfo()
+    );
+    for node in [&primary, &standby] {
+        node.append_conf(&peers);
+        node.reload();
+    }
+    wait_until("the role reaches the standby", LONG, || {
+        standby
+            .psql("SELECT count(*) FROM pg_roles WHERE rolname = 'app'")
+            .as_deref()
+            == Ok("1")
+    });
+    // The standby is down for many rounds (200 ms x 3 settings): the primary stays open.
+    standby.stop_fast();
+    for i in 0..10 {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let insert = format!("INSERT INTO t VALUES ({i})");
+        assert_eq!(psql_as(&primary, "app", &insert), Ok(String::new()), "insert {i}");
+    }
+    assert_eq!(status(&primary, "fenced"), "f");
+    assert!(!has_event(&primary, "fenced", ""));
+
+    // A failover: the new primary stays open with the old one gone.
+    standby.start();
+    wait_until("the standby watches again", LONG, || {
+        state(&standby) == "watching"
+    });
+    wait_until("the rows reach the standby", LONG, || {
+        standby.psql("SELECT count(*) FROM t").as_deref() == Ok("10")
+    });
+    primary.kill9();
+    wait_promoted(&standby);
+    for i in 10..20 {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let insert = format!("INSERT INTO t VALUES ({i})");
+        assert_eq!(psql_as(&standby, "app", &insert), Ok(String::new()), "insert {i}");
+    }
+    assert_eq!(status(&standby, "fenced"), "f");
+    assert!(!has_event(&standby, "fenced", ""));
+    assert_eq!(standby.query("SELECT count(*) FROM t"), "20");
+}

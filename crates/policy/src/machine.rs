@@ -578,11 +578,13 @@ mod tests {
             ..Local::default()
         };
         let node = Node::new(settings(), T0, true);
-        let cut = vec![Answer {
-            name: "s1".into(),
-            peer: true,
-            outcome: Outcome::TimedOut { connecting: true },
-        }];
+        let cut = ["s1", "w1"]
+            .map(|name| Answer {
+                name: name.into(),
+                peer: name == "s1",
+                outcome: Outcome::TimedOut { connecting: true },
+            })
+            .to_vec();
         let s = step(&node, Input::Round(cut), &primary);
         assert_eq!(s.state.primary.fence, Fence::Isolated);
         assert!(matches!(s.actions[..], [Action::Fence { permanent: false, .. }]));

@@ -2,7 +2,8 @@
 //!
 //! A primary with peers or witnesses checks them at every tick. It fences itself:
 //! - for a while, when it reaches no strict majority of the members (itself, its peers and the
-//!   witnesses) for `keepalives_count - 2` rounds in a row (at least one), which is at least one
+//!   witnesses; never with two nodes and no witness, where no majority survives the loss of
+//!   either) for `keepalives_count - 2` rounds in a row (at least one), which is at least one
 //!   `keep_alive` before any standby with the same settings can have decided, whatever the phase
 //!   of either schedule: that standby needs `keepalives_count` failed checks. It unfences when a
 //!   majority answers again and no peer is a newer primary;
@@ -160,6 +161,13 @@ pub fn round(
         return done(s, events, actions);
     }
     let members = 1 + views.len();
+    if members == 2 && views.iter().all(|v| v.peer) {
+        // Two nodes and no witness: no majority survives either node's loss, so fencing on it
+        // would stop the primary whenever its only standby is down, and a new primary once the
+        // old one is gone. As the seed did, only a superseded primary is fenced (above).
+        s.short_rounds = 0;
+        return done(s, events, actions);
+    }
     let reachable = 1 + views.iter().filter(|v| v.answered).count();
     if has_majority(reachable, members) {
         s.short_rounds = 0;
@@ -376,6 +384,19 @@ mod tests {
         assert_eq!(out.events[0].kind, EventKind::Fenced);
         let later = round(&out.state, &[standby(true), witness(true)], 1, 3, 6);
         assert!(later.actions.is_empty());
+    }
+
+    #[test]
+    fn two_nodes_without_a_witness_fence_only_when_superseded() {
+        // The standby is down, or the old primary is gone after a failover: no fence.
+        let out = run(&vec![vec![standby(false)]; 10], 3);
+        assert!(out.iter().all(|(s, _, a)| a.is_empty() && s.fence == Fence::Open));
+        // A newer primary still fences for good.
+        let out = run(&[vec![v("s1", true, true, Some(2))]], 3);
+        assert!(matches!(out[0].2[..], [Action::Fence { permanent: true, .. }]));
+        // With a witness, three members: isolation fences as before.
+        let out = run(&vec![vec![standby(false), witness(false)]; 2], 3);
+        assert!(matches!(out[0].0.fence, Fence::Isolated));
     }
 
     #[test]
