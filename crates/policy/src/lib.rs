@@ -10,6 +10,7 @@ pub mod conninfo;
 pub mod event;
 pub mod fixed;
 pub mod hook;
+pub mod leader;
 pub mod lsn;
 pub mod machine;
 pub mod members;

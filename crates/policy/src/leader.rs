@@ -1,0 +1,720 @@
+//! Leadership without a consensus store: terms, votes and leases, in the style of Raft with no
+//! log, between the configured members (the PostgreSQL nodes of `pg_promoter.peers` and the
+//! witnesses). Every rule a member applies when it is asked for a vote or a lease, what a
+//! candidate and a leader count, and how long each promise lasts, as pure functions.
+//!
+//! The guarantees, argued in docs/safety.md and model-checked in tests/model.rs:
+//! - at most one winner per term: a member grants one vote per term, kept durably before it
+//!   answers, and a winner needs a strict majority of the configured members;
+//! - never two valid leases at once: a leader counts its lease from the moment it asked, shortened
+//!   by the clock-rate bound, and a member that granted it refuses every vote until the grant has
+//!   expired on its own clock; majorities intersect;
+//! - no vote reused after a restart: the vote is durable, and a member that starts (its grants
+//!   were in memory) refuses votes for one lease duration.
+//!
+//! Times are each member's own monotonic clock, in microseconds; nothing compares two members'
+//! clocks. The only assumption about clocks is that their rates differ by at most
+//! [`DRIFT_PPM`].
+
+use std::cmp::Ordering;
+use std::time::Duration;
+
+use crate::time::{micros, Micros};
+
+pub type Term = u64;
+
+/// How far two members' monotonic clocks may drift apart, in parts per million of elapsed time
+/// (1 %: far above what NTP-disciplined or free-running quartz clocks do).
+pub const DRIFT_PPM: i64 = 10_000;
+
+/// How long a lease lasts: `max(2, keepalives_count - 1)` checks. At least two, so that a lease
+/// renewed at every `keep_alive` never lapses between two renewals; at most the count less one,
+/// so that the grants of a dead primary have expired when its standbys' counts complete.
+pub fn lease_duration(keep_alive: Duration, keepalives_count: u32) -> Duration {
+    keep_alive.saturating_mul(keepalives_count.saturating_sub(1).max(2))
+}
+
+/// How long a leader may rely on a lease it asked for at `sent_at` (its own clock): the lease
+/// shortened by the drift bound, so it ends before any granting member's grant does, whatever
+/// the members' clock rates and the messages' delays (a grant starts when the request arrives,
+/// after it was sent).
+pub fn leader_lease_end(sent_at: Micros, lease: Duration) -> Micros {
+    let d = micros(lease);
+    sent_at.saturating_add(d - d / 1_000_000 * DRIFT_PPM - d % 1_000_000 * DRIFT_PPM / 1_000_000)
+}
+
+/// Whether `count` of `members` configured members is a strict majority.
+pub fn is_majority(count: usize, members: usize) -> bool {
+    2 * count > members
+}
+
+/// A node's replication position: timeline first, then WAL position (`max(receive, replay)`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Position {
+    pub timeline: u32,
+    pub lsn: u64,
+}
+
+/// How candidates compare: the most advanced first, then the highest priority, then the name
+/// that sorts first. Priority 0 never stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rank {
+    pub position: Position,
+    pub priority: u32,
+    pub name: String,
+}
+
+impl Ord for Rank {
+    fn cmp(&self, other: &Rank) -> Ordering {
+        self.position
+            .cmp(&other.position)
+            .then(self.priority.cmp(&other.priority))
+            .then(other.name.cmp(&self.name))
+    }
+}
+
+impl PartialOrd for Rank {
+    fn partial_cmp(&self, other: &Rank) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// What a member keeps in its state file, written and fsynced before it answers anything that
+/// changed it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Durable {
+    pub term: Term,
+    /// Whom this member voted for in `term`.
+    pub voted_for: Option<String>,
+    /// The leader of `term`, once known.
+    pub leader: Option<String>,
+}
+
+/// A lease this member granted, on its own clock.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Grant {
+    pub leader: String,
+    pub term: Term,
+    pub until: Micros,
+}
+
+/// A member's whole state: the durable part and what it keeps in memory only.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Member {
+    pub durable: Durable,
+    pub grant: Option<Grant>,
+    /// No vote before this: grants made before a restart were in memory and are forgotten, so a
+    /// starting member waits one lease duration.
+    pub quiet_until: Micros,
+}
+
+impl Member {
+    /// A member that starts at `now` with what its state file says.
+    pub fn start(durable: Durable, now: Micros, lease: Duration) -> Member {
+        Member {
+            durable,
+            grant: None,
+            quiet_until: now.saturating_add(micros(lease)),
+        }
+    }
+
+    /// The lease this member granted that still holds at `now`.
+    pub fn live_grant(&self, now: Micros) -> Option<&Grant> {
+        self.grant.as_ref().filter(|g| now < g.until)
+    }
+}
+
+/// What a member is besides a voter, when it is asked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Standing {
+    /// A witness: no data, no position.
+    Witness,
+    /// A primary (it grants itself its own lease, so it refuses while it leads).
+    Primary,
+    /// A standby, with its rank and whether it still sees the primary (its last check reached it,
+    /// or its WAL receiver heard from it within the silence window).
+    Standby { rank: Rank, sees_primary: bool },
+}
+
+/// A candidate's request for a vote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ballot {
+    pub term: Term,
+    pub rank: Rank,
+}
+
+/// Why a member refuses a vote or a lease.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The request's term is older than the member's; `leader` is the member's leader of it.
+    StaleTerm { current: Term, leader: Option<String> },
+    /// The member started recently and may have forgotten a lease it granted.
+    Starting { left: Micros },
+    /// The member granted `leader` a lease that still holds.
+    LeaseHeld { leader: String, left: Micros },
+    /// The member, a standby, still sees the primary.
+    SeesPrimary,
+    /// The member voted for someone else in this term.
+    AlreadyVoted { term: Term, candidate: String },
+    /// The member, a standby, ranks above the candidate: it should stand, not the candidate.
+    Outranked { by: Rank },
+    /// Another leader holds this term (a leader's lease request).
+    OtherLeader { term: Term, leader: String },
+}
+
+impl Refusal {
+    /// A sentence fragment for events.
+    pub fn reason(&self) -> String {
+        let ms = |us: &Micros| (us + 999) / 1000;
+        match self {
+            Refusal::StaleTerm { current, leader } => match leader {
+                Some(l) => format!("term {current} is newer, led by {l}"),
+                None => format!("term {current} is newer"),
+            },
+            Refusal::Starting { left } => format!("started recently: no vote for {} ms", ms(left)),
+            Refusal::LeaseHeld { leader, left } => {
+                format!("its lease to {leader} holds for {} ms more", ms(left))
+            }
+            Refusal::SeesPrimary => "it still sees the primary".into(),
+            Refusal::AlreadyVoted { term, candidate } => format!("it voted for {candidate} in term {term}"),
+            Refusal::Outranked { by } => format!(
+                "{} ranks higher (timeline {}, position {:X}/{:X}, priority {})",
+                by.name,
+                by.position.timeline,
+                by.position.lsn >> 32,
+                by.position.lsn & 0xFFFF_FFFF,
+                by.priority
+            ),
+            Refusal::OtherLeader { term, leader } => format!("{leader} leads term {term}"),
+        }
+    }
+}
+
+/// A member's answer, and its state afterwards. `persist` says the durable part changed: it
+/// must reach the state file (fsynced) before the answer leaves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    pub member: Member,
+    pub verdict: Result<(), Refusal>,
+    pub persist: bool,
+}
+
+/// A member asked for its vote at `now`. It refuses without even taking the new term while it may
+/// still be promised to a leader (starting, a live grant) or, as a standby, still sees the
+/// primary, so a cut-off standby cannot disturb a live leader by raising terms.
+pub fn vote(member: &Member, standing: &Standing, ballot: &Ballot, now: Micros) -> Answer {
+    let refuse = |refusal| Answer {
+        member: member.clone(),
+        verdict: Err(refusal),
+        persist: false,
+    };
+    let d = &member.durable;
+    if ballot.term < d.term {
+        return refuse(Refusal::StaleTerm {
+            current: d.term,
+            leader: d.leader.clone(),
+        });
+    }
+    if now < member.quiet_until {
+        return refuse(Refusal::Starting {
+            left: member.quiet_until - now,
+        });
+    }
+    if let Some(g) = member.live_grant(now) {
+        return refuse(Refusal::LeaseHeld {
+            leader: g.leader.clone(),
+            left: g.until - now,
+        });
+    }
+    if matches!(
+        standing,
+        Standing::Standby {
+            sees_primary: true,
+            ..
+        }
+    ) {
+        return refuse(Refusal::SeesPrimary);
+    }
+    // The primary is gone as far as this member can tell: the new term is taken for good.
+    let mut m = member.clone();
+    let mut persist = false;
+    if ballot.term > m.durable.term {
+        m.durable = Durable {
+            term: ballot.term,
+            voted_for: None,
+            leader: None,
+        };
+        persist = true;
+    }
+    let verdict = match &m.durable.voted_for {
+        Some(other) if *other != ballot.rank.name => Err(Refusal::AlreadyVoted {
+            term: m.durable.term,
+            candidate: other.clone(),
+        }),
+        Some(_) => Ok(()),
+        None => match standing {
+            Standing::Standby { rank, .. } if outranks(rank, &ballot.rank) => {
+                Err(Refusal::Outranked { by: rank.clone() })
+            }
+            _ => {
+                m.durable.voted_for = Some(ballot.rank.name.clone());
+                persist = true;
+                Ok(())
+            }
+        },
+    };
+    Answer {
+        member: m,
+        verdict,
+        persist,
+    }
+}
+
+/// Whether a standby of rank `mine` must refuse a candidate of rank `candidate`: the candidate
+/// is behind it, or level with it and this standby may stand (priority above 0) and ranks higher.
+fn outranks(mine: &Rank, candidate: &Rank) -> bool {
+    mine.position > candidate.position
+        || (mine.priority > 0 && mine.position == candidate.position && mine > candidate)
+}
+
+/// A leader's request for its lease.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseRequest {
+    pub term: Term,
+    pub leader: String,
+    pub duration: Duration,
+}
+
+/// A member asked to grant or renew a leader's lease at `now`.
+pub fn lease(member: &Member, request: &LeaseRequest, now: Micros) -> Answer {
+    let d = &member.durable;
+    let refusal = if request.term < d.term {
+        Some(Refusal::StaleTerm {
+            current: d.term,
+            leader: d.leader.clone(),
+        })
+    } else {
+        match &d.leader {
+            Some(other) if request.term == d.term && *other != request.leader => Some(Refusal::OtherLeader {
+                term: d.term,
+                leader: other.clone(),
+            }),
+            _ => None,
+        }
+    };
+    if let Some(refusal) = refusal {
+        return Answer {
+            member: member.clone(),
+            verdict: Err(refusal),
+            persist: false,
+        };
+    }
+    let mut m = member.clone();
+    let mut persist = false;
+    if request.term > m.durable.term {
+        m.durable = Durable {
+            term: request.term,
+            voted_for: None,
+            leader: Some(request.leader.clone()),
+        };
+        persist = true;
+    } else if m.durable.leader.is_none() {
+        m.durable.leader = Some(request.leader.clone());
+        persist = true;
+    }
+    m.grant = Some(Grant {
+        leader: request.leader.clone(),
+        term: request.term,
+        until: now.saturating_add(micros(request.duration)),
+    });
+    Answer {
+        member: m,
+        verdict: Ok(()),
+        persist,
+    }
+}
+
+/// A candidate's election in one term: the votes it has, out of the configured members.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Campaign {
+    pub term: Term,
+    pub members: usize,
+    pub votes: Vec<String>,
+    pub refusals: Vec<(String, Refusal)>,
+}
+
+impl Campaign {
+    /// Stands in the next term: the candidate's own vote, to persist before asking anyone.
+    pub fn stand(me: &Member, name: &str, members: usize) -> (Campaign, Member) {
+        let term = me.durable.term + 1;
+        let mut m = me.clone();
+        m.durable = Durable {
+            term,
+            voted_for: Some(name.to_string()),
+            leader: None,
+        };
+        let campaign = Campaign {
+            term,
+            members,
+            votes: vec![name.to_string()],
+            refusals: Vec::new(),
+        };
+        (campaign, m)
+    }
+
+    /// Counts one member's answer (each member once).
+    pub fn count(&mut self, member: &str, verdict: Result<(), Refusal>) {
+        if self.votes.iter().any(|v| v == member) || self.refusals.iter().any(|(n, _)| n == member) {
+            return;
+        }
+        match verdict {
+            Ok(()) => self.votes.push(member.to_string()),
+            Err(r) => self.refusals.push((member.to_string(), r)),
+        }
+    }
+
+    pub fn won(&self) -> bool {
+        is_majority(self.votes.len(), self.members)
+    }
+
+    /// A member that ranks higher and will stand instead, if any refused for that reason.
+    pub fn outranked_by(&self) -> Option<&Rank> {
+        self.refusals.iter().find_map(|(_, r)| match r {
+            Refusal::Outranked { by } => Some(by),
+            _ => None,
+        })
+    }
+
+    /// A newer term with a leader, if a member named one: this candidate must follow it.
+    pub fn newer_leader(&self) -> Option<(Term, &str)> {
+        self.refusals.iter().find_map(|(_, r)| match r {
+            Refusal::StaleTerm {
+                current,
+                leader: Some(l),
+            } if *current > self.term => Some((*current, l.as_str())),
+            _ => None,
+        })
+    }
+}
+
+/// A leader's lease: renewed by rounds, each asked at `sent_at` on the leader's clock.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Lease {
+    pub term: Term,
+    /// Until when the leader may take ordinary commits (its own clock); `None` before the first
+    /// majority.
+    pub valid_until: Option<Micros>,
+}
+
+/// One renewal round's answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Round {
+    pub sent_at: Micros,
+    pub granted: Vec<String>,
+    pub refusals: Vec<(String, Refusal)>,
+}
+
+/// What a leader learns from a round.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Renewal {
+    /// A majority granted: the lease holds until `until`.
+    Renewed { until: Micros },
+    /// No majority this round; the lease (if any) runs out at its time.
+    Short { granted: usize },
+    /// A member knows a newer term with a leader: this leader is superseded for good.
+    Superseded { term: Term, leader: String },
+}
+
+/// Counts a round (the leader's own grant included in `granted`), out of `members`.
+pub fn renew(lease: &Lease, round: &Round, members: usize, duration: Duration) -> (Lease, Renewal) {
+    for (_, r) in &round.refusals {
+        if let Refusal::StaleTerm {
+            current,
+            leader: Some(l),
+        } = r
+        {
+            if *current > lease.term {
+                let renewal = Renewal::Superseded {
+                    term: *current,
+                    leader: l.clone(),
+                };
+                return (lease.clone(), renewal);
+            }
+        }
+    }
+    if is_majority(round.granted.len(), members) {
+        let until = leader_lease_end(round.sent_at, duration).max(lease.valid_until.unwrap_or(Micros::MIN));
+        let next = Lease {
+            term: lease.term,
+            valid_until: Some(until),
+        };
+        (next, Renewal::Renewed { until })
+    } else {
+        let granted = round.granted.len();
+        (lease.clone(), Renewal::Short { granted })
+    }
+}
+
+/// Whether the leader may take an ordinary commit at `now` (its own clock).
+pub fn may_commit(lease: &Lease, now: Micros) -> bool {
+    lease.valid_until.is_some_and(|until| now < until)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::time::{MS, SEC};
+
+    const LEASE: Duration = Duration::from_secs(2);
+
+    fn rank(name: &str, lsn: u64, priority: u32) -> Rank {
+        Rank {
+            position: Position { timeline: 1, lsn },
+            priority,
+            name: name.into(),
+        }
+    }
+
+    fn ballot(term: Term, name: &str, lsn: u64) -> Ballot {
+        Ballot {
+            term,
+            rank: rank(name, lsn, 1),
+        }
+    }
+
+    fn member(term: Term) -> Member {
+        Member {
+            durable: Durable {
+                term,
+                voted_for: None,
+                leader: Some("p".into()),
+            },
+            grant: None,
+            quiet_until: 0,
+        }
+    }
+
+    fn lost(name: &str, lsn: u64) -> Standing {
+        Standing::Standby {
+            rank: rank(name, lsn, 1),
+            sees_primary: false,
+        }
+    }
+
+    #[test]
+    fn the_lease_lasts_at_least_two_checks_and_at_most_the_count_less_one() {
+        let ka = Duration::from_secs(1);
+        assert_eq!(lease_duration(ka, 1), 2 * ka);
+        assert_eq!(lease_duration(ka, 3), 2 * ka);
+        assert_eq!(lease_duration(ka, 5), 4 * ka);
+    }
+
+    #[test]
+    fn a_leader_counts_its_lease_from_the_request_shortened_by_the_drift_bound() {
+        assert_eq!(leader_lease_end(10 * SEC, LEASE), 10 * SEC + 1_980 * MS);
+        assert_eq!(leader_lease_end(0, Duration::from_micros(100)), 99);
+        assert_eq!(leader_lease_end(i64::MAX - 5, LEASE), i64::MAX);
+    }
+
+    #[test]
+    fn ranks_order_position_then_priority_then_name() {
+        assert!(rank("b", 2, 1) > rank("a", 1, 9));
+        assert!(rank("b", 1, 2) > rank("a", 1, 1));
+        assert!(
+            rank("a", 1, 1) > rank("b", 1, 1),
+            "the name that sorts first wins a tie"
+        );
+        let newer = Rank {
+            position: Position { timeline: 2, lsn: 0 },
+            ..rank("z", 0, 0)
+        };
+        assert!(newer > rank("a", u64::MAX, 9), "the timeline comes first");
+    }
+
+    #[test]
+    fn one_vote_per_term_kept_before_answering() {
+        let w = member(3);
+        let a = vote(&w, &Standing::Witness, &ballot(4, "s1", 10), SEC);
+        assert_eq!(a.verdict, Ok(()));
+        assert!(a.persist);
+        assert_eq!(a.member.durable.term, 4);
+        assert_eq!(a.member.durable.voted_for.as_deref(), Some("s1"));
+        assert_eq!(a.member.durable.leader, None);
+        // The same candidate again: granted, nothing new to persist.
+        let again = vote(&a.member, &Standing::Witness, &ballot(4, "s1", 10), SEC);
+        assert_eq!((again.verdict, again.persist), (Ok(()), false));
+        let other = vote(&a.member, &Standing::Witness, &ballot(4, "s2", 99), SEC);
+        assert_eq!(
+            other.verdict,
+            Err(Refusal::AlreadyVoted {
+                term: 4,
+                candidate: "s1".into()
+            })
+        );
+        let next = vote(&a.member, &Standing::Witness, &ballot(5, "s2", 99), SEC);
+        assert_eq!(next.verdict, Ok(()));
+        let stale = vote(&next.member, &Standing::Witness, &ballot(4, "s1", 10), SEC);
+        assert!(matches!(
+            stale.verdict,
+            Err(Refusal::StaleTerm { current: 5, .. })
+        ));
+    }
+
+    #[test]
+    fn a_live_grant_a_recent_start_or_a_visible_primary_refuse_without_taking_the_term() {
+        let granted = lease(
+            &member(3),
+            &LeaseRequest {
+                term: 3,
+                leader: "p".into(),
+                duration: LEASE,
+            },
+            10 * SEC,
+        )
+        .member;
+        let a = vote(&granted, &Standing::Witness, &ballot(4, "s1", 10), 11 * SEC);
+        assert_eq!(
+            a.verdict,
+            Err(Refusal::LeaseHeld {
+                leader: "p".into(),
+                left: SEC
+            })
+        );
+        assert_eq!(a.member.durable.term, 3, "the term is not taken");
+        assert_eq!(
+            vote(&granted, &Standing::Witness, &ballot(4, "s1", 10), 12 * SEC).verdict,
+            Ok(()),
+            "expired on the member's own clock"
+        );
+
+        let started = Member::start(member(3).durable, 10 * SEC, LEASE);
+        let a = vote(&started, &Standing::Witness, &ballot(4, "s1", 10), 11 * SEC);
+        assert_eq!(a.verdict, Err(Refusal::Starting { left: SEC }));
+        assert!(!a.persist);
+
+        let seeing = Standing::Standby {
+            rank: rank("s2", 0, 1),
+            sees_primary: true,
+        };
+        let a = vote(&member(3), &seeing, &ballot(4, "s1", 10), SEC);
+        assert_eq!(a.verdict, Err(Refusal::SeesPrimary));
+        assert_eq!(a.member.durable.term, 3);
+    }
+
+    #[test]
+    fn a_standby_votes_only_for_a_candidate_at_least_as_advanced_and_ranked() {
+        let m = member(3);
+        let behind = vote(&m, &lost("s2", 20), &ballot(4, "s1", 10), SEC);
+        assert!(matches!(behind.verdict, Err(Refusal::Outranked { ref by }) if by.name == "s2"));
+        assert_eq!(
+            behind.member.durable.term, 4,
+            "the term is taken: s2 will stand in a later one"
+        );
+        assert_eq!(behind.member.durable.voted_for, None);
+        assert_eq!(
+            vote(&m, &lost("s2", 10), &ballot(4, "s1", 10), SEC).verdict,
+            Ok(()),
+            "s1 sorts first"
+        );
+        assert!(vote(&m, &lost("s0", 10), &ballot(4, "s1", 10), SEC)
+            .verdict
+            .is_err());
+        // A standby that may never stand does not hold back an equal candidate.
+        let never = Standing::Standby {
+            rank: rank("s0", 10, 0),
+            sees_primary: false,
+        };
+        assert_eq!(vote(&m, &never, &ballot(4, "s1", 10), SEC).verdict, Ok(()));
+        assert!(vote(&m, &never, &ballot(4, "s1", 9), SEC).verdict.is_err());
+    }
+
+    #[test]
+    fn a_lease_is_granted_to_the_leader_of_the_newest_term_only() {
+        let req = |term, leader: &str| LeaseRequest {
+            term,
+            leader: leader.into(),
+            duration: LEASE,
+        };
+        let m = member(3);
+        let a = lease(&m, &req(3, "p"), SEC);
+        assert_eq!(a.verdict, Ok(()));
+        assert!(!a.persist, "same term, same leader");
+        assert_eq!(a.member.live_grant(SEC).unwrap().until, 3 * SEC);
+        assert!(matches!(
+            lease(&m, &req(2, "old").clone(), SEC).verdict,
+            Err(Refusal::StaleTerm { current: 3, .. })
+        ));
+        assert_eq!(
+            lease(&m, &req(3, "q"), SEC).verdict,
+            Err(Refusal::OtherLeader {
+                term: 3,
+                leader: "p".into()
+            })
+        );
+        let newer = lease(&m, &req(4, "s1"), SEC);
+        assert!(newer.persist);
+        assert_eq!(newer.member.durable.leader.as_deref(), Some("s1"));
+        // The old leader is refused from then on, and told who leads.
+        assert_eq!(
+            lease(&newer.member, &req(3, "p"), SEC).verdict,
+            Err(Refusal::StaleTerm {
+                current: 4,
+                leader: Some("s1".into())
+            })
+        );
+    }
+
+    #[test]
+    fn a_campaign_needs_a_majority_of_the_configured_members() {
+        let (mut c, me) = Campaign::stand(&member(3), "s1", 4);
+        assert_eq!(c.term, 4);
+        assert_eq!(me.durable.voted_for.as_deref(), Some("s1"));
+        c.count("w", Ok(()));
+        assert!(!c.won(), "2 of 4");
+        c.count("w", Ok(()));
+        assert!(!c.won(), "each member counts once");
+        c.count(
+            "s2",
+            Err(Refusal::Outranked {
+                by: rank("s2", 20, 1),
+            }),
+        );
+        assert!(!c.won());
+        assert_eq!(c.outranked_by().unwrap().name, "s2");
+        c.count("p", Ok(()));
+        assert!(c.won(), "3 of 4");
+        assert!(is_majority(2, 3) && !is_majority(1, 2) && !is_majority(2, 4));
+    }
+
+    #[test]
+    fn a_round_renews_with_a_majority_and_a_newer_leader_supersedes() {
+        let l = Lease {
+            term: 3,
+            valid_until: None,
+        };
+        let round = |granted: &[&str], refusals| Round {
+            sent_at: 10 * SEC,
+            granted: granted.iter().map(|s| s.to_string()).collect(),
+            refusals,
+        };
+        let (l2, r) = renew(&l, &round(&["p", "w"], vec![]), 3, LEASE);
+        assert_eq!(r, Renewal::Renewed { until: 11_980 * MS });
+        assert!(may_commit(&l2, 11_979 * MS) && !may_commit(&l2, 11_980 * MS));
+        let (l3, r) = renew(&l2, &round(&["p"], vec![]), 3, LEASE);
+        assert_eq!(r, Renewal::Short { granted: 1 });
+        assert_eq!(l3, l2, "an earlier renewal runs out at its own time");
+        let newer = Refusal::StaleTerm {
+            current: 4,
+            leader: Some("s1".into()),
+        };
+        let (_, r) = renew(&l2, &round(&["p", "w"], vec![("s1".into(), newer)]), 3, LEASE);
+        assert_eq!(
+            r,
+            Renewal::Superseded {
+                term: 4,
+                leader: "s1".into()
+            }
+        );
+        assert!(!may_commit(&l, 0), "no lease before the first majority");
+    }
+}
