@@ -204,21 +204,24 @@ fn pg_promoter_promote(force: default!(bool, false)) -> bool {
     let shared = shmem::read();
     let mut node = Node::new(guc::snapshot(), local::now(), shared.status.ever_reached);
     node.standby.primary_lsn = shared.status.primary_lsn;
-    // Interrupts (statement_timeout, cancel) raise their ERROR in waits; promotion goes on anyway.
+    // One promotion at a time: without the claim, the policy refuses (another one is under way).
+    let claim = shmem::PromotionClaim::take();
+    // Interrupts (statement_timeout, cancel) raise their ERROR until the postmaster is signalled;
+    // from then on the sequence is finished (the wait for writable is bounded, and so is the
+    // post-promote command), so that a promoted server always gets its post-promote command.
+    let signalled = std::cell::Cell::new(false);
     let interrupted = || {
-        pgrx::check_for_interrupts!();
+        if !signalled.get() {
+            pgrx::check_for_interrupts!();
+        }
         false
     };
     let mut sequence = Sequence::new(&node.settings);
     let mut inputs = vec![Input::Manual { force }];
     let mut last = None;
     while let Some(input) = inputs.pop() {
-        let flags = shmem::flags();
-        let step = policy::step(
-            &node,
-            input,
-            &local::facts(flags.paused, flags.promoted_at.is_some()),
-        );
+        let facts = local::facts(&shmem::flags(), claim.is_none());
+        let step = policy::step(&node, input, &facts);
         node = step.state;
         shmem::record(&step.events);
         for action in step.actions {
@@ -233,12 +236,18 @@ fn pg_promoter_promote(force: default!(bool, false)) -> bool {
             let result = sequence
                 .carry_out(&action, &interrupted)
                 .unwrap_or_else(|latch::Interrupted| unreachable!("interrupts raise an ERROR"));
+            if let Some(Promotion::Requested { .. }) = result {
+                // Before recovery can end, so the worker names who ended it.
+                shmem::update(|s| s.promoted_by_request = true);
+                signalled.set(true);
+            }
             if let Some(result) = result {
                 last = Some(result.clone());
                 inputs.push(Input::Promotion(result));
             }
         }
     }
+    drop(claim);
     match last {
         Some(Promotion::PreCommandFailed) => {
             ereport!(

@@ -34,6 +34,7 @@ fn kill_9_of_the_primary_promotes_the_standby_which_accepts_writes() {
         "decided",
         "promote_requested",
         "promoted",
+        "role_changed",
     ] {
         assert!(
             kinds.iter().any(|k| k == expected),
@@ -42,7 +43,9 @@ fn kill_9_of_the_primary_promotes_the_standby_which_accepts_writes() {
     }
     let pos = |k: &str| kinds.iter().position(|x| x == k).unwrap();
     assert!(
-        pos("check_failed") < pos("decided") && pos("decided") < pos("promoted"),
+        pos("check_failed") < pos("decided")
+            && pos("decided") < pos("promoted")
+            && pos("promoted") < pos("role_changed"),
         "{kinds:?}"
     );
     assert!(has_event(&standby, "decided", "3 consecutive failed checks"));

@@ -180,10 +180,14 @@ fn a_manual_promotion_runs_the_same_hooks_and_a_failing_pre_command_stops_it() {
     assert_eq!(standby.query("SELECT pg_promoter_promote()"), "t");
     assert_eq!(standby.in_recovery(), Some(false));
     assert!(has_event(&standby, "command", "pre_promote_command succeeded"));
+    // The call returns once the whole sequence ran, the post-promote command included.
+    assert!(has_event(&standby, "command", "post_promote_command succeeded"));
     let out = standby.data_dir().join("post_promote.out");
-    wait_until("the post-promote command ran", LONG, || out.exists());
     assert_eq!(fs::read_to_string(&out).unwrap(), "tl=2\n");
     assert!(has_event(&standby, "promoted", "request to writable"));
+    wait_until("the worker sees the role change", LONG, || {
+        has_event(&standby, "role_changed", "(pg_promoter_promote())")
+    });
 }
 
 /// A witness: any server with the extension created, no preload, no replication.

@@ -29,15 +29,18 @@ pub struct Ran {
 pub fn run(command: &str, timeout: Duration, stop: &dyn Fn() -> bool) -> Result<Ran, String> {
     let (reader, writer) = pipe().map_err(|e| format!("could not create a pipe: {e}"))?;
     let start = Instant::now();
-    let mut child = Command::new("/bin/sh")
-        .arg("-c")
-        .arg(command)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(writer.try_clone().map_err(|e| e.to_string())?))
-        .stderr(Stdio::from(writer))
-        .process_group(0)
-        .spawn()
-        .map_err(|e| format!("could not run /bin/sh: {e}"))?;
+    let mut group = Group(
+        Command::new("/bin/sh")
+            .arg("-c")
+            .arg(command)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(writer.try_clone().map_err(|e| e.to_string())?))
+            .stderr(Stdio::from(writer))
+            .process_group(0)
+            .spawn()
+            .map_err(|e| format!("could not run /bin/sh: {e}"))?,
+    );
+    let child = &mut group.0;
     let deadline = start + timeout;
     let mut output = Vec::new();
     let mut pipe = std::fs::File::from(reader);
@@ -63,7 +66,7 @@ pub fn run(command: &str, timeout: Duration, stop: &dyn Fn() -> bool) -> Result<
         }
         let now = Instant::now();
         if now >= deadline {
-            kill_group(&mut child);
+            kill_group(child);
             break Ok(Exit::TimedOut);
         }
         let next = deadline.min(now + POLL);
@@ -73,7 +76,7 @@ pub fn run(command: &str, timeout: Duration, stop: &dyn Fn() -> bool) -> Result<
             sleep_until(next, stop).map(|_| ())
         };
         if let Err(Interrupted) = waited {
-            kill_group(&mut child);
+            kill_group(child);
             break Err("interrupted: the worker is stopping".into());
         }
     };
@@ -95,6 +98,18 @@ fn drain(pipe: &mut std::fs::File, output: &mut Vec<u8>) -> bool {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(_) => return false,
+        }
+    }
+}
+
+/// The command's process group, killed and reaped if it is dropped while the shell still runs:
+/// an ERROR raised by an interrupt in a backend unwinds through `run`.
+struct Group(Child);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            kill_group(&mut self.0);
         }
     }
 }

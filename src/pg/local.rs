@@ -16,13 +16,14 @@ pub struct Local {
     pub walrcv_last_msg: Option<i64>,
 }
 
-/// This server's facts as the policy takes them.
-pub fn facts(paused: bool, promoted_by_request: bool) -> policy::Local {
+/// This server's facts as the policy takes them; `promotion_under_way` when another process
+/// holds the promotion claim.
+pub fn facts(flags: &super::shmem::Flags, promotion_under_way: bool) -> policy::Local {
     let local = read();
     policy::Local {
         now: now(),
         in_recovery: local.in_recovery,
-        paused,
+        paused: flags.paused,
         walrcv_last_msg: local.walrcv_last_msg,
         receive_lsn: local.receive_lsn,
         timeline: if local.in_recovery {
@@ -31,7 +32,8 @@ pub fn facts(paused: bool, promoted_by_request: bool) -> policy::Local {
             insert_timeline()
         },
         started_unix_us: started_unix_us(),
-        promoted_by_request,
+        promoted_by_request: flags.promoted_by_request,
+        promotion_under_way,
     }
 }
 

@@ -85,6 +85,10 @@ impl Running {
 pub struct Shared {
     pub status: Status,
     pub running: Running,
+    /// A promotion sequence is being carried out (by the worker or a request); one at a time.
+    pub promoting: bool,
+    /// `pg_promoter_promote()` promoted this server.
+    pub promoted_by_request: bool,
     pub paused: bool,
     /// Why this server is fenced (`FENCED` says whether), and whether for good.
     pub fence_reason: FixedText<256>,
@@ -121,6 +125,8 @@ impl Shared {
         Shared {
             status: Status::new(),
             running: Running::new(),
+            promoting: false,
+            promoted_by_request: false,
             paused: false,
             fence_reason: FixedText::empty(),
             fence_permanent: false,
@@ -170,17 +176,36 @@ pub fn publish_settings(settings: &Settings) {
     update(|s| s.running = running);
 }
 
-/// What the worker reads of the backends' doing before each step.
+/// What a step needs to know of the other processes' doing.
 pub struct Flags {
     pub paused: bool,
-    pub promoted_at: Option<i64>,
+    pub promoting: bool,
+    pub promoted_by_request: bool,
 }
 
 pub fn flags() -> Flags {
     let s = SHARED.share();
     Flags {
         paused: s.paused,
-        promoted_at: s.status.promoted_at,
+        promoting: s.promoting,
+        promoted_by_request: s.promoted_by_request,
+    }
+}
+
+/// The right to carry out a promotion sequence, held by one process at a time and given back on
+/// drop (an ERROR unwinding a backend included).
+pub struct PromotionClaim(());
+
+impl PromotionClaim {
+    /// `None` while another process holds it.
+    pub fn take() -> Option<PromotionClaim> {
+        update(|s| !std::mem::replace(&mut s.promoting, true)).then_some(PromotionClaim(()))
+    }
+}
+
+impl Drop for PromotionClaim {
+    fn drop(&mut self) {
+        update(|s| s.promoting = false);
     }
 }
 

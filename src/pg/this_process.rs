@@ -26,9 +26,12 @@ pub fn reload_if_requested() -> bool {
         pending
     };
     if pending {
-        // SAFETY: called from the worker's main loop, outside any transaction, as PostgreSQL's
-        // own processes do.
-        unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        // SAFETY: re-reading the files is safe outside a transaction, as PostgreSQL's own
+        // processes do it from their main loops; the worker never opens one.
+        unsafe {
+            debug_assert!(!pg_sys::IsTransactionState(), "a reload inside a transaction");
+            pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP)
+        };
     }
     pending
 }

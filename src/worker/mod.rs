@@ -10,7 +10,7 @@ use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTi
 use pgrx::prelude::*;
 use policy::fixed::FixedText;
 use policy::time::Micros;
-use policy::{schedule, Action, Event, EventKind, Input, Node, Phase, Settings};
+use policy::{schedule, Action, Event, EventKind, Input, Node, Phase, Promotion, Settings};
 
 use crate::act::fence;
 use crate::act::promote::Sequence;
@@ -58,8 +58,9 @@ struct Worker {
     /// The parameters libpq gets for the check, or why there are none.
     params: Result<Vec<(String, String)>, String>,
     last_start: Option<Micros>,
-    /// The promotion under way, if any.
+    /// The promotion under way, if any, and the claim that keeps requests out meanwhile.
     sequence: Option<Sequence>,
+    claim: Option<shmem::PromotionClaim>,
 }
 
 impl Worker {
@@ -86,6 +87,7 @@ impl Worker {
             params: Err(String::new()),
             last_start: None,
             sequence: None,
+            claim: None,
         };
         worker.use_settings(&settings);
         worker.feed(Input::Start {
@@ -138,10 +140,11 @@ impl Worker {
             // `Err`: a shutdown interrupted the observation; the loop's top ends the worker.
             if let Ok(input) = observed {
                 self.feed(input);
-            }
-            if primary {
-                // Ordinary logins, held since the start, may come in: the fence is in force if due.
-                shmem::CHECKED.get().store(true, Ordering::Release);
+                if primary {
+                    // Ordinary logins, held since the start, may come in: the round is done and
+                    // the fence, if due, is in force.
+                    shmem::CHECKED.get().store(true, Ordering::Release);
+                }
             }
         }
     }
@@ -179,7 +182,7 @@ impl Worker {
         let mut inputs = VecDeque::from([first]);
         while let Some(input) = inputs.pop_front() {
             let flags = shmem::flags();
-            let facts = local::facts(flags.paused, flags.promoted_at.is_some());
+            let facts = local::facts(&flags, flags.promoting && self.claim.is_none());
             let before = (self.node.standby.phase, self.node.standby.failures);
             let step = policy::step(&self.node, input, &facts);
             self.node = step.state;
@@ -196,6 +199,10 @@ impl Worker {
                     Err(_) => return,
                 }
             }
+        }
+        if self.node.standby.phase != Phase::Promoting {
+            self.sequence = None;
+            self.claim = None;
         }
     }
 
@@ -247,15 +254,23 @@ impl Worker {
                 warning!("pg_promoter: the primary is alive but refuses the check: {reason}");
                 Ok(None)
             }
-            Action::Promote
-            | Action::SignalPromotion
-            | Action::AwaitWritable
-            | Action::PostPromoteCommand => {
-                // `Promote` starts a sequence, with the settings of the moment.
-                if action == Action::Promote || self.sequence.is_none() {
-                    self.sequence = Some(Sequence::new(&self.node.settings));
+            Action::Promote => {
+                self.sequence = None;
+                self.claim = shmem::PromotionClaim::take();
+                if self.claim.is_none() {
+                    // A request got there between this step's facts and now.
+                    let busy = "pg_promoter_promote() is promoting this server".to_string();
+                    return Ok(Some(Input::Promotion(Promotion::SignalFailed(busy))));
                 }
-                let sequence = self.sequence.as_mut().expect("set above");
+                let mut sequence = Sequence::new(&self.node.settings);
+                let result = sequence.carry_out(&action, &stop_requested)?;
+                self.sequence = Some(sequence);
+                Ok(result.map(Input::Promotion))
+            }
+            Action::SignalPromotion | Action::AwaitWritable | Action::PostPromoteCommand => {
+                let Some(sequence) = self.sequence.as_mut() else {
+                    return Ok(None);
+                };
                 Ok(sequence
                     .carry_out(&action, &stop_requested)?
                     .map(Input::Promotion))

@@ -67,6 +67,9 @@ pub struct Local {
     pub started_unix_us: i64,
     /// `pg_promoter_promote()` promoted this server.
     pub promoted_by_request: bool,
+    /// A promotion is being carried out elsewhere: by `pg_promoter_promote()` for the worker, by
+    /// the worker for a request.
+    pub promotion_under_way: bool,
 }
 
 /// One witness's answer.
@@ -256,6 +259,7 @@ fn standby_facts(node: &Node, local: &Local, votes: Option<Votes>) -> standby::F
         receive_lsn: local.receive_lsn,
         votes,
         promoted_by_request: local.promoted_by_request,
+        promotion_under_way: local.promotion_under_way,
     }
 }
 
@@ -432,16 +436,15 @@ mod tests {
             "recovery ended 26 ms after the request; decision to writable 30 ms"
         );
         assert_eq!(last.actions, vec![Action::PostPromoteCommand]);
+        // The role change is recorded at once, before the post-promote command runs.
+        assert_eq!(kinds(&last), vec![EventKind::Promoted, EventKind::RoleChanged]);
+        assert_eq!(last.state.standby.phase, Phase::Primary);
         let primary = Local {
             in_recovery: false,
             ..standby_at(T0 + 5 * SEC)
         };
         let after = step(&last.state, Input::Tick, &primary);
-        assert_eq!(after.state.standby.phase, Phase::Primary);
-        assert_eq!(
-            after.events[0].detail,
-            "recovery has ended: this server is now a primary"
-        );
+        assert!(after.events.is_empty(), "recorded once");
     }
 
     #[test]
@@ -477,6 +480,17 @@ mod tests {
             &standby_at(T0 + 1),
         );
         assert!(done.events[0].detail.ends_with("request to writable 21 ms"));
+        assert_eq!(
+            kinds(&done),
+            vec![EventKind::Promoted],
+            "the worker records the role change"
+        );
+        let busy = Local {
+            promotion_under_way: true,
+            ..standby_at(T0)
+        };
+        let second = step(&fresh, Input::Manual { force: true }, &busy);
+        assert!(matches!(&second.actions[..], [Action::Reject(why)] if why.contains("already under way")));
         let failed = step(
             &forced.state,
             Input::Promotion(Promotion::PreCommandFailed),
@@ -498,6 +512,32 @@ mod tests {
         let not_standby = step(&reached(), Input::Manual { force: true }, &primary);
         assert!(matches!(not_standby.actions[..], [Action::Reject(_)]));
         assert!(not_standby.events[0].detail.contains("not in recovery"));
+    }
+
+    #[test]
+    fn the_worker_does_not_promote_while_a_request_promotes() {
+        let busy = |now| Local {
+            promotion_under_way: true,
+            ..standby_at(now)
+        };
+        let mut node = reached();
+        for i in 0..3 {
+            node = step(&node, Input::Checked(refused()), &busy(T0 + i * SEC)).state;
+        }
+        assert!(node
+            .standby
+            .refused_by
+            .contains(&standby::Guard::PromotionUnderWay));
+        let ended = Local {
+            in_recovery: false,
+            promoted_by_request: true,
+            ..standby_at(T0 + 4 * SEC)
+        };
+        let s = step(&node, Input::Tick, &ended);
+        assert_eq!(
+            s.events[0].detail,
+            "recovery has ended (pg_promoter_promote()): this server is now a primary"
+        );
     }
 
     #[test]

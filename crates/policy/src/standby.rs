@@ -27,6 +27,8 @@ pub struct Facts {
     pub votes: Option<Votes>,
     /// `pg_promoter_promote()` promoted this server (recovery did not end behind our back).
     pub promoted_by_request: bool,
+    /// A promotion is being carried out, by the worker or by `pg_promoter_promote()`.
+    pub promotion_under_way: bool,
 }
 
 /// The witnesses' answers: whether each could reach the primary itself.
@@ -91,6 +93,8 @@ impl Phase {
 /// `pg_promoter_promote()` checks only `NotInRecovery` and (without force) `NeverReached`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Guard {
+    /// Another promotion is being carried out (the worker's, or a request's).
+    PromotionUnderWay,
     Disabled,
     Paused,
     NotInRecovery,
@@ -104,6 +108,7 @@ impl Guard {
     /// Why the guard refuses, in a sentence fragment for events and errors.
     pub fn reason(self, facts: &Facts, settings: &Settings) -> String {
         match self {
+            Guard::PromotionUnderWay => "a promotion of this server is already under way".into(),
             Guard::Disabled => "pg_promoter.enabled is off".into(),
             Guard::Paused => "paused by pg_promoter_pause()".into(),
             Guard::NotInRecovery => "this server is not in recovery".into(),
@@ -191,6 +196,7 @@ pub fn guards(state: &State, facts: &Facts, settings: &Settings) -> Vec<Guard> {
     let window = silence_window(settings.keep_alive, settings.keepalives_count);
     let walrcv_alive = facts.walrcv_last_msg.is_some_and(|at| facts.now - at < window);
     [
+        (facts.promotion_under_way, Guard::PromotionUnderWay),
         (!settings.enabled, Guard::Disabled),
         (facts.paused, Guard::Paused),
         (!facts.in_recovery, Guard::NotInRecovery),
@@ -262,10 +268,12 @@ pub fn decide(state: &State, verdict: Option<&Verdict>, facts: &Facts, settings:
 
     if !facts.in_recovery {
         if s.phase != Phase::Primary {
-            let detail = if s.phase == Phase::Promoting || facts.promoted_by_request {
+            let detail = if s.phase == Phase::Promoting {
                 "recovery has ended: this server is now a primary"
             } else if s.phase == Phase::Starting {
                 "this server is a primary: nothing to watch"
+            } else if facts.promoted_by_request {
+                "recovery has ended (pg_promoter_promote()): this server is now a primary"
             } else {
                 "recovery has ended without pg_promoter: this server is now a primary"
             };
@@ -448,14 +456,25 @@ pub fn promotion(state: &State, step: &Promotion, now: Micros, settings: &Settin
         Promotion::Writable { waited, total } => {
             actions.push(Action::PostPromoteCommand);
             let from = if s.manual { "request" } else { "decision" };
-            (
-                EventKind::Promoted,
-                format!(
-                    "recovery ended {} ms after the request; {from} to writable {} ms",
-                    waited.as_millis(),
-                    total.as_millis()
-                ),
-            )
+            let promoted = format!(
+                "recovery ended {} ms after the request; {from} to writable {} ms",
+                waited.as_millis(),
+                total.as_millis()
+            );
+            let mut events = vec![Event::new(now, EventKind::Promoted, promoted)];
+            // The role changes now, before the post-promote command runs. A request's own
+            // state is not the worker's: the worker records the change itself.
+            if !s.manual {
+                let detail = "recovery has ended: this server is now a primary";
+                events.push(Event::new(now, EventKind::RoleChanged, detail));
+            }
+            s.phase = Phase::Primary;
+            s.manual = false;
+            return Decision {
+                state: s,
+                actions,
+                events,
+            };
         }
         Promotion::NotWritable { waited } => {
             s.phase = Phase::Refusing;
@@ -479,7 +498,10 @@ pub fn promotion(state: &State, step: &Promotion, now: Micros, settings: &Settin
 /// names every guard that holds (see [`manual_guards`]), for the requester to raise.
 pub fn manual(state: &State, force: bool, facts: &Facts, settings: &Settings) -> Decision {
     let mut s = state.clone();
-    let held = manual_guards(force, facts, settings, s.ever_reached);
+    let mut held = manual_guards(force, facts, settings, s.ever_reached);
+    if facts.promotion_under_way {
+        held.insert(0, Guard::PromotionUnderWay);
+    }
     let (event, actions) = if held.is_empty() {
         s.phase = Phase::Promoting;
         s.manual = true;

@@ -56,7 +56,11 @@ impl Writer {
             let mut next = Instant::now();
             while !s.load(Ordering::Relaxed) {
                 let id = a.load(Ordering::Relaxed) + 1;
-                let sql = format!("{set_role}INSERT INTO {table} VALUES ({id}, now())");
+                // A commit whose acknowledgement was lost (a timeout while a synchronous standby
+                // was away) may have happened: the same id again must not stall the load.
+                let sql = format!(
+                    "{set_role}INSERT INTO {table} VALUES ({id}, now()) ON CONFLICT (id) DO UPDATE SET at = now()"
+                );
                 // Ok only once the server has reported the commit done (ReadyForQuery).
                 if client.exec(&sql, COMMIT_TIMEOUT).is_ok() {
                     a.store(id, Ordering::Relaxed);
