@@ -160,8 +160,11 @@ pub fn step(node: &Node, input: Input, local: &Local) -> Step {
             next.settings = settings;
         }
         Input::Checked(outcome) => {
-            if let Outcome::Answered { lsn: Some(lsn), .. } = outcome {
-                next.standby.primary_lsn = Some(lsn);
+            if let Outcome::Answered { in_recovery, lsn, .. } = outcome {
+                next.standby.upstream_is_standby = in_recovery;
+                if lsn.is_some() {
+                    next.standby.primary_lsn = lsn;
+                }
             }
             let verdict = classify(&outcome);
             if local.in_recovery && needs_votes(&next.standby, &verdict, &node.settings) {
@@ -512,6 +515,33 @@ mod tests {
         let not_standby = step(&reached(), Input::Manual { force: true }, &primary);
         assert!(matches!(not_standby.actions[..], [Action::Reject(_)]));
         assert!(not_standby.events[0].detail.contains("not in recovery"));
+    }
+
+    #[test]
+    fn a_cascaded_standby_does_not_promote_when_its_upstream_standby_dies() {
+        let upstream = Outcome::Answered {
+            in_recovery: true,
+            lsn: Some(0x5000),
+            timeline: Some(1),
+            started: Some(8),
+        };
+        let node = Node::new(settings(), T0 - SEC, false);
+        let node = step(&node, Input::Checked(upstream), &standby_at(T0 - SEC)).state;
+        assert!(node.standby.upstream_is_standby);
+        let steps = run(node, vec![Input::Checked(refused()); 5]);
+        assert!(steps.iter().all(|s| s.actions.is_empty()));
+        assert_eq!(
+            steps[2].state.standby.refused_by,
+            vec![standby::Guard::UpstreamIsStandby]
+        );
+        assert!(steps[2].events[0].detail.contains("cascades from it"));
+        // A later answer as a primary (the upstream was promoted) lifts it.
+        let back = step(
+            &steps[4].state,
+            Input::Checked(answered()),
+            &standby_at(T0 + 9 * SEC),
+        );
+        assert!(!back.state.standby.upstream_is_standby);
     }
 
     #[test]

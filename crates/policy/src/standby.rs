@@ -100,6 +100,8 @@ pub enum Guard {
     NotInRecovery,
     WalReceiverAlive,
     NeverReached,
+    /// The checked server is a standby: this one cascades from it, and the primary may live.
+    UpstreamIsStandby,
     TooMuchLag,
     NoQuorum,
 }
@@ -120,6 +122,9 @@ impl Guard {
                 None => "the WAL receiver heard from the primary recently".into(),
             },
             Guard::NeverReached => "the primary has not been reached since the worker started".into(),
+            Guard::UpstreamIsStandby => "the checked server was a standby, not the primary: this standby cascades \
+                                         from it, and the primary may still live (promote by hand if it is gone)"
+                .into(),
             Guard::TooMuchLag => format!(
                 "estimated data loss {} bytes exceeds pg_promoter.max_lag_on_failover ({} bytes)",
                 estimated_loss(facts.primary_lsn, facts.receive_lsn).unwrap_or(0),
@@ -166,6 +171,9 @@ pub struct State {
     pub primary_lsn: Option<u64>,
     /// The promotion under way was asked for by `pg_promoter_promote()`.
     pub manual: bool,
+    /// The last answer of the checked server said it is in recovery: it is a standby this one
+    /// cascades from, not the primary.
+    pub upstream_is_standby: bool,
 }
 
 impl State {
@@ -182,6 +190,7 @@ impl State {
             retry_at: None,
             primary_lsn: None,
             manual: false,
+            upstream_is_standby: false,
         }
     }
 }
@@ -202,6 +211,7 @@ pub fn guards(state: &State, facts: &Facts, settings: &Settings) -> Vec<Guard> {
         (!facts.in_recovery, Guard::NotInRecovery),
         (walrcv_alive, Guard::WalReceiverAlive),
         (!state.ever_reached, Guard::NeverReached),
+        (state.upstream_is_standby, Guard::UpstreamIsStandby),
         (too_much_lag(facts, settings), Guard::TooMuchLag),
         (
             !settings.witnesses.is_empty()
