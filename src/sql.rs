@@ -12,6 +12,9 @@ use policy::standby::estimated_loss;
 use policy::text::sentence;
 use policy::{classify, Action, Event, EventKind, Input, Node, Outcome, Promotion, Verdict};
 
+use policy::leader::{Ballot, LeaseRequest, Position, Rank};
+
+use crate::act;
 use crate::act::promote::{Sequence, WAIT};
 use crate::check::probe;
 use crate::pg::shmem::Running;
@@ -83,10 +86,15 @@ fn pg_promoter_status() -> TableIterator<
         name!(estimated_loss_bytes, Option<i64>),
         name!(fenced, bool),
         name!(fence_reason, Option<String>),
+        name!(term, i64),
+        name!(leader, Option<String>),
+        name!(voted_for, Option<String>),
+        name!(lease_expires_at, Option<TimestampWithTimeZone>),
     ),
 > {
     shmem::require();
     let shared = shmem::read();
+    let member = *shmem::MEMBER.share();
     let st = shared.status;
     let local = local::read();
     let role = if local.in_recovery { "standby" } else { "primary" };
@@ -138,8 +146,138 @@ fn pg_promoter_status() -> TableIterator<
         estimated_loss(st.primary_lsn, local.receive_lsn).map(|b| b as i64),
         fenced,
         fenced.then(|| shared.fence_reason.as_str().to_string()),
+        i64::try_from(member.term).unwrap_or(i64::MAX),
+        named(&member.leader),
+        named(&member.voted_for),
+        // The lease this server granted, on the wall clock.
+        (!member.grant_leader.as_str().is_empty() && member.grant_until > local::lease_clock())
+            .then(|| ts(Some(local::now() + member.grant_until - local::lease_clock())))
+            .flatten(),
     );
     TableIterator::once(row)
+}
+
+fn named(text: &policy::fixed::FixedText<64>) -> Option<String> {
+    (!text.as_str().is_empty()).then(|| text.as_str().to_string())
+}
+
+/// A vote request from a candidate's worker, answered with the rules of the leadership protocol:
+/// at most one vote per term, kept in the state file before the answer leaves.
+#[allow(clippy::type_complexity)]
+#[pg_extern(volatile)]
+fn pg_promoter_vote(
+    term: i64,
+    candidate: &str,
+    timeline: i32,
+    position: &str,
+    priority: i32,
+) -> TableIterator<
+    'static,
+    (
+        name!(granted, bool),
+        name!(term, i64),
+        name!(leader, Option<String>),
+        name!(refusal, Option<String>),
+    ),
+> {
+    shmem::require();
+    let ballot = Ballot {
+        term: nonnegative("term", term),
+        rank: Rank {
+            position: Position {
+                timeline: nonnegative("timeline", timeline.into()) as u32,
+                lsn: policy::lsn::parse(position).unwrap_or_else(|| {
+                    ereport!(
+                        ERROR,
+                        PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                        format!("invalid WAL position \"{position}\""),
+                        "Write it as pg_lsn does, for example 0/3000148."
+                    );
+                }),
+            },
+            priority: nonnegative("priority", priority.into()) as u32,
+            name: member_name(candidate),
+        },
+    };
+    member_answer(act::member::vote(&guc::snapshot(), &ballot))
+}
+
+/// A lease request from the leader's worker: granted until `duration` from now on this
+/// server's clock, unless a newer term or another leader of this term is known.
+#[allow(clippy::type_complexity)]
+#[pg_extern(volatile)]
+fn pg_promoter_lease(
+    term: i64,
+    leader: &str,
+    duration: Interval,
+) -> TableIterator<
+    'static,
+    (
+        name!(granted, bool),
+        name!(term, i64),
+        name!(leader, Option<String>),
+        name!(refusal, Option<String>),
+    ),
+> {
+    shmem::require();
+    let micros = duration.as_micros();
+    if micros <= 0 || micros > 3_600_000_000 {
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "duration must be between 1 microsecond and 1 hour",
+        );
+    }
+    let request = LeaseRequest {
+        term: nonnegative("term", term),
+        leader: member_name(leader),
+        duration: Duration::from_micros(micros as u64),
+    };
+    member_answer(act::member::lease(&guc::snapshot(), &request))
+}
+
+type MemberRow = (bool, i64, Option<String>, Option<String>);
+
+fn member_answer(answer: Result<act::member::Answer, String>) -> TableIterator<'static, MemberRow> {
+    let a = answer.unwrap_or_else(|e| {
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_IO_ERROR,
+            "could not keep the leadership state",
+            format!("{}.", policy::text::sentence(&e).trim_end_matches('.')),
+        );
+    });
+    let refusal = a.verdict.err().map(|r| r.reason());
+    let term = i64::try_from(a.term).unwrap_or(i64::MAX);
+    TableIterator::once((refusal.is_none(), term, a.leader, refusal))
+}
+
+fn nonnegative(what: &str, v: i64) -> u64 {
+    u64::try_from(v).unwrap_or_else(|_| {
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("{what} must not be negative"),
+        );
+    })
+}
+
+/// A member name as the member lists allow them.
+fn member_name(name: &str) -> String {
+    let valid = !name.is_empty()
+        && name.len() <= policy::leader::NAME_MAX
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+    if !valid {
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("invalid member name \"{name}\""),
+            "Member names are 1 to 63 letters, digits, \"_\", \"-\" or \".\"."
+        );
+    }
+    name.to_string()
 }
 
 /// The most recent events, oldest first.
@@ -361,6 +499,8 @@ REVOKE ALL ON FUNCTION pg_promoter_pause() FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg_promoter_resume() FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg_promoter_promote(boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg_promoter_probe(text, interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pg_promoter_vote(bigint, text, integer, text, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pg_promoter_lease(bigint, text, interval) FROM PUBLIC;
 "#,
     name = "privileges",
     finalize,

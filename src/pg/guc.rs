@@ -28,6 +28,7 @@ static WITNESS_CONNINFO: GucSetting<Option<CString>> = GucSetting::<Option<CStri
 static PRE_PROMOTE_COMMAND: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
 static POST_PROMOTE_COMMAND: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
 static COMMAND_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(30_000);
+static PRIORITY: GucSetting<i32> = GucSetting::<i32>::new(1);
 
 pub fn init() {
     // SAFETY: the hooks below follow PostgreSQL's GUC hook contracts.
@@ -170,6 +171,17 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::UNIT_MS,
     );
+    GucRegistry::define_int_guc(
+        c"pg_promoter.priority",
+        c"This node's priority between equally advanced standbys in an election; 0 never stands.",
+        c"The most advanced standby wins; among equals, the highest priority, then the name that \
+          sorts first.",
+        &PRIORITY,
+        0,
+        1_000_000,
+        GucContext::Sighup,
+        GucFlags::empty(),
+    );
     versions::reserve_guc_prefix(c"pg_promoter");
 }
 
@@ -195,6 +207,7 @@ pub fn snapshot() -> Settings {
         pre_promote_command: text(&PRE_PROMOTE_COMMAND),
         post_promote_command: text(&POST_PROMOTE_COMMAND),
         command_timeout: ms(COMMAND_TIMEOUT.get()),
+        priority: PRIORITY.get().max(0) as u32,
     }
 }
 

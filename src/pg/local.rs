@@ -48,6 +48,20 @@ pub fn in_recovery() -> bool {
     unsafe { pg_sys::RecoveryInProgress() }
 }
 
+/// A clock for leases, in microseconds: monotonic, and counting time a suspended machine slept
+/// (`CLOCK_BOOTTIME`), so a lease never outlives real time on a resumed VM. Comparable between
+/// the processes of this server only.
+pub fn lease_clock() -> i64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given; CLOCK_BOOTTIME exists on Linux.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    assert_eq!(rc, 0, "CLOCK_BOOTTIME is readable");
+    ts.tv_sec * 1_000_000 + ts.tv_nsec / 1_000
+}
+
 pub fn now() -> i64 {
     // SAFETY: reads the clock.
     unsafe { pg_sys::GetCurrentTimestamp() }

@@ -7,5 +7,6 @@ pub mod libpq;
 pub mod local;
 pub mod logmask;
 pub mod shmem;
+pub mod state_file;
 pub mod this_process;
 pub mod versions;

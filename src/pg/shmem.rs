@@ -138,6 +138,47 @@ impl Shared {
 // SAFETY: the name is ours alone (it is the extension's name).
 static SHARED: PgLwLock<Shared> = unsafe { PgLwLock::new(c"pg_promoter") };
 
+/// This server as a member of the leadership protocol: what its state file says (loaded once)
+/// and what it keeps in memory only. Its own lock: answers take it across the state file's fsync.
+#[derive(Clone, Copy, Debug)]
+pub struct MemberShared {
+    /// The state file was read since the server started.
+    pub loaded: bool,
+    /// This node's name in the member list, once known.
+    pub name: FixedText<64>,
+    pub term: u64,
+    pub voted_for: FixedText<64>,
+    pub leader: FixedText<64>,
+    /// The lease granted: leader (empty when none), term, until (lease clock).
+    pub grant_leader: FixedText<64>,
+    pub grant_term: u64,
+    pub grant_until: i64,
+    /// No vote before this (lease clock).
+    pub quiet_until: i64,
+}
+
+impl MemberShared {
+    const fn new() -> MemberShared {
+        MemberShared {
+            loaded: false,
+            name: FixedText::empty(),
+            term: 0,
+            voted_for: FixedText::empty(),
+            leader: FixedText::empty(),
+            grant_leader: FixedText::empty(),
+            grant_term: 0,
+            grant_until: 0,
+            quiet_until: 0,
+        }
+    }
+}
+
+// SAFETY: plain data with no pointers, identical in every process of the server.
+unsafe impl PGRXSharedMemory for MemberShared {}
+
+// SAFETY: the name is ours alone.
+pub static MEMBER: PgLwLock<MemberShared> = unsafe { PgLwLock::new(c"pg_promoter_member") };
+
 /// Whether this server is fenced: read by every commit, so kept apart from the lock.
 // SAFETY: the name is ours alone.
 pub static FENCED: PgAtomic<AtomicBool> = unsafe { PgAtomic::new(c"pg_promoter_fenced") };
@@ -153,6 +194,7 @@ static AVAILABLE: AtomicBool = AtomicBool::new(false);
 
 pub fn init() {
     pg_shmem_init!(SHARED = Shared::new());
+    pg_shmem_init!(MEMBER = MemberShared::new());
     pg_shmem_init!(FENCED = AtomicBool::new(false));
     pg_shmem_init!(CHECKED = AtomicBool::new(false));
     AVAILABLE.store(true, Ordering::Relaxed);
@@ -212,6 +254,11 @@ impl Drop for PromotionClaim {
 /// The worker's published settings alone (every login reads them: no copy of the event ring).
 pub fn running() -> Running {
     SHARED.share().running
+}
+
+/// The worker's published status alone.
+pub fn read_status() -> Status {
+    SHARED.share().status
 }
 
 /// A copy of the shared state, taken under a shared lock.

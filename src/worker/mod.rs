@@ -90,6 +90,10 @@ impl Worker {
             claim: None,
         };
         worker.use_settings(&settings);
+        // The leadership state file, read at the start: the quiet period counts from here.
+        if let Err(e) = crate::act::member::load(&settings) {
+            warning!("pg_promoter: {e}");
+        }
         worker.feed(Input::Start {
             pid,
             marker: fence::read_marker(),

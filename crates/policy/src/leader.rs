@@ -90,6 +90,52 @@ pub struct Durable {
     pub leader: Option<String>,
 }
 
+/// The longest member name, in bytes (names are kept in shared memory and in the state file).
+pub const NAME_MAX: usize = 63;
+
+/// The state file's text: one `key value` line each, `-` for none; `member` names the node the
+/// file belongs to, so a file copied from another node (a base backup, pg_rewind) is told apart.
+pub fn encode(member: &str, d: &Durable) -> String {
+    let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    format!(
+        "member {}\nterm {}\nvoted_for {}\nleader {}\n",
+        if member.is_empty() { "-" } else { member },
+        d.term,
+        or_dash(&d.voted_for),
+        or_dash(&d.leader)
+    )
+}
+
+/// The state file read back: the member it belongs to, and the durable state. Anything else is
+/// an error naming the line, and the caller refuses to answer rather than guess.
+pub fn decode(text: &str) -> Result<(Option<String>, Durable), String> {
+    let mut member = None;
+    let mut durable = Durable::default();
+    let mut seen_term = false;
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let (key, value) = line
+            .split_once(' ')
+            .ok_or_else(|| format!("line {} has no value", i + 1))?;
+        let name = |v: &str| (v != "-").then(|| v.to_string());
+        match key {
+            "member" => member = name(value),
+            "term" => {
+                durable.term = value
+                    .parse()
+                    .map_err(|_| format!("line {}: \"{value}\" is not a term", i + 1))?;
+                seen_term = true;
+            }
+            "voted_for" => durable.voted_for = name(value),
+            "leader" => durable.leader = name(value),
+            _ => return Err(format!("line {}: unknown key \"{key}\"", i + 1)),
+        }
+    }
+    if !seen_term {
+        return Err("no term".into());
+    }
+    Ok((member, durable))
+}
+
 /// A lease this member granted, on its own clock.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Grant {
@@ -499,6 +545,25 @@ mod tests {
             rank: rank(name, lsn, 1),
             sees_primary: false,
         }
+    }
+
+    #[test]
+    fn the_state_file_round_trips_and_rejects_what_it_cannot_read() {
+        let d = Durable {
+            term: 7,
+            voted_for: Some("s1".into()),
+            leader: None,
+        };
+        let text = encode("pg2", &d);
+        assert_eq!(text, "member pg2\nterm 7\nvoted_for s1\nleader -\n");
+        assert_eq!(decode(&text), Ok((Some("pg2".into()), d)));
+        assert_eq!(decode("term 0\n").unwrap().1, Durable::default());
+        assert!(decode("member x\n").unwrap_err().contains("no term"));
+        assert!(decode("term seven\n").unwrap_err().contains("not a term"));
+        assert!(decode("term 1\ncolour red\n")
+            .unwrap_err()
+            .contains("unknown key"));
+        assert!(decode("term\n").unwrap_err().contains("no value"));
     }
 
     #[test]

@@ -42,6 +42,12 @@ pub fn parse(text: &str, naming: Naming) -> Result<Vec<Member>, String> {
         if conninfo.is_empty() {
             return Err(format!("Member \"{name}\" has an empty conninfo."));
         }
+        if name.len() > crate::leader::NAME_MAX {
+            return Err(format!(
+                "Member name \"{name}\" is longer than {} bytes.",
+                crate::leader::NAME_MAX
+            ));
+        }
         if members.iter().any(|m| m.name == name) {
             return Err(format!("Member name \"{name}\" appears more than once."));
         }
@@ -112,6 +118,14 @@ mod tests {
         assert_eq!(got, vec![m("pg1", "host=a port=5432"), m("pg2", "host=b")]);
         assert_eq!(parse("", Naming::Required).unwrap(), vec![]);
         assert_eq!(parse("  ;  ", Naming::Required).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn a_name_must_fit_in_shared_memory() {
+        let long = "n".repeat(64);
+        let err = parse(&format!("{long}: host=a"), Naming::Required).unwrap_err();
+        assert!(err.contains("longer than 63 bytes"), "{err}");
+        assert!(parse(&format!("{}: host=a", "n".repeat(63)), Naming::Required).is_ok());
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub struct Settings {
     pub pre_promote_command: String,
     pub post_promote_command: String,
     pub command_timeout: Duration,
+    /// Breaks ties between equally advanced standbys in an election; 0 never stands.
+    pub priority: u32,
 }
 
 impl Default for Settings {
@@ -62,6 +64,7 @@ impl Default for Settings {
             pre_promote_command: String::new(),
             post_promote_command: String::new(),
             command_timeout: Duration::from_secs(30),
+            priority: 1,
         }
     }
 }

@@ -560,6 +560,7 @@ mod tests {
         pre_promote_command: String::new(),
         post_promote_command: String::new(),
         command_timeout: Duration::from_secs(30),
+        priority: 1,
     };
 
     fn one_witness() -> Settings {
