@@ -3,7 +3,7 @@
 //! witnesses). Every rule a member applies when it is asked for a vote or a lease, what a
 //! candidate and a leader count, and how long each promise lasts, as pure functions.
 //!
-//! The guarantees, argued in docs/safety.md and model-checked in tests/model.rs:
+//! The guarantees, argued in docs/leadership.md and model-checked in tests/model.rs:
 //! - at most one winner per term: a member grants one vote per term, kept durably before it
 //!   answers, and a winner needs a strict majority of the configured members;
 //! - never two valid leases at once: a leader counts its lease from the moment it asked, shortened
