@@ -204,9 +204,12 @@ pub fn step(node: &Node, input: Input, local: &Local) -> Step {
             apply_standby(&mut next, None, None, local, &mut actions, &mut events);
         }
         Input::Round(answers) => {
-            let views = primary::views(&answers, local.started_unix_us);
+            let me = primary::recognise(&answers, local.started_unix_us, node.primary.me.as_deref());
+            let views = primary::views(&answers, me.as_deref());
+            let mut state = node.primary.clone();
+            state.me = me;
             let t = primary::round(
-                &node.primary,
+                &state,
                 &views,
                 local.timeline.unwrap_or(1),
                 node.settings.keepalives_count,
@@ -636,6 +639,51 @@ mod tests {
         assert_eq!(kinds(&steps[5]), vec![EventKind::WitnessVote, EventKind::Decided]);
         assert_eq!(steps[5].actions, vec![Action::Promote]);
         assert!(steps[5].events[1].detail.contains("2 of 3 members agree"));
+    }
+
+    #[test]
+    fn a_primary_remembers_its_own_entry_when_its_check_of_itself_fails() {
+        let primary = Local {
+            now: T0,
+            in_recovery: false,
+            timeline: Some(1),
+            started_unix_us: 99,
+            ..Local::default()
+        };
+        let answer = |name: &str, outcome| Answer {
+            name: name.into(),
+            peer: true,
+            outcome,
+        };
+        let me = Outcome::Answered {
+            in_recovery: false,
+            lsn: None,
+            timeline: Some(1),
+            started: Some(99),
+        };
+        let lost = || Outcome::TimedOut { connecting: true };
+        // Two nodes: the standby is down; the primary's check of itself answers, then times out.
+        let node = Node::new(settings(), T0, true);
+        let first = step(
+            &node,
+            Input::Round(vec![answer("p", me), answer("s", lost())]),
+            &primary,
+        );
+        assert_eq!(first.state.primary.me.as_deref(), Some("p"));
+        let mut node = first.state;
+        for _ in 0..5 {
+            let s = step(
+                &node,
+                Input::Round(vec![answer("p", lost()), answer("s", lost())]),
+                &primary,
+            );
+            assert!(
+                s.actions.is_empty(),
+                "two nodes: never fenced for the other's loss"
+            );
+            node = s.state;
+        }
+        assert_eq!(node.primary.fence, Fence::Open);
     }
 
     #[test]

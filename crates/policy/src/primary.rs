@@ -53,6 +53,9 @@ pub struct State {
     pub fence: Fence,
     /// Consecutive rounds without a majority.
     pub short_rounds: u32,
+    /// This server's own entry in the member list, once a round recognised it: a later round
+    /// whose check of itself fails (a slow fork under load) must not count it as a member lost.
+    pub me: Option<String>,
 }
 
 impl State {
@@ -60,6 +63,7 @@ impl State {
         State {
             fence: Fence::Open,
             short_rounds: 0,
+            me: None,
         }
     }
 }
@@ -69,15 +73,23 @@ pub fn rounds_before_fencing(keepalives_count: u32) -> u32 {
     keepalives_count.saturating_sub(2).max(1)
 }
 
-/// What a round's answers say of each other member. The same member list serves every node, so
-/// this server's own entry is recognised (it answered with this server's start time) and left
-/// out; a member answered when it answered at all, even to refuse the check.
-pub fn views(answers: &[Answer], started_unix_us: i64) -> Vec<View> {
+/// Which entry of a round is this server: the one that answered with this server's start time,
+/// else the one recognised in an earlier round.
+pub fn recognise(answers: &[Answer], started_unix_us: i64, known: Option<&str>) -> Option<String> {
     answers
         .iter()
-        .filter(|a| {
-            !matches!(a.outcome, Outcome::Answered { started: Some(started), .. } if started == started_unix_us)
-        })
+        .find(|a| matches!(a.outcome, Outcome::Answered { started: Some(started), .. } if started == started_unix_us))
+        .map(|a| a.name.clone())
+        .or_else(|| known.map(str::to_string))
+}
+
+/// What a round's answers say of each other member. The same member list serves every node, so
+/// this server's own entry (`me`, see [`recognise`]) is left out; a member answered when it
+/// answered at all, even to refuse the check.
+pub fn views(answers: &[Answer], me: Option<&str>) -> Vec<View> {
+    answers
+        .iter()
+        .filter(|a| Some(a.name.as_str()) != me)
         .map(|a| View {
             name: a.name.clone(),
             peer: a.peer,
@@ -360,8 +372,16 @@ mod tests {
                 outcome: answered(false, 8),
             },
         ];
+        let found = recognise(&answers, me, None);
+        assert_eq!(found.as_deref(), Some("self"));
+        // A later round whose check of itself failed: still recognised.
+        let mut later = answers.clone();
+        later[0].outcome = Outcome::TimedOut { connecting: false };
+        assert_eq!(recognise(&later, me, found.as_deref()).as_deref(), Some("self"));
+        assert_eq!(recognise(&later, me, None), None);
+        assert_eq!(views(&later, found.as_deref()).len(), 4);
         assert_eq!(
-            views(&answers, me),
+            views(&answers, found.as_deref()),
             vec![
                 v("s1", true, true, None),
                 v("s2", true, true, None),
