@@ -322,6 +322,17 @@ mod tests {
         }
     }
 
+    /// A primary on timeline 1 that started at 99 µs after the epoch.
+    fn primary_at(now: Micros) -> Local {
+        Local {
+            now,
+            in_recovery: false,
+            timeline: Some(1),
+            started_unix_us: 99,
+            ..Local::default()
+        }
+    }
+
     fn kinds(step: &Step) -> Vec<EventKind> {
         step.events.iter().map(|e| e.kind).collect()
     }
@@ -643,13 +654,7 @@ mod tests {
 
     #[test]
     fn a_primary_remembers_its_own_entry_when_its_check_of_itself_fails() {
-        let primary = Local {
-            now: T0,
-            in_recovery: false,
-            timeline: Some(1),
-            started_unix_us: 99,
-            ..Local::default()
-        };
+        let primary = primary_at(T0);
         let answer = |name: &str, outcome| Answer {
             name: name.into(),
             peer: true,
@@ -688,13 +693,7 @@ mod tests {
 
     #[test]
     fn a_primary_fences_from_its_rounds_and_restores_a_marker_at_start() {
-        let primary = Local {
-            now: T0,
-            in_recovery: false,
-            timeline: Some(1),
-            started_unix_us: 99,
-            ..Local::default()
-        };
+        let primary = primary_at(T0);
         let node = Node::new(settings(), T0, true);
         let cut = ["s1", "w1"]
             .map(|name| Answer {
