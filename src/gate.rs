@@ -3,7 +3,8 @@
 //! primary with members wait until the worker has checked the cluster once.
 //!
 //! Hooks: `ClientAuthentication_hook` (new connections) and a pre-commit transaction callback
-//! (the guarantee: no ordinary commit while fenced, whatever was already connected).
+//! (the guarantee: no ordinary commit while fenced, or, with leadership, outside the lease,
+//! whatever was already connected).
 #![allow(unsafe_code)]
 
 use std::ffi::{c_int, c_void};
@@ -105,12 +106,24 @@ fn hold_until_checked() {
 unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut c_void) {
     let committing = event == pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT
         || event == pg_sys::XactEvent::XACT_EVENT_PRE_PREPARE;
-    if !committing || !shmem::FENCED.get().load(Ordering::Acquire) {
+    if !committing {
         return;
     }
+    let fenced = shmem::FENCED.get().load(Ordering::Acquire);
+    let lease_out = !fenced && lease_expired();
     // SAFETY: the current role of this backend.
-    if is_superuser(unsafe { pg_sys::GetUserId() }) {
+    if !(fenced || lease_out) || is_superuser(unsafe { pg_sys::GetUserId() }) {
         return;
+    }
+    if lease_out {
+        // At commit time, not only when the worker notices: a primary frozen past its lease
+        // and then resumed must not commit what was in flight.
+        ereport!(
+            PgLogLevel::ERROR,
+            PgSqlErrorCode::ERRCODE_CANNOT_CONNECT_NOW,
+            "cannot commit: this server holds no valid pg_promoter lease",
+            "A primary takes ordinary commits only while a majority of the members grants it the lease.",
+        );
     }
     ereport!(
         PgLogLevel::FATAL,
@@ -118,4 +131,14 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut c
         "terminating connection: this server is fenced by pg_promoter",
         sentence(&shmem::read_fence().1),
     );
+}
+
+/// With leadership, whether this primary's lease has run out on the lease clock, for a
+/// transaction that wrote (one with a transaction ID: a read-only one commits nothing).
+fn lease_expired() -> bool {
+    let until = shmem::LEASE_UNTIL.get().load(Ordering::Acquire);
+    // SAFETY: reads this backend's transaction state.
+    until != i64::MAX
+        && unsafe { pg_sys::GetTopTransactionIdIfAny() } != pg_sys::InvalidTransactionId
+        && local::lease_clock() >= until
 }

@@ -171,6 +171,7 @@ fn pg_promoter_vote(
     timeline: i32,
     position: &str,
     priority: i32,
+    primary: default!(bool, false),
 ) -> TableIterator<
     'static,
     (
@@ -178,6 +179,7 @@ fn pg_promoter_vote(
         name!(term, i64),
         name!(leader, Option<String>),
         name!(refusal, Option<String>),
+        name!(refused_for, Option<String>),
     ),
 > {
     shmem::require();
@@ -198,6 +200,7 @@ fn pg_promoter_vote(
             priority: nonnegative("priority", priority.into()) as u32,
             name: member_name(candidate),
         },
+        primary,
     };
     member_answer(act::member::vote(&guc::snapshot(), &ballot))
 }
@@ -217,6 +220,7 @@ fn pg_promoter_lease(
         name!(term, i64),
         name!(leader, Option<String>),
         name!(refusal, Option<String>),
+        name!(refused_for, Option<String>),
     ),
 > {
     shmem::require();
@@ -236,7 +240,7 @@ fn pg_promoter_lease(
     member_answer(act::member::lease(&guc::snapshot(), &request))
 }
 
-type MemberRow = (bool, i64, Option<String>, Option<String>);
+type MemberRow = (bool, i64, Option<String>, Option<String>, Option<String>);
 
 fn member_answer(answer: Result<act::member::Answer, String>) -> TableIterator<'static, MemberRow> {
     let a = answer.unwrap_or_else(|e| {
@@ -247,9 +251,15 @@ fn member_answer(answer: Result<act::member::Answer, String>) -> TableIterator<'
             format!("{}.", policy::text::sentence(&e).trim_end_matches('.')),
         );
     });
-    let refusal = a.verdict.err().map(|r| r.reason());
+    let refused = a.verdict.err();
     let term = i64::try_from(a.term).unwrap_or(i64::MAX);
-    TableIterator::once((refusal.is_none(), term, a.leader, refusal))
+    TableIterator::once((
+        refused.is_none(),
+        term,
+        a.leader,
+        refused.as_ref().map(|r| r.reason()),
+        refused.as_ref().map(|r| r.code().to_string()),
+    ))
 }
 
 fn nonnegative(what: &str, v: i64) -> u64 {
@@ -499,7 +509,7 @@ REVOKE ALL ON FUNCTION pg_promoter_pause() FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg_promoter_resume() FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg_promoter_promote(boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg_promoter_probe(text, interval) FROM PUBLIC;
-REVOKE ALL ON FUNCTION pg_promoter_vote(bigint, text, integer, text, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pg_promoter_vote(bigint, text, integer, text, integer, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg_promoter_lease(bigint, text, interval) FROM PUBLIC;
 "#,
     name = "privileges",

@@ -8,9 +8,10 @@ use std::time::Duration;
 use pgrx::prelude::*;
 
 use policy::fixed::FixedText;
-use policy::leader::{self, Ballot, Durable, Grant, LeaseRequest, Member, Refusal, Standing};
+use policy::leader::{self, Ballot, Campaign, Durable, Grant, LeaseRequest, Member, Rank, Refusal, Standing};
 use policy::schedule::silence_window;
 use policy::Settings;
+use policy::{Event, EventKind};
 
 use crate::pg::shmem::{self, MemberShared};
 use crate::pg::{local, state_file};
@@ -22,10 +23,94 @@ pub struct Answer {
     pub leader: Option<String>,
 }
 
-/// Answers a vote request, with this server's standing as the settings and local facts say.
+/// Answers a vote request, with this server's standing as the settings and local facts say,
+/// and records the answer as an event.
 pub fn vote(settings: &Settings, ballot: &Ballot) -> Result<Answer, String> {
     let standing = standing(settings);
-    answer(settings, |m, now| leader::vote(m, &standing, ballot, now))
+    let a = answer(settings, |m, now| leader::vote(m, &standing, ballot, now))?;
+    let (kind, detail) = match &a.verdict {
+        Ok(()) => (
+            EventKind::VoteGranted,
+            format!("vote granted to {} in term {}", ballot.rank.name, ballot.term),
+        ),
+        Err(r) => (
+            EventKind::VoteRefused,
+            format!(
+                "vote refused to {} in term {}: {}",
+                ballot.rank.name,
+                ballot.term,
+                r.reason()
+            ),
+        ),
+    };
+    shmem::record(&[Event::new(local::now(), kind, detail)]);
+    Ok(a)
+}
+
+/// This server stands in `term`: its own vote, by the rules every member follows, on disk
+/// before anyone is asked.
+pub fn stand(settings: &Settings, term: u64, rank: &Rank, primary: bool) -> Result<(), String> {
+    let mut shared = shmem::MEMBER.exclusive();
+    load_into(&mut shared, settings)?;
+    let members = policy::leading::members(settings);
+    let (_, me) = Campaign::stand(
+        &member(&shared),
+        term,
+        rank,
+        primary,
+        members,
+        local::lease_clock(),
+    )
+    .map_err(|r| r.reason())?;
+    state_file::write(shared.name.as_str(), &me.durable)?;
+    store(&mut shared, &me);
+    Ok(())
+}
+
+/// This server's name among the members, once known.
+pub fn name() -> Option<String> {
+    text(&shmem::MEMBER.share().name)
+}
+
+/// Records this server's name, found among the peers.
+pub fn set_name(name: &str) {
+    shmem::MEMBER.exclusive().name = FixedText::new(name);
+}
+
+/// The leader this member knows for its term, and its own name.
+pub fn leader_and_name() -> (Option<String>, Option<String>) {
+    let shared = shmem::MEMBER.share();
+    (text(&shared.leader), text(&shared.name))
+}
+
+/// This member's term, and the term it leads according to its state file.
+pub fn terms() -> (u64, Option<u64>) {
+    let shared = shmem::MEMBER.share();
+    let leads = (!shared.name.as_str().is_empty() && shared.leader.as_str() == shared.name.as_str())
+        .then_some(shared.term);
+    (shared.term, leads)
+}
+
+/// How this server ranks as a candidate named `name`: a standby by what it received or
+/// replayed, a primary by what it wrote.
+pub fn rank(settings: &Settings, name: &str) -> Rank {
+    let facts = local::read();
+    let position = if facts.in_recovery {
+        leader::Position {
+            timeline: local::replay_timeline().unwrap_or(0),
+            lsn: facts.receive_lsn.max(facts.replay_lsn).unwrap_or(0),
+        }
+    } else {
+        leader::Position {
+            timeline: local::insert_timeline().unwrap_or(0),
+            lsn: local::insert_lsn(),
+        }
+    };
+    Rank {
+        position,
+        priority: settings.priority,
+        name: name.to_string(),
+    }
 }
 
 /// Answers a lease request.
@@ -129,16 +214,8 @@ fn standing(settings: &Settings) -> Standing {
     let recent = |at: Option<i64>| at.is_some_and(|at| now - at < window);
     let sees_primary =
         recent(facts.walrcv_last_msg) || (status.failures == 0 && recent(status.last_success_at));
-    let lsn = facts.receive_lsn.max(facts.replay_lsn).unwrap_or(0);
     Standing::Standby {
-        rank: leader::Rank {
-            position: leader::Position {
-                timeline: local::replay_timeline().unwrap_or(0),
-                lsn,
-            },
-            priority: settings.priority,
-            name: shmem::MEMBER.share().name.as_str().to_string(),
-        },
+        rank: rank(settings, &name().unwrap_or_default()),
         sees_primary,
     }
 }

@@ -1,7 +1,9 @@
 //! Talking to another server without ever blocking: connect with `PQconnectStartParams` and
 //! `PQconnectPoll`, query with `PQsendQueryParams` and `PQconsumeInput`, every wait on the latch
 //! with a deadline. The check keeps its connection between checks and remakes it only after a
-//! failure, and adds fresh attempts while the network loses what it sent; other questions (to witnesses, from `pg_promoter_probe()`) use a fresh one.
+//! failure, and adds fresh attempts while the network loses what it sent. Rounds over the
+//! members keep theirs too (`members`); a witness's question and `pg_promoter_probe()` use a
+//! fresh one.
 
 use std::ffi::{CStr, CString};
 use std::time::{Duration, Instant};
@@ -14,7 +16,7 @@ use crate::pg::libpq::{self, Conn, PgResult, Poll, Progress};
 
 /// Whether the server is in recovery, its WAL position (received, on a standby) and timeline
 /// (exact on a primary, from its WAL file name; the WAL receiver's on a standby).
-const CHECK_QUERY: &CStr = c"SELECT pg_catalog.pg_is_in_recovery(), \
+pub const CHECK_QUERY: &CStr = c"SELECT pg_catalog.pg_is_in_recovery(), \
     CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.pg_last_wal_receive_lsn() \
     ELSE pg_catalog.pg_current_wal_lsn() END, \
     CASE WHEN pg_catalog.pg_is_in_recovery() \
@@ -64,7 +66,7 @@ impl Probe {
                 .flatten();
             if due == Some(0) && (attempts.is_empty() || Instant::now() < deadline) {
                 let started = match self.conn.take() {
-                    Some(conn) => Ok(Attempt::reuse(conn, CHECK_QUERY)),
+                    Some(conn) => Ok(Attempt::reuse(conn, CHECK_QUERY, &[])),
                     None => Attempt::fresh(params, CHECK_QUERY, &[]),
                 };
                 newest = Instant::now();
@@ -147,7 +149,7 @@ pub fn ask(
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Stage {
+pub(crate) enum Stage {
     Connecting,
     /// Connected, the query not sent yet (a kept connection, writable at once).
     Idle,
@@ -157,20 +159,20 @@ enum Stage {
 
 /// One connection asking one query, moved forward each time its socket is ready and never
 /// blocking in between.
-struct Attempt {
-    conn: Conn,
-    stage: Stage,
+pub(crate) struct Attempt {
+    pub(crate) conn: Conn,
+    pub(crate) stage: Stage,
     /// What to wait for before the next `advance`.
-    socket: Socket,
+    pub(crate) socket: Socket,
     /// On a kept connection, as opposed to a fresh one.
-    reused: bool,
+    pub(crate) reused: bool,
     sql: CString,
     args: Vec<CString>,
     first: Option<PgResult>,
 }
 
 impl Attempt {
-    fn fresh(params: &[(String, String)], sql: &CStr, args: &[&CStr]) -> Result<Attempt, Outcome> {
+    pub(crate) fn fresh(params: &[(String, String)], sql: &CStr, args: &[&CStr]) -> Result<Attempt, Outcome> {
         let conn = Conn::start(params).map_err(Outcome::ConnectFailed)?;
         // libpq's protocol: after PQconnectStartParams, act as if polling asked to write.
         let socket = Socket::Writable(conn.socket());
@@ -179,9 +181,9 @@ impl Attempt {
 
     /// The query goes out at the first `advance`, so that even an answer that arrives at once
     /// goes the one way every answer goes.
-    fn reuse(conn: Conn, sql: &CStr) -> Attempt {
+    pub(crate) fn reuse(conn: Conn, sql: &CStr, args: &[&CStr]) -> Attempt {
         let socket = Socket::Writable(conn.socket());
-        Attempt::new(conn, Stage::Idle, socket, true, sql, &[])
+        Attempt::new(conn, Stage::Idle, socket, true, sql, args)
     }
 
     fn new(conn: Conn, stage: Stage, socket: Socket, reused: bool, sql: &CStr, args: &[&CStr]) -> Attempt {
@@ -197,7 +199,7 @@ impl Attempt {
     }
 
     /// Goes as far as it can now that its socket is ready: `None` to wait again, or the end.
-    fn advance(&mut self) -> Option<Rows> {
+    pub(crate) fn advance(&mut self) -> Option<Rows> {
         match self.stage {
             Stage::Connecting => match self.conn.poll() {
                 // The socket can change between polls when several hosts are tried.
@@ -269,7 +271,8 @@ fn path(conn: &Conn) -> Path {
 /// The rows of a query's first result, or why there are none.
 fn rows(first: Option<PgResult>, conn: &Conn) -> Rows {
     match first {
-        Some(r) if r.has_rows() => Ok((0..r.rows())
+        // A command (ALTER SYSTEM) succeeds with no rows.
+        Some(r) if r.is_ok() => Ok((0..r.rows())
             .map(|row| (0..r.columns()).map(|col| r.value(row, col)).collect())
             .collect()),
         Some(r) => Err(match r.sqlstate() {
@@ -287,7 +290,15 @@ fn rows(first: Option<PgResult>, conn: &Conn) -> Rows {
     }
 }
 
-fn answered(rows: &[Vec<Option<String>>]) -> Outcome {
+/// Why a question got no rows, in a sentence fragment.
+pub fn reason(outcome: &Outcome) -> String {
+    match policy::classify(outcome) {
+        policy::Verdict::Down(r) | policy::Verdict::Misconfigured(r) => r,
+        policy::Verdict::Alive => "unexpected answer".into(),
+    }
+}
+
+pub(crate) fn answered(rows: &[Vec<Option<String>>]) -> Outcome {
     let cell = |i: usize| rows.first().and_then(|r| r.get(i)).cloned().flatten();
     Outcome::Answered {
         in_recovery: cell(0).as_deref() == Some("t"),

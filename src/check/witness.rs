@@ -3,7 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use policy::classify;
 use policy::machine::WitnessAnswer;
 use policy::members::Member;
 
@@ -40,7 +39,7 @@ pub fn ask(
                             Some((Some(_), _)) => (Some(false), "still reaches the primary".to_string()),
                             _ => (None, "gave no answer".to_string()),
                         },
-                        Err(outcome) => (None, format!("cannot ask it: {}", reason(&outcome))),
+                        Err(outcome) => (None, format!("cannot ask it: {}", probe::reason(&outcome))),
                     }
                 }
             };
@@ -51,11 +50,4 @@ pub fn ask(
             })
         })
         .collect()
-}
-
-fn reason(outcome: &policy::Outcome) -> String {
-    match classify(outcome) {
-        policy::Verdict::Down(r) | policy::Verdict::Misconfigured(r) => r,
-        policy::Verdict::Alive => "unexpected answer".into(),
-    }
 }

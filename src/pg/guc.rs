@@ -239,6 +239,14 @@ enum GucFenceMode {
 
 const WITNESS_NAMING: Naming = Naming::Optional { prefix: "witness" };
 
+/// Whether `pg_promoter.primary_conninfo` is set (then it, not `primary_conninfo`, names the
+/// server the check targets).
+pub fn own_primary_conninfo_set() -> bool {
+    PRIMARY_CONNINFO
+        .get()
+        .is_some_and(|own| !own.as_bytes().is_empty())
+}
+
 /// The conninfo the check uses: ours, or else the server's `primary_conninfo`.
 fn primary_conninfo() -> String {
     match PRIMARY_CONNINFO.get() {

@@ -34,7 +34,16 @@ pub fn facts(flags: &super::shmem::Flags, promotion_under_way: bool) -> policy::
         started_unix_us: started_unix_us(),
         promoted_by_request: flags.promoted_by_request,
         promotion_under_way,
+        lease_clock: lease_clock(),
+        term: super::shmem::MEMBER.share().term,
+        random: random(),
     }
+}
+
+/// A random number (std's per-instance random hash keys).
+fn random() -> u32 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(lease_clock()) as u32
 }
 
 /// Whether the postmaster is loading this library through `shared_preload_libraries`.
@@ -126,6 +135,13 @@ pub fn replay_timeline() -> Option<u32> {
 pub fn insert_timeline() -> Option<u32> {
     let tli = versions::insertion_timeline();
     (tli != 0).then_some(tli)
+}
+
+/// Where new WAL is being inserted (a primary's position as a candidate).
+pub fn insert_lsn() -> u64 {
+    // SAFETY: takes the insertion lock's spinlock itself; valid in any process attached to
+    // shared memory once the server runs.
+    unsafe { pg_sys::GetXLogInsertRecPtr() }
 }
 
 pub fn data_dir() -> String {

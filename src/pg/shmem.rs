@@ -2,7 +2,7 @@
 //! ring of recent events. Backends read it for the SQL functions; pause/resume write one flag.
 #![allow(unsafe_code)]
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, PGRXSharedMemory, PgAtomic, PgLwLock};
@@ -188,6 +188,13 @@ pub static FENCED: PgAtomic<AtomicBool> = unsafe { PgAtomic::new(c"pg_promoter_f
 // SAFETY: the name is ours alone.
 pub static CHECKED: PgAtomic<AtomicBool> = unsafe { PgAtomic::new(c"pg_promoter_checked") };
 
+/// Until when (the lease clock) this primary's lease lets it take ordinary commits, with
+/// leadership: read by every commit, written by the worker at each step; `i64::MAX` without
+/// leadership or on a standby. Before a worker's first round after a start, the startup hold
+/// keeps ordinary sessions out.
+// SAFETY: the name is ours alone.
+pub static LEASE_UNTIL: PgAtomic<AtomicI64> = unsafe { PgAtomic::new(c"pg_promoter_lease_until") };
+
 /// Set in `_PG_init` when loaded by `shared_preload_libraries`, and inherited by every process
 /// the postmaster forks; without it the lock above points nowhere.
 static AVAILABLE: AtomicBool = AtomicBool::new(false);
@@ -197,6 +204,7 @@ pub fn init() {
     pg_shmem_init!(MEMBER = MemberShared::new());
     pg_shmem_init!(FENCED = AtomicBool::new(false));
     pg_shmem_init!(CHECKED = AtomicBool::new(false));
+    pg_shmem_init!(LEASE_UNTIL = AtomicI64::new(i64::MAX));
     AVAILABLE.store(true, Ordering::Relaxed);
 }
 

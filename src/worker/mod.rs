@@ -13,7 +13,10 @@ use policy::time::Micros;
 use policy::{schedule, Action, Event, EventKind, Input, Node, Phase, Promotion, Settings};
 
 use crate::act::fence;
+use crate::act::leadership::{self, Arbiter};
+use crate::act::member;
 use crate::act::promote::Sequence;
+use crate::check::members::Pool;
 use crate::check::{probe, witness};
 use crate::pg::latch::sleep_until;
 use crate::pg::{guc, local, shmem, this_process};
@@ -55,6 +58,8 @@ struct Worker {
     /// Everything the policy remembers, settings included.
     node: Node,
     probe: probe::Probe,
+    /// Kept connections to the members (a primary's rounds, elections, leases).
+    pool: Pool,
     /// The parameters libpq gets for the check, or why there are none.
     params: Result<Vec<(String, String)>, String>,
     last_start: Option<Micros>,
@@ -84,6 +89,7 @@ impl Worker {
         let mut worker = Worker {
             node: Node::new(settings.clone(), now, ever_reached),
             probe: probe::Probe::default(),
+            pool: Pool::default(),
             params: Err(String::new()),
             last_start: None,
             sequence: None,
@@ -91,12 +97,13 @@ impl Worker {
         };
         worker.use_settings(&settings);
         // The leadership state file, read at the start: the quiet period counts from here.
-        if let Err(e) = crate::act::member::load(&settings) {
+        if let Err(e) = member::load(&settings) {
             warning!("pg_promoter: {e}");
         }
         worker.feed(Input::Start {
             pid,
             marker: fence::read_marker(),
+            leads: member::terms().1,
         });
         worker
     }
@@ -120,6 +127,9 @@ impl Worker {
             }
             let now = local::now();
             let primary = !local::in_recovery();
+            if !primary && policy::leading::active(&self.node.settings) {
+                self.feed(self.leader());
+            }
             if primary {
                 self.feed(Input::Tick);
                 if !self.node.settings.has_members() {
@@ -136,8 +146,11 @@ impl Worker {
                 continue;
             }
             self.last_start = Some(now);
-            let observed = if primary {
-                primary::observe(&self.node.settings, &stop_requested)
+            let observed = if primary && policy::leading::active(&self.node.settings) {
+                // The round is a lease round (or a stand to lead), which the policy names.
+                Ok(Input::Due)
+            } else if primary {
+                primary::observe(&mut self.pool, &self.node.settings, &stop_requested)
             } else {
                 standby::observe(&mut self)
             };
@@ -157,6 +170,11 @@ impl Worker {
     /// parameters (a changed conninfo drops the kept connection) and what the status and
     /// backends read.
     fn use_settings(&mut self, settings: &Settings) {
+        if (&settings.peers, &settings.witnesses)
+            != (&self.node.settings.peers, &self.node.settings.witnesses)
+        {
+            self.pool.clear();
+        }
         let changed = settings.primary_conninfo != self.node.settings.primary_conninfo;
         if changed || self.params.is_err() {
             self.probe.disconnect();
@@ -254,6 +272,27 @@ impl Worker {
                 )
                 .map(|answers| Some(Input::Votes(answers)))
             }
+            Action::Stand { term, primary } => {
+                let mut arbiter = leadership::Members { pool: &mut self.pool };
+                arbiter
+                    .stand(&self.node.settings, term, primary, &stop_requested)
+                    .map(Some)
+            }
+            Action::Follow { leader, conninfo } => {
+                let result = crate::act::follow::follow(
+                    &mut self.pool,
+                    &self.node.settings,
+                    &conninfo,
+                    &stop_requested,
+                )?;
+                Ok(Some(Input::Followed { leader, result }))
+            }
+            Action::RenewLease { term } => {
+                let mut arbiter = leadership::Members { pool: &mut self.pool };
+                arbiter
+                    .renew(&self.node.settings, term, &stop_requested)
+                    .map(Some)
+            }
             Action::Warn(reason) => {
                 warning!("pg_promoter: the primary is alive but refuses the check: {reason}");
                 Ok(None)
@@ -286,7 +325,38 @@ impl Worker {
         }
     }
 
+    /// What this member's state says of who leads, and whether this standby already streams
+    /// from that leader (same host and port as its entry in the peers).
+    fn leader(&self) -> Input {
+        let (leader, me) = member::leader_and_name();
+        let settings = &self.node.settings;
+        let target = |conninfo: &str| {
+            probe::params(conninfo).ok().map(|params| {
+                let get = |key: &str| params.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+                (get("host").or(get("hostaddr")), get("port"))
+            })
+        };
+        let upstream_is_leader = leader
+            .as_ref()
+            .and_then(|l| settings.peers.iter().find(|p| p.name == *l))
+            .is_some_and(|p| {
+                target(&p.conninfo).is_some() && target(&p.conninfo) == target(&settings.primary_conninfo)
+            });
+        Input::Leader {
+            leader,
+            me,
+            upstream_is_leader,
+        }
+    }
+
     fn publish(&self) {
+        let leading = policy::leading::active(&self.node.settings) && !local::in_recovery();
+        let until = match self.node.leading.valid_until {
+            _ if !leading => i64::MAX,
+            Some(until) => until,
+            None => i64::MIN,
+        };
+        shmem::LEASE_UNTIL.get().store(until, Ordering::Release);
         let st = &self.node.standby;
         shmem::update(|s| {
             s.status.phase = st.phase;

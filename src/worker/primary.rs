@@ -2,10 +2,14 @@
 
 use policy::{Input, Settings};
 
-use crate::check::members;
+use crate::check::members::{self, Pool};
 use crate::pg::latch::Interrupted;
 
 /// One round; `Err` when a shutdown interrupted it.
-pub(super) fn observe(settings: &Settings, stop: &dyn Fn() -> bool) -> Result<Input, Interrupted> {
-    members::round(settings, stop).map(Input::Round)
+pub(super) fn observe(
+    pool: &mut Pool,
+    settings: &Settings,
+    stop: &dyn Fn() -> bool,
+) -> Result<Input, Interrupted> {
+    members::round(pool, settings, stop).map(Input::Round)
 }

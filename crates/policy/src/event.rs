@@ -44,6 +44,15 @@ kinds! {
     Command = "command",
     Fenced = "fenced",
     Unfenced = "unfenced",
+    ElectionStarted = "election_started",
+    Elected = "elected",
+    ElectionLost = "election_lost",
+    VoteGranted = "vote_granted",
+    VoteRefused = "vote_refused",
+    LeaseRenewed = "lease_renewed",
+    LeaseLost = "lease_lost",
+    Following = "following",
+    FollowFailed = "follow_failed",
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

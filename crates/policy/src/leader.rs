@@ -187,6 +187,9 @@ pub enum Standing {
 pub struct Ballot {
     pub term: Term,
     pub rank: Rank,
+    /// The candidate is a primary seeking to lead (a cluster's first leader, or a primary whose
+    /// term was left without a leader): a standby that sees a primary does not refuse it for that.
+    pub primary: bool,
 }
 
 /// Why a member refuses a vote or a lease.
@@ -206,6 +209,11 @@ pub enum Refusal {
     Outranked { by: Rank },
     /// Another leader holds this term (a leader's lease request).
     OtherLeader { term: Term, leader: String },
+    /// Another member's refusal as it arrived (its `code()` and reason), when it is none of the
+    /// above that the asker must act on.
+    Remote { code: String, reason: String },
+    /// The member could not be asked.
+    Unreachable(String),
 }
 
 impl Refusal {
@@ -232,6 +240,38 @@ impl Refusal {
                 by.priority
             ),
             Refusal::OtherLeader { term, leader } => format!("{leader} leads term {term}"),
+            Refusal::Remote { reason, .. } => reason.clone(),
+            Refusal::Unreachable(why) => format!("unreachable: {why}"),
+        }
+    }
+
+    /// A short name for the kind of refusal, as a member's answer carries it.
+    pub fn code(&self) -> &str {
+        match self {
+            Refusal::StaleTerm { .. } => "stale_term",
+            Refusal::Starting { .. } => "starting",
+            Refusal::LeaseHeld { .. } => "lease_held",
+            Refusal::SeesPrimary => "sees_primary",
+            Refusal::AlreadyVoted { .. } => "already_voted",
+            Refusal::Outranked { .. } => "outranked",
+            Refusal::OtherLeader { .. } => "other_leader",
+            Refusal::Remote { code, .. } => code,
+            Refusal::Unreachable(_) => "unreachable",
+        }
+    }
+
+    /// A member's answer read back: `code` and `reason` as it gave them, `term` and `leader` its
+    /// own afterwards. Only a newer term's refusal is rebuilt, since the asker acts on it.
+    pub fn from_answer(code: &str, reason: &str, term: Term, leader: Option<String>) -> Refusal {
+        match code {
+            "stale_term" => Refusal::StaleTerm {
+                current: term,
+                leader,
+            },
+            _ => Refusal::Remote {
+                code: code.to_string(),
+                reason: reason.to_string(),
+            },
         }
     }
 }
@@ -272,13 +312,15 @@ pub fn vote(member: &Member, standing: &Standing, ballot: &Ballot, now: Micros) 
             left: g.until - now,
         });
     }
-    if matches!(
-        standing,
-        Standing::Standby {
-            sees_primary: true,
-            ..
-        }
-    ) {
+    if !ballot.primary
+        && matches!(
+            standing,
+            Standing::Standby {
+                sees_primary: true,
+                ..
+            }
+        )
+    {
         return refuse(Refusal::SeesPrimary);
     }
     // The primary is gone as far as this member can tell: the new term is taken for good.
@@ -299,7 +341,8 @@ pub fn vote(member: &Member, standing: &Standing, ballot: &Ballot, now: Micros) 
         }),
         Some(_) => Ok(()),
         None => match standing {
-            Standing::Standby { rank, .. } if outranks(rank, &ballot.rank) => {
+            // A primary seeking to lead is ahead of its standbys, whatever their names.
+            Standing::Standby { rank, .. } if !ballot.primary && outranks(rank, &ballot.rank) => {
                 Err(Refusal::Outranked { by: rank.clone() })
             }
             _ => {
@@ -390,22 +433,39 @@ pub struct Campaign {
 }
 
 impl Campaign {
-    /// Stands in the next term: the candidate's own vote, to persist before asking anyone.
-    pub fn stand(me: &Member, name: &str, members: usize) -> (Campaign, Member) {
-        let term = me.durable.term + 1;
-        let mut m = me.clone();
-        m.durable = Durable {
+    /// Stands in the next term: the candidate's own vote, to persist before asking anyone. The
+    /// candidate votes by the rules every member follows, so it cannot stand while its own grant
+    /// to a leader holds, or in the quiet period after its start: with three members, that
+    /// grant may be the one that makes the leader's majority.
+    /// `term` must be above the candidate's own.
+    pub fn stand(
+        me: &Member,
+        term: Term,
+        rank: &Rank,
+        primary: bool,
+        members: usize,
+        now: Micros,
+    ) -> Result<(Campaign, Member), Refusal> {
+        if term <= me.durable.term {
+            return Err(Refusal::StaleTerm {
+                current: me.durable.term,
+                leader: me.durable.leader.clone(),
+            });
+        }
+        let ballot = Ballot {
             term,
-            voted_for: Some(name.to_string()),
-            leader: None,
+            rank: rank.clone(),
+            primary,
         };
+        let answer = vote(me, &Standing::Witness, &ballot, now);
+        answer.verdict?;
         let campaign = Campaign {
-            term,
+            term: ballot.term,
             members,
-            votes: vec![name.to_string()],
+            votes: vec![rank.name.clone()],
             refusals: Vec::new(),
         };
-        (campaign, m)
+        Ok((campaign, answer.member))
     }
 
     /// Counts one member's answer (each member once).
@@ -423,12 +483,9 @@ impl Campaign {
         is_majority(self.votes.len(), self.members)
     }
 
-    /// A member that ranks higher and will stand instead, if any refused for that reason.
-    pub fn outranked_by(&self) -> Option<&Rank> {
-        self.refusals.iter().find_map(|(_, r)| match r {
-            Refusal::Outranked { by } => Some(by),
-            _ => None,
-        })
+    /// Whether a member that ranks higher refused, and will stand instead.
+    pub fn outranked(&self) -> bool {
+        self.refusals.iter().any(|(_, r)| r.code() == "outranked")
     }
 
     /// A newer term with a leader, if a member named one: this candidate must follow it.
@@ -525,6 +582,7 @@ mod tests {
         Ballot {
             term,
             rank: rank(name, lsn, 1),
+            primary: false,
         }
     }
 
@@ -730,8 +788,60 @@ mod tests {
     }
 
     #[test]
+    fn a_candidate_cannot_stand_while_its_own_grant_holds_or_while_quiet() {
+        let asked = LeaseRequest {
+            term: 3,
+            leader: "p".into(),
+            duration: LEASE,
+        };
+        let me = lease(&member(3), &asked, SEC).member;
+        let refused = Campaign::stand(
+            &me,
+            4,
+            &rank("s1", 10, 1),
+            false,
+            3,
+            SEC + LEASE.as_micros() as i64 - 1,
+        );
+        assert!(matches!(refused, Err(Refusal::LeaseHeld { .. })), "{refused:?}");
+        assert!(Campaign::stand(
+            &me,
+            4,
+            &rank("s1", 10, 1),
+            false,
+            3,
+            SEC + LEASE.as_micros() as i64
+        )
+        .is_ok());
+        assert!(matches!(
+            Campaign::stand(&me, 3, &rank("s1", 10, 1), false, 3, 10 * SEC),
+            Err(Refusal::StaleTerm { current: 3, .. })
+        ));
+        let starting = Member::start(me.durable.clone(), 0, LEASE);
+        assert!(matches!(
+            Campaign::stand(&starting, 4, &rank("s1", 10, 1), false, 3, 0),
+            Err(Refusal::Starting { .. })
+        ));
+    }
+
+    #[test]
+    fn a_standby_that_sees_the_primary_votes_for_that_primary_only() {
+        let sees = Standing::Standby {
+            rank: rank("s1", 10, 1),
+            sees_primary: true,
+        };
+        let mut b = ballot(4, "s2", 20);
+        assert_eq!(
+            vote(&member(3), &sees, &b, SEC).verdict,
+            Err(Refusal::SeesPrimary)
+        );
+        b.primary = true;
+        assert_eq!(vote(&member(3), &sees, &b, SEC).verdict, Ok(()));
+    }
+
+    #[test]
     fn a_campaign_needs_a_majority_of_the_configured_members() {
-        let (mut c, me) = Campaign::stand(&member(3), "s1", 4);
+        let (mut c, me) = Campaign::stand(&member(3), 4, &rank("s1", 10, 1), false, 4, 0).unwrap();
         assert_eq!(c.term, 4);
         assert_eq!(me.durable.voted_for.as_deref(), Some("s1"));
         c.count("w", Ok(()));
@@ -745,7 +855,7 @@ mod tests {
             }),
         );
         assert!(!c.won());
-        assert_eq!(c.outranked_by().unwrap().name, "s2");
+        assert!(c.outranked());
         c.count("p", Ok(()));
         assert!(c.won(), "3 of 4");
         assert!(is_majority(2, 3) && !is_majority(1, 2) && !is_majority(2, 4));

@@ -11,6 +11,7 @@ pub mod event;
 pub mod fixed;
 pub mod hook;
 pub mod leader;
+pub mod leading;
 pub mod lsn;
 pub mod machine;
 pub mod members;

@@ -5,9 +5,11 @@
 
 use crate::classify::{classify, Outcome, Verdict};
 use crate::event::{Event, EventKind};
-use crate::primary::{self, Answer};
+use crate::leader::{Renewal, Term};
+use crate::leading::{self, Answers, Outcome as Election};
+use crate::primary::{self, Answer, Fence};
 use crate::settings::Settings;
-use crate::standby::{self, needs_votes, Promotion, Votes};
+use crate::standby::{self, needs_votes, Phase, Promotion, Votes};
 use crate::time::Micros;
 
 /// What the shell must carry out.
@@ -15,6 +17,24 @@ use crate::time::Micros;
 pub enum Action {
     /// Ask every witness whether it can reach the primary, then feed [`Input::Votes`].
     AskWitnesses,
+    /// Stand for election in `term` (leadership): vote for this server, durably, by the rules
+    /// every member follows, then ask every other member; feed [`Input::Election`]. `primary`:
+    /// this server is a primary seeking to lead.
+    Stand {
+        term: Term,
+        primary: bool,
+    },
+    /// Ask every member, this server included, for the lease of `term`; feed [`Input::Leases`]
+    /// with the time the requests left.
+    RenewLease {
+        term: Term,
+    },
+    /// Stream from `leader` from now on: set `primary_conninfo` (and the check's conninfo) to
+    /// `conninfo` as ALTER SYSTEM does, and reload; feed [`Input::Followed`].
+    Follow {
+        leader: String,
+        conninfo: String,
+    },
     /// Start the promotion sequence: run the pre-promote command, if any, and feed back
     /// [`Promotion::Ready`] or [`Promotion::PreCommandFailed`]. Each step's result comes back as
     /// an [`Input::Promotion`] and the policy names the next step.
@@ -70,6 +90,12 @@ pub struct Local {
     /// A promotion is being carried out elsewhere: by `pg_promoter_promote()` for the worker, by
     /// the worker for a request.
     pub promotion_under_way: bool,
+    /// The lease clock (monotonic, counting suspended time): every lease is counted on it.
+    pub lease_clock: Micros,
+    /// This member's term, from its state file.
+    pub term: Term,
+    /// A random number, fresh for each input: spreads out candidates that tied.
+    pub random: u32,
 }
 
 /// One witness's answer.
@@ -84,8 +110,42 @@ pub struct WitnessAnswer {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Input {
-    /// The worker starts (`pid`); `marker` is the reason a permanent fence left, if any.
-    Start { pid: i32, marker: Option<String> },
+    /// The worker starts (`pid`); `marker` is the reason a permanent fence left, if any;
+    /// `leads`, the term the state file says this server leads.
+    Start {
+        pid: i32,
+        marker: Option<String>,
+        leads: Option<Term>,
+    },
+    /// A primary's round is due (leadership): renew the lease, or stand to lead.
+    Due,
+    /// The members answered this server's candidacy in `term`, as `me`; `error` when it could
+    /// not stand at all.
+    Election {
+        me: String,
+        term: Term,
+        answers: Answers,
+        error: Option<String>,
+    },
+    /// What this member's state says of who leads (on a change): the leader it knows, its own
+    /// name, and whether its upstream (`primary_conninfo`) already is that leader.
+    Leader {
+        leader: Option<String>,
+        me: Option<String>,
+        upstream_is_leader: bool,
+    },
+    /// How re-pointing to a leader went.
+    Followed {
+        leader: String,
+        result: Result<(), String>,
+    },
+    /// The members (this server included) answered a lease round of `term` sent at `sent_at`
+    /// (the lease clock).
+    Leases {
+        term: Term,
+        sent_at: Micros,
+        answers: Answers,
+    },
     /// The configuration was reloaded: the new snapshot.
     Reload(Settings),
     /// The primary's check ended (a standby).
@@ -113,6 +173,12 @@ pub struct Node {
     pub pending: Option<Verdict>,
     /// Each witness's last answer, so a vote is recorded when it changes.
     pub last_votes: Vec<(String, Option<bool>)>,
+    /// Leadership: the term led, the lease, when to stand again.
+    pub leading: leading::State,
+    /// The leader this standby re-pointed to (or is re-pointing to).
+    pub following: Option<String>,
+    /// The leader this member's state named at the last [`Input::Leader`] (`None` before one).
+    pub leader_seen: Option<Option<String>>,
 }
 
 impl Node {
@@ -124,6 +190,9 @@ impl Node {
             primary: primary::State::open(),
             pending: None,
             last_votes: Vec::new(),
+            leading: leading::State::default(),
+            following: None,
+            leader_seen: None,
         }
     }
 }
@@ -135,7 +204,8 @@ pub fn step(node: &Node, input: Input, local: &Local) -> Step {
     let mut actions = Vec::new();
     let now = local.now;
     match input {
-        Input::Start { pid, marker } => {
+        Input::Start { pid, marker, leads } => {
+            next.leading.leads = leads;
             let role = if local.in_recovery { "standby" } else { "primary" };
             let detail = format!(
                 "worker started on a {role} (PID {pid}): {}",
@@ -219,6 +289,85 @@ pub fn step(node: &Node, input: Input, local: &Local) -> Step {
             actions.extend(t.actions);
             events.extend(t.events);
         }
+        Input::Due => {
+            let t = due(node, local);
+            next.leading = t.state;
+            actions.extend(t.actions);
+            events.extend(t.events);
+        }
+        Input::Election {
+            me,
+            term,
+            answers,
+            error,
+        } => election(
+            &mut next,
+            &me,
+            term,
+            &answers,
+            error,
+            local,
+            &mut actions,
+            &mut events,
+        ),
+        Input::Leases {
+            term,
+            sent_at,
+            answers,
+        } => leases(
+            &mut next,
+            term,
+            sent_at,
+            &answers,
+            local,
+            &mut actions,
+            &mut events,
+        ),
+        Input::Leader {
+            leader,
+            me,
+            upstream_is_leader,
+        } => {
+            // A standby follows a leader it learns of, or, when its upstream is down, the leader
+            // it knows; not the one it knew at start while its upstream lives (a cascade stays).
+            let changed = matches!(&node.leader_seen, Some(seen) if *seen != leader);
+            let upstream_down = node.standby.failures >= node.settings.keepalives_count.max(1);
+            next.leader_seen = Some(leader.clone());
+            let target = leader
+                .filter(|l| Some(l) != me.as_ref())
+                .and_then(|l| node.settings.peers.iter().find(|p| p.name == l));
+            match target {
+                Some(peer)
+                    if local.in_recovery
+                        && !upstream_is_leader
+                        && (changed || upstream_down)
+                        && node.following.as_ref() != Some(&peer.name)
+                        && leading::active(&node.settings) =>
+                {
+                    next.following = Some(peer.name.clone());
+                    actions.push(Action::Follow {
+                        leader: peer.name.clone(),
+                        conninfo: peer.conninfo.clone(),
+                    });
+                }
+                _ => {}
+            }
+        }
+        Input::Followed { leader, result } => {
+            let (kind, detail) = match result {
+                Ok(()) => (
+                    EventKind::Following,
+                    format!("following {leader}: primary_conninfo set to its entry in pg_promoter.peers, and reloaded"),
+                ),
+                Err(why) => {
+                    // Tried again at the next input, as if the leader were new.
+                    next.following = None;
+                    next.leader_seen = Some(None);
+                    (EventKind::FollowFailed, format!("could not re-point to {leader}: {why}"))
+                }
+            };
+            events.push(Event::new(now, kind, detail));
+        }
         Input::Promotion(result) => {
             let t = standby::promotion(&node.standby, &result, now, &node.settings);
             next.standby = t.state;
@@ -249,10 +398,195 @@ fn apply_standby(
     events: &mut Vec<Event>,
 ) {
     let facts = standby_facts(node, local, votes);
-    let t = standby::decide(&node.standby, verdict, &facts, &node.settings);
+    let mut t = standby::decide(&node.standby, verdict, &facts, &node.settings);
+    if leading::active(&node.settings) && t.actions.contains(&Action::Promote) {
+        // With leadership, a standby that would promote stands for election first; it
+        // promotes once elected and holding the lease (see `leases`).
+        let term = node.leading.next_term(local.term);
+        t.actions.retain(|a| *a != Action::Promote);
+        t.actions.push(Action::Stand { term, primary: false });
+        t.state.phase = Phase::Electing;
+        let detail = format!(
+            "standing for election in term {term}: asking the other {} members",
+            leading::members(&node.settings) - 1
+        );
+        t.events
+            .push(Event::new(local.now, EventKind::ElectionStarted, detail));
+    }
     node.standby = t.state;
     actions.extend(t.actions);
     events.extend(t.events);
+}
+
+/// A primary's round with leadership: renew the lease of the term it leads, or stand to lead.
+fn due(node: &Node, local: &Local) -> Transition<leading::State> {
+    let l = &node.leading;
+    let mut actions = Vec::new();
+    let mut events = Vec::new();
+    let superseded = matches!(node.primary.fence, Fence::Superseded { .. });
+    if !local.in_recovery && leading::active(&node.settings) && !superseded {
+        if let Some(term) = l.leads {
+            actions.push(Action::RenewLease { term });
+        } else if l.wait_to_stand(local.lease_clock).is_none() {
+            let term = l.next_term(local.term);
+            actions.push(Action::Stand { term, primary: true });
+            let detail = format!("this primary leads no term: standing for election in term {term}");
+            events.push(Event::new(local.now, EventKind::ElectionStarted, detail));
+        }
+    }
+    Transition {
+        state: l.clone(),
+        actions,
+        events,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn election(
+    node: &mut Node,
+    me: &str,
+    term: Term,
+    answers: &Answers,
+    error: Option<String>,
+    local: &Local,
+    actions: &mut Vec<Action>,
+    events: &mut Vec<Event>,
+) {
+    let standing = local.in_recovery && node.standby.phase == Phase::Electing;
+    if let Some(why) = error {
+        let (_, state, _) = leading::elected(
+            &node.leading,
+            &node.settings,
+            me,
+            term,
+            &Vec::new(),
+            (local.lease_clock, local.now, local.random),
+        );
+        node.leading = state;
+        let detail = format!("could not stand in term {term}: {why}");
+        events.push(Event::new(local.now, EventKind::ElectionLost, detail));
+        if standing {
+            node.standby.phase = Phase::Refusing;
+        }
+        return;
+    }
+    let (outcome, state, event) = leading::elected(
+        &node.leading,
+        &node.settings,
+        me,
+        term,
+        answers,
+        (local.lease_clock, local.now, local.random),
+    );
+    node.leading = state;
+    events.push(event);
+    match outcome {
+        // The lease comes before anything else: a standby promotes only once it holds it.
+        Election::Won => actions.push(Action::RenewLease { term }),
+        Election::Superseded { term: newer, leader } => {
+            if standing {
+                node.standby.phase = Phase::Refusing;
+            } else if !local.in_recovery {
+                supersede(node, newer, &leader, local, actions, events);
+            }
+        }
+        Election::Lost | Election::Outranked => {
+            if standing {
+                node.standby.phase = Phase::Refusing;
+            }
+        }
+    }
+}
+
+fn leases(
+    node: &mut Node,
+    term: Term,
+    sent_at: Micros,
+    answers: &Answers,
+    local: &Local,
+    actions: &mut Vec<Action>,
+    events: &mut Vec<Event>,
+) {
+    let r = leading::count_round(
+        &node.leading,
+        &node.settings,
+        term,
+        sent_at,
+        answers,
+        (local.lease_clock, local.now),
+    );
+    node.leading = r.state;
+    events.extend(r.events);
+    let electing = local.in_recovery && node.standby.phase == Phase::Electing;
+    match r.renewal {
+        Renewal::Renewed { .. } if electing => {
+            // Elected and holding the lease (its event says so): promote.
+            actions.push(Action::Promote);
+            node.standby.phase = Phase::Promoting;
+        }
+        Renewal::Renewed { .. } => {
+            if !local.in_recovery && node.primary.fence == Fence::Isolated {
+                let detail = format!("lease of term {term} renewed: fence lifted");
+                events.push(Event::new(local.now, EventKind::Unfenced, detail));
+                actions.push(Action::Unfence);
+                node.primary.fence = Fence::Open;
+            }
+        }
+        Renewal::Short { .. } if electing => {
+            node.leading.leads = None;
+            node.standby.phase = Phase::Refusing;
+        }
+        Renewal::Short { .. } => {
+            let lost = !node.leading.may_commit(local.lease_clock);
+            if !local.in_recovery && lost && node.primary.fence == Fence::Open {
+                let reason = format!(
+                    "no majority of the {} members renewed the lease of term {term}",
+                    leading::members(&node.settings)
+                );
+                events.push(Event::new(local.now, EventKind::Fenced, reason.clone()));
+                actions.push(Action::Fence {
+                    permanent: false,
+                    reason,
+                });
+                node.primary.fence = Fence::Isolated;
+            }
+        }
+        Renewal::Superseded { term: newer, leader } => {
+            if electing {
+                node.standby.phase = Phase::Refusing;
+            } else if !local.in_recovery {
+                supersede(node, newer, &leader, local, actions, events);
+            }
+        }
+    }
+}
+
+/// A member named a leader of a newer term: this primary was failed over from, for good.
+fn supersede(
+    node: &mut Node,
+    term: Term,
+    leader: &str,
+    local: &Local,
+    actions: &mut Vec<Action>,
+    events: &mut Vec<Event>,
+) {
+    if matches!(node.primary.fence, Fence::Superseded { .. }) {
+        return;
+    }
+    let reason = format!(
+        "{leader} leads term {term}, newer than this server's: this server was failed over from; rejoin \
+         it with pg_rewind or a new base backup"
+    );
+    events.push(Event::new(local.now, EventKind::Fenced, reason.clone()));
+    actions.push(Action::Fence {
+        permanent: true,
+        reason,
+    });
+    node.primary.fence = Fence::Superseded {
+        by: leader.to_string(),
+        timeline: 0,
+    };
+    node.leading.leads = None;
 }
 
 fn standby_facts(node: &Node, local: &Local, votes: Option<Votes>) -> standby::Facts {
@@ -266,6 +600,10 @@ fn standby_facts(node: &Node, local: &Local, votes: Option<Votes>) -> standby::F
         votes,
         promoted_by_request: local.promoted_by_request,
         promotion_under_way: local.promotion_under_way,
+        stand_wait: node
+            .leading
+            .wait_to_stand(local.lease_clock)
+            .filter(|_| leading::active(&node.settings)),
     }
 }
 
@@ -711,6 +1049,7 @@ mod tests {
             Input::Start {
                 pid: 5,
                 marker: Some("s1 is a primary on timeline 2".into()),
+                leads: None,
             },
             &primary,
         );
@@ -725,10 +1064,277 @@ mod tests {
             Input::Start {
                 pid: 5,
                 marker: Some("old".into()),
+                leads: None,
             },
             &standby_at(T0),
         );
         assert!(standby.actions.is_empty());
         assert_eq!(kinds(&standby), vec![EventKind::Start]);
+    }
+
+    fn three_members() -> Settings {
+        let m = |n: &str| Member {
+            name: n.into(),
+            conninfo: format!("host={n}"),
+        };
+        Settings {
+            peers: vec![m("p"), m("s1"), m("s2")],
+            ..settings()
+        }
+    }
+
+    fn ok(names: &[&str]) -> Answers {
+        names.iter().map(|n| (n.to_string(), Ok(()))).collect()
+    }
+
+    #[test]
+    fn with_leadership_a_standby_is_elected_then_leased_then_promotes() {
+        let node = Node {
+            settings: three_members(),
+            ..reached()
+        };
+        let mut local = standby_at(T0);
+        local.term = 1;
+        // This member's state file says term 0: it stands in term 1.
+        let steps = run(node, down_then(vec![]));
+        let decided = &steps[2];
+        assert_eq!(
+            decided.actions,
+            vec![Action::Stand {
+                term: 1,
+                primary: false
+            }]
+        );
+        assert_eq!(decided.state.standby.phase, Phase::Electing);
+        assert_eq!(
+            kinds(decided),
+            vec![EventKind::Decided, EventKind::ElectionStarted]
+        );
+
+        local.lease_clock = 50 * SEC;
+        let won = Input::Election {
+            me: "s1".into(),
+            term: 1,
+            answers: ok(&["s2"]),
+            error: None,
+        };
+        let elected = step(&decided.state, won, &local);
+        assert_eq!(elected.actions, vec![Action::RenewLease { term: 1 }]);
+        assert_eq!(
+            elected.state.standby.phase,
+            Phase::Electing,
+            "no promotion before the lease"
+        );
+        let leased = Input::Leases {
+            term: 1,
+            sent_at: 50 * SEC,
+            answers: ok(&["s1", "s2"]),
+        };
+        let promoting = step(&elected.state, leased, &local);
+        assert_eq!(promoting.actions, vec![Action::Promote]);
+        assert_eq!(promoting.state.standby.phase, Phase::Promoting);
+        assert_eq!(promoting.state.leading.leads, Some(1));
+    }
+
+    #[test]
+    fn a_standby_that_loses_waits_before_standing_again_and_says_why() {
+        let node = Node {
+            settings: three_members(),
+            ..reached()
+        };
+        let steps = run(node, down_then(vec![]));
+        let mut local = standby_at(T0 + 3 * SEC);
+        local.lease_clock = 50 * SEC;
+        local.random = 500;
+        let lost = Input::Election {
+            me: "s1".into(),
+            term: 1,
+            answers: vec![("s2".into(), Err(crate::leader::Refusal::SeesPrimary))],
+            error: None,
+        };
+        let after = step(&steps[2].state, lost, &local);
+        assert_eq!(after.state.standby.phase, Phase::Refusing);
+        assert!(after.actions.is_empty());
+        assert_eq!(kinds(&after), vec![EventKind::ElectionLost]);
+        // Within 1.5 s the next check refuses with the reason; after it, it stands again in term 2
+        // (its own vote in term 1 is on disk).
+        local.term = 1;
+        local.lease_clock += SEC;
+        let held = step(&after.state, Input::Checked(refused()), &local);
+        assert!(held.actions.is_empty());
+        assert!(held.events[0]
+            .detail
+            .contains("an election was lost: standing again in 500 ms"));
+        local.lease_clock += SEC;
+        let again = step(&held.state, Input::Checked(refused()), &local);
+        assert_eq!(
+            again.actions,
+            vec![Action::Stand {
+                term: 2,
+                primary: false
+            }]
+        );
+    }
+
+    #[test]
+    fn a_primary_stands_to_lead_then_renews_and_is_fenced_when_its_lease_lapses() {
+        let node = Node::new(three_members(), T0, false);
+        let mut local = primary_at(T0);
+        local.lease_clock = 10 * SEC;
+        let stand = step(&node, Input::Due, &local);
+        assert_eq!(
+            stand.actions,
+            vec![Action::Stand {
+                term: 1,
+                primary: true
+            }]
+        );
+        let won = Input::Election {
+            me: "p".into(),
+            term: 1,
+            answers: ok(&["s1", "s2"]),
+            error: None,
+        };
+        let elected = step(&stand.state, won, &local);
+        assert_eq!(elected.actions, vec![Action::RenewLease { term: 1 }]);
+        let leased = Input::Leases {
+            term: 1,
+            sent_at: 10 * SEC,
+            answers: ok(&["p", "s1"]),
+        };
+        let leading = step(&elected.state, leased, &local);
+        assert!(leading.state.leading.may_commit(11 * SEC));
+        assert_eq!(
+            step(&leading.state, Input::Due, &local).actions,
+            vec![Action::RenewLease { term: 1 }]
+        );
+
+        // Rounds with only its own grant: fenced once the lease has run out (2 s less 1 %).
+        local.lease_clock = 12 * SEC;
+        let short = Input::Leases {
+            term: 1,
+            sent_at: 12 * SEC,
+            answers: ok(&["p"]),
+        };
+        let lapsed = step(&leading.state, short.clone(), &local);
+        assert_eq!(kinds(&lapsed), vec![EventKind::LeaseLost, EventKind::Fenced]);
+        assert!(matches!(
+            lapsed.actions[..],
+            [Action::Fence { permanent: false, .. }]
+        ));
+        let back = Input::Leases {
+            term: 1,
+            sent_at: 12 * SEC,
+            answers: ok(&["p", "s2"]),
+        };
+        let renewed = step(&lapsed.state, back, &local);
+        assert_eq!(renewed.actions, vec![Action::Unfence]);
+        assert_eq!(
+            kinds(&renewed),
+            vec![EventKind::LeaseRenewed, EventKind::Unfenced]
+        );
+    }
+
+    #[test]
+    fn a_primary_told_of_a_newer_leader_is_fenced_for_good() {
+        let node = Node::new(three_members(), T0, false);
+        let start = Input::Start {
+            pid: 1,
+            marker: None,
+            leads: Some(3),
+        };
+        let mut local = primary_at(T0);
+        local.lease_clock = 10 * SEC;
+        let started = step(&node, start, &local);
+        assert_eq!(
+            step(&started.state, Input::Due, &local).actions,
+            vec![Action::RenewLease { term: 3 }]
+        );
+        let newer = crate::leader::Refusal::StaleTerm {
+            current: 4,
+            leader: Some("s1".into()),
+        };
+        let round = Input::Leases {
+            term: 3,
+            sent_at: 10 * SEC,
+            answers: vec![("p".into(), Ok(())), ("s2".into(), Err(newer))],
+        };
+        let fenced = step(&started.state, round, &local);
+        assert!(matches!(
+            fenced.actions[..],
+            [Action::Fence { permanent: true, .. }]
+        ));
+        assert!(matches!(fenced.state.primary.fence, Fence::Superseded { .. }));
+        assert!(
+            step(&fenced.state, Input::Due, &local).actions.is_empty(),
+            "it asks no more"
+        );
+    }
+
+    fn leader(name: &str, upstream_is_leader: bool) -> Input {
+        Input::Leader {
+            leader: Some(name.into()),
+            me: Some("s2".into()),
+            upstream_is_leader,
+        }
+    }
+
+    #[test]
+    fn a_standby_follows_a_new_leader_once_but_keeps_a_live_upstream_it_started_with() {
+        let node = Node {
+            settings: three_members(),
+            ..reached()
+        };
+        let local = standby_at(T0);
+        // At start, the leader it knows is not its upstream (a cascade): it stays.
+        let first = step(&node, leader("p", false), &local);
+        assert!(first.actions.is_empty());
+        // s1 wins: follow it, once.
+        let follow = step(&first.state, leader("s1", false), &local);
+        assert_eq!(
+            follow.actions,
+            vec![Action::Follow {
+                leader: "s1".into(),
+                conninfo: "host=s1".into()
+            }]
+        );
+        assert!(step(&follow.state, leader("s1", false), &local)
+            .actions
+            .is_empty());
+        let done = Input::Followed {
+            leader: "s1".into(),
+            result: Ok(()),
+        };
+        assert_eq!(
+            kinds(&step(&follow.state, done, &local)),
+            vec![EventKind::Following]
+        );
+        // A failure is recorded, and the next input tries again.
+        let failed = Input::Followed {
+            leader: "s1".into(),
+            result: Err("connection refused".into()),
+        };
+        let failed = step(&follow.state, failed, &local);
+        assert_eq!(kinds(&failed), vec![EventKind::FollowFailed]);
+        assert_eq!(step(&failed.state, leader("s1", false), &local).actions.len(), 1);
+        // Already streaming from the leader, or the leader is itself: nothing to do.
+        assert!(step(&first.state, leader("s1", true), &local).actions.is_empty());
+        assert!(step(&first.state, leader("s2", false), &local).actions.is_empty());
+    }
+
+    #[test]
+    fn a_standby_whose_upstream_is_down_follows_the_leader_it_knows() {
+        let node = Node {
+            settings: three_members(),
+            ..reached()
+        };
+        let steps = run(node, down_then(vec![]));
+        let down = &steps[2].state;
+        let first = step(down, leader("p", false), &standby_at(T0));
+        assert!(matches!(first.actions[..], [Action::Follow { .. }]));
+        // Without leadership (two nodes), nothing follows.
+        let mut two = down.clone();
+        two.settings.peers.truncate(2);
+        assert!(step(&two, leader("p", false), &standby_at(T0)).actions.is_empty());
     }
 }

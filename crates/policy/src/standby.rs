@@ -29,6 +29,8 @@ pub struct Facts {
     pub promoted_by_request: bool,
     /// A promotion is being carried out, by the worker or by `pg_promoter_promote()`.
     pub promotion_under_way: bool,
+    /// With leadership, how long an election lost a moment ago still holds standing back.
+    pub stand_wait: Option<Micros>,
 }
 
 /// The witnesses' answers: whether each could reach the primary itself.
@@ -69,6 +71,8 @@ pub enum Phase {
     Suspecting,
     /// The primary is down by the count, but a guard holds the promotion back.
     Refusing,
+    /// Standing for election (leadership): asking the members for their votes, then the lease.
+    Electing,
     /// Promotion requested, waiting for recovery to end.
     Promoting,
     /// This server is a primary.
@@ -83,6 +87,7 @@ impl Phase {
             Phase::Misconfigured => "misconfigured",
             Phase::Suspecting => "suspecting",
             Phase::Refusing => "refusing",
+            Phase::Electing => "electing",
             Phase::Promoting => "promoting",
             Phase::Primary => "primary",
         }
@@ -104,6 +109,8 @@ pub enum Guard {
     UpstreamIsStandby,
     TooMuchLag,
     NoQuorum,
+    /// An election was lost a moment ago: another candidate goes first.
+    StandLater,
 }
 
 impl Guard {
@@ -129,6 +136,10 @@ impl Guard {
                 "estimated data loss {} bytes exceeds pg_promoter.max_lag_on_failover ({} bytes)",
                 estimated_loss(facts.primary_lsn, facts.receive_lsn).unwrap_or(0),
                 settings.max_lag_bytes.unwrap_or(0)
+            ),
+            Guard::StandLater => format!(
+                "an election was lost: standing again in {} ms",
+                to_ms(facts.stand_wait.unwrap_or(0))
             ),
             Guard::NoQuorum => {
                 let votes = facts.votes.unwrap_or(Votes {
@@ -213,8 +224,10 @@ pub fn guards(state: &State, facts: &Facts, settings: &Settings) -> Vec<Guard> {
         (!state.ever_reached, Guard::NeverReached),
         (state.upstream_is_standby, Guard::UpstreamIsStandby),
         (too_much_lag(facts, settings), Guard::TooMuchLag),
+        (facts.stand_wait.is_some(), Guard::StandLater),
         (
             !settings.witnesses.is_empty()
+                && !crate::leading::active(settings)
                 && !facts
                     .votes
                     .is_some_and(|v| has_quorum(settings.witnesses.len(), &v)),
@@ -240,6 +253,7 @@ fn too_much_lag(facts: &Facts, settings: &Settings) -> bool {
 /// complete the count, so a healthy cluster costs the witnesses nothing.
 pub fn needs_votes(state: &State, verdict: &Verdict, settings: &Settings) -> bool {
     !settings.witnesses.is_empty()
+        && !crate::leading::active(settings)
         && matches!(verdict, Verdict::Down(_))
         && state.failures + 1 >= settings.keepalives_count.max(1)
 }

@@ -10,9 +10,21 @@ pub fn sentence(fragment: &str) -> String {
     }
 }
 
+/// An SQL string literal that means `text` whatever `standard_conforming_strings` says (for a
+/// statement that takes no parameters, such as ALTER SYSTEM).
+pub fn literal(text: &str) -> String {
+    format!("E'{}'", text.replace('\\', "\\\\").replace('\'', "''"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn literals_escape_quotes_and_backslashes() {
+        assert_eq!(literal(r"host=a password='x\y'"), r"E'host=a password=''x\\y'''");
+        assert_eq!(literal(""), "E''");
+    }
 
     #[test]
     fn makes_a_sentence() {

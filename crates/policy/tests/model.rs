@@ -18,7 +18,7 @@
 //!   the answers that have arrived by then; answers to another round, or that come later, are
 //!   never counted. Which answers arrived is chosen at the close ([`Arrived`]): the three choices
 //!   give every outcome `renew` can have for some set of them;
-//! - a standby stands whenever it likes ([`Campaign::stand`], its own vote durable at once) and
+//! - a standby stands whenever its own rules let it ([`Campaign::stand`], its own vote durable at once) and
 //!   asks every other member; once the votes that have arrived make a majority
 //!   (`Campaign::count`, `won`), it may count them and lead that term, with no lease until its
 //!   first round;
@@ -196,6 +196,9 @@ fn key(v: &Result<(), Refusal>) -> Key<'_> {
                 )),
             ),
             Refusal::OtherLeader { term, leader } => (7, *term, Some(leader), None),
+            // Never made by the rules the model drives: only by the shell reading answers.
+            Refusal::Remote { code, .. } => (8, 0, Some(code), None),
+            Refusal::Unreachable(why) => (9, 0, Some(why), None),
         },
     }
 }
@@ -486,6 +489,7 @@ impl Leadership {
                 let ballot = Ballot {
                     term,
                     rank: s.rank(from),
+                    primary: false,
                 };
                 let answer = vote(&s.nodes[to].member, &s.standing(to), &ballot, s.clock(to));
                 s.nodes[to].member = answer.member;
@@ -685,7 +689,16 @@ impl Model for Leadership {
         match action {
             Action::Wait(t) => s.now = t,
             Action::Stand(i) => {
-                let (campaign, member) = Campaign::stand(&s.nodes[i].member, NAMES[i], N);
+                // A stand its own rules refuse (a live grant, the quiet period) does not happen.
+                let (campaign, member) = Campaign::stand(
+                    &s.nodes[i].member,
+                    s.nodes[i].member.durable.term + 1,
+                    &s.rank(i),
+                    false,
+                    N,
+                    s.clock(i),
+                )
+                .ok()?;
                 let term = campaign.term;
                 record(&mut s.votes, (i, term, i));
                 s.nodes[i].member = member;

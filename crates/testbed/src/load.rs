@@ -2,9 +2,9 @@
 //! the standbys and tests can tell which commits were acknowledged.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use pgwire::Client;
 
@@ -18,6 +18,9 @@ const COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Writer {
     stop: Arc<AtomicBool>,
     acked: Arc<AtomicU64>,
+    /// For each acknowledged commit, in order: when it was sent and when it was acknowledged,
+    /// on the client's wall clock.
+    times: Arc<Mutex<Vec<(SystemTime, SystemTime)>>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -44,7 +47,8 @@ impl Writer {
         }
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(AtomicU64::new(0));
-        let (s, a, table) = (stop.clone(), acked.clone(), table.to_string());
+        let times = Arc::new(Mutex::new(Vec::new()));
+        let (s, a, t, table) = (stop.clone(), acked.clone(), times.clone(), table.to_string());
         // One string, one implicit transaction: if SET ROLE fails, nothing is inserted, and the
         // whole call is an error. The role is set again each time, as in a fresh session.
         let set_role = role.map(|r| format!("SET ROLE {r}; ")).unwrap_or_default();
@@ -62,7 +66,9 @@ impl Writer {
                     "{set_role}INSERT INTO {table} VALUES ({id}, now()) ON CONFLICT (id) DO UPDATE SET at = now()"
                 );
                 // Ok only once the server has reported the commit done (ReadyForQuery).
+                let sent = SystemTime::now();
                 if client.exec(&sql, COMMIT_TIMEOUT).is_ok() {
+                    t.lock().unwrap().push((sent, SystemTime::now()));
                     a.store(id, Ordering::Relaxed);
                 }
                 next += interval;
@@ -72,8 +78,19 @@ impl Writer {
         Writer {
             stop,
             acked,
+            times,
             thread: Some(thread),
         }
+    }
+
+    /// When the first acknowledged commit was sent: it committed after this instant.
+    pub fn first_sent(&self) -> Option<SystemTime> {
+        self.times.lock().unwrap().first().map(|(sent, _)| *sent)
+    }
+
+    /// When the last commit was acknowledged: it committed before this instant.
+    pub fn last_acked(&self) -> Option<SystemTime> {
+        self.times.lock().unwrap().last().map(|(_, acked)| *acked)
     }
 
     /// Commits acknowledged so far (their ids are 1..=acked).

@@ -1,0 +1,222 @@
+//! Leadership with three nodes and more: a primary and standbys with the same `peers` list elect
+//! one leader, which alone takes ordinary commits, and the other standbys follow it.
+
+mod common;
+
+use std::thread;
+use std::time::Duration;
+
+use common::*;
+use testbed::{wait_until, Net, Node, Writer};
+
+/// A primary and `standbys` standbys streaming from it, 200 ms x 3, with one `peers` list
+/// naming them `p`, `s1`, `s2`, ... (and the witness, if any); on loopback, or each on its own
+/// simulated host of `net`. Returns once the primary leads and takes ordinary commits from role
+/// `app`.
+fn cluster(name: &str, standbys: usize, witness: Option<&Node>, net: Option<&Net>) -> Vec<Node> {
+    let primary = match net {
+        Some(net) => Node::primary_on(&net.host("p"), &format!("{name}-p"), FAST),
+        None => Node::primary(&format!("{name}-p"), FAST),
+    };
+    primary.query("CREATE EXTENSION pg_promoter; CREATE ROLE app LOGIN");
+    let mut nodes = vec![primary];
+    for i in 1..=standbys {
+        let label = format!("{name}-s{i}");
+        let standby = match net {
+            Some(net) => Node::standby_on(&net.host(&format!("s{i}")), &label, &nodes[0], FAST),
+            None => Node::standby(&label, &nodes[0], nodes[0].port(), FAST),
+        };
+        nodes.push(standby);
+    }
+    let mut entries: Vec<String> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let label = if i == 0 { "p".to_string() } else { format!("s{i}") };
+            format!("{label}: {}", n.conninfo())
+        })
+        .collect();
+    entries.sort();
+    let mut lines = vec![format!("pg_promoter.peers = '{}'", entries.join("; "))];
+    if let Some(w) = witness {
+        lines.push(format!("pg_promoter.witness_conninfo = 'w: {}'", w.conninfo()));
+    }
+    for node in &nodes {
+        for line in &lines {
+            node.append_conf(line);
+        }
+        node.reload();
+    }
+    wait_until("the primary leads", LONG, || {
+        status(&nodes[0], "leader") == "p" && status(&nodes[0], "fenced") == "f"
+    });
+    nodes[0].query("CREATE TABLE t (id int PRIMARY KEY); GRANT ALL ON t TO app");
+    wait_until("an ordinary commit succeeds on the primary", LONG, || {
+        psql_as(&nodes[0], "app", "INSERT INTO t VALUES (0)").is_ok()
+    });
+    for s in &nodes[1..] {
+        let watching = testbed::try_wait_until(LONG, || state(s) == "watching");
+        assert!(
+            watching.is_some(),
+            "{} does not watch: state {}; events:\n{:#?}\nlog:\n{}",
+            s.name(),
+            state(s),
+            events(s),
+            s.log_tail(30)
+        );
+    }
+    nodes
+}
+
+/// A witness: a small server with the library preloaded and the extension created.
+fn witness(name: &str) -> Node {
+    let w = Node::primary(&format!("{name}-w"), FAST);
+    w.query("CREATE EXTENSION pg_promoter");
+    w
+}
+
+fn count(node: &Node) -> Option<i64> {
+    node.psql("SELECT count(*) FROM t").ok()?.parse().ok()
+}
+
+fn promoted(nodes: &[Node]) -> Vec<usize> {
+    (0..nodes.len())
+        .filter(|&i| nodes[i].in_recovery() == Some(false))
+        .collect()
+}
+
+/// Kills the primary, then checks: one standby promotes, the others follow it and end with
+/// every row the winner has.
+fn kill_the_primary_and_check(nodes: &[Node], phase: Duration) {
+    for i in 1..=20 {
+        psql_as(&nodes[0], "app", &format!("INSERT INTO t VALUES ({i})")).expect("ordinary insert");
+    }
+    // A random moment against the workers' schedules.
+    thread::sleep(phase);
+    nodes[0].kill9();
+    let standbys = &nodes[1..];
+    wait_until("a standby is promoted", LONG, || !promoted(standbys).is_empty());
+    let winner = promoted(standbys)[0];
+    let w = &standbys[winner];
+    wait_until("the winner takes ordinary commits", LONG, || {
+        psql_as(w, "app", "INSERT INTO t VALUES (100)").is_ok()
+    });
+    for i in 101..=110 {
+        psql_as(w, "app", &format!("INSERT INTO t VALUES ({i})")).expect("insert on the winner");
+    }
+    let rows = count(w).expect("the winner answers");
+    for (i, s) in standbys.iter().enumerate().filter(|(i, _)| *i != winner) {
+        wait_until("a loser follows the winner and has every row", LONG, || {
+            count(s) == Some(rows)
+        });
+        assert_eq!(s.in_recovery(), Some(true), "standby {i} stays a standby");
+        assert!(has_event(s, "following", "following"), "{:#?}", events(s));
+    }
+    // Still only one: the losers never promoted meanwhile.
+    assert_eq!(
+        promoted(standbys),
+        vec![winner],
+        "{:#?}",
+        standbys.iter().map(events).collect::<Vec<_>>()
+    );
+    assert!(
+        has_event(w, "elected", "elected leader of term"),
+        "{:#?}",
+        events(w)
+    );
+}
+
+#[test]
+fn three_nodes_one_standby_wins_and_the_other_follows_ten_times() {
+    for run in 0..10u64 {
+        let nodes = cluster(&format!("el3-{run}"), 2, None, None);
+        // Phases spread over a check interval and more (200 ms x 3 settings).
+        let phase = Duration::from_millis((run * 137) % 600);
+        kill_the_primary_and_check(&nodes, phase);
+    }
+}
+
+#[test]
+fn five_members_one_winner_and_every_other_standby_follows() {
+    let w = witness("el5");
+    let nodes = cluster("el5", 3, Some(&w), None);
+    kill_the_primary_and_check(&nodes, Duration::from_millis(250));
+}
+
+#[test]
+fn a_standby_cut_alone_from_the_primary_does_not_promote() {
+    let net = Net::new("elcut");
+    let nodes = cluster("el-cut", 2, None, Some(&net));
+    let (p, s1, s2) = (&nodes[0], &nodes[1], &nodes[2]);
+    let writer = Writer::start_as(p, "app", "load", Duration::from_millis(50));
+    wait_until("ordinary commits flow", LONG, || writer.acked() > 5);
+    net.cut(s1.host().unwrap(), p.host().unwrap());
+    wait_until("s1 stands and loses", LONG, || {
+        has_event(s1, "election_lost", "lost")
+    });
+    // s2 still sees the primary, and granted it the lease that holds.
+    assert!(
+        has_event(s2, "vote_refused", "to s1 in term"),
+        "s2: {:#?}\ns1: {:#?}",
+        events(s2),
+        events(s1)
+    );
+    assert_stays_standby(s1, Duration::from_secs(3));
+    let before = writer.acked();
+    thread::sleep(Duration::from_secs(1));
+    assert!(
+        writer.acked() > before,
+        "the primary takes ordinary commits throughout"
+    );
+    assert_eq!(status(p, "fenced"), "f");
+    assert!(writer.stop() > 20);
+    assert_eq!(s2.in_recovery(), Some(true));
+}
+
+#[test]
+fn a_frozen_primary_commits_nothing_after_its_lease_even_what_was_in_flight() {
+    let nodes = cluster("el-frz", 2, None, None);
+    let p = &nodes[0];
+    // A transaction opened before the freeze, committed after it.
+    let conninfo = format!("{} user=app", p.conninfo());
+    let mut open = std::process::Command::new(testbed::bindir().join("psql"))
+        .args([conninfo.as_str(), "-X", "-At", "-v", "ON_ERROR_STOP=1"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("psql runs");
+    {
+        use std::io::Write;
+        let stdin = open.stdin.as_mut().unwrap();
+        writeln!(stdin, "BEGIN; INSERT INTO t VALUES (999);").unwrap();
+        stdin.flush().unwrap();
+    }
+    wait_until("the transaction is open", LONG, || {
+        p.query(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' AND state = 'idle in transaction'",
+        ) == "1"
+    });
+    p.freeze();
+    wait_until("a standby is promoted", LONG, || {
+        !promoted(&nodes[1..]).is_empty()
+    });
+    p.thaw();
+    {
+        use std::io::Write;
+        let stdin = open.stdin.as_mut().unwrap();
+        writeln!(stdin, "COMMIT;").unwrap();
+    }
+    drop(open.stdin.take());
+    let out = open.wait_with_output().expect("psql ends");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot commit: this server holds no valid pg_promoter lease")
+            || err.contains("this server is fenced by pg_promoter"),
+        "the commit in flight went through: {err}"
+    );
+    wait_until("the old primary answers again", LONG, || {
+        p.psql("SELECT 1").is_ok()
+    });
+    assert_eq!(p.query("SELECT count(*) FROM t WHERE id = 999"), "0");
+}
