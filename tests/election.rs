@@ -137,6 +137,32 @@ fn three_nodes_one_standby_wins_and_the_other_follows_ten_times() {
 }
 
 #[test]
+fn the_most_advanced_standby_wins_and_the_other_catches_up_from_it() {
+    let nodes = cluster("el-adv", 2, None, None);
+    let (p, s1, s2) = (&nodes[0], &nodes[1], &nodes[2]);
+    // s2 stops receiving WAL (its check still watches the primary directly).
+    s2.append_conf(&format!("pg_promoter.primary_conninfo = '{}'", p.conninfo()));
+    s2.query("ALTER SYSTEM SET primary_conninfo = ''");
+    s2.reload();
+    wait_until("s2's WAL receiver stops", LONG, || {
+        s2.psql("SELECT count(*) FROM pg_stat_wal_receiver").as_deref() == Ok("0")
+    });
+    for i in 1..=50 {
+        psql_as(p, "app", &format!("INSERT INTO t VALUES ({i})")).expect("ordinary insert");
+    }
+    let rows = count(p).unwrap();
+    wait_until("s1 has every row", LONG, || count(s1) == Some(rows));
+    assert!(count(s2).unwrap() < rows, "s2 is behind");
+    p.kill9();
+    wait_promoted(s1);
+    wait_until("s2 follows s1 and catches up", LONG, || count(s2) == Some(rows));
+    psql_as(s1, "app", "INSERT INTO t VALUES (1000)").expect("an ordinary commit on s1");
+    wait_until("s2 streams from s1", LONG, || count(s2) == Some(rows + 1));
+    assert_eq!(s2.in_recovery(), Some(true));
+    assert!(has_event(s2, "following", "following s1"), "{:#?}", events(s2));
+}
+
+#[test]
 fn five_members_one_winner_and_every_other_standby_follows() {
     let w = witness("el5");
     let nodes = cluster("el5", 3, Some(&w), None);
@@ -192,28 +218,37 @@ fn a_frozen_primary_commits_nothing_after_its_lease_even_what_was_in_flight() {
         writeln!(stdin, "BEGIN; INSERT INTO t VALUES (999);").unwrap();
         stdin.flush().unwrap();
     }
-    wait_until("the transaction is open", LONG, || {
-        p.query(
-            "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' AND state = 'idle in transaction'",
-        ) == "1"
-    });
+    let backend = || {
+        p.query("SELECT pid FROM pg_stat_activity WHERE usename = 'app' AND state = 'idle in transaction'")
+    };
+    wait_until("the transaction is open", LONG, || !backend().is_empty());
+    let pid = backend();
     p.freeze();
     wait_until("a standby is promoted", LONG, || {
         !promoted(&nodes[1..]).is_empty()
     });
-    p.thaw();
+    // The COMMIT waits in the socket for the backend.
     {
         use std::io::Write;
         let stdin = open.stdin.as_mut().unwrap();
         writeln!(stdin, "COMMIT;").unwrap();
+        stdin.flush().unwrap();
     }
+    // The backend runs first: whatever its worker would do once it runs again cannot come first.
+    thread::sleep(Duration::from_millis(300));
+    assert!(std::process::Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    thread::sleep(Duration::from_millis(500));
+    p.thaw();
     drop(open.stdin.take());
     let out = open.wait_with_output().expect("psql ends");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("cannot commit: this server holds no valid pg_promoter lease")
-            || err.contains("this server is fenced by pg_promoter"),
-        "the commit in flight went through: {err}"
+        err.contains("cannot commit: this server holds no valid pg_promoter lease"),
+        "the commit in flight did not meet the lease check: {err}"
     );
     wait_until("the old primary answers again", LONG, || {
         p.psql("SELECT 1").is_ok()

@@ -117,16 +117,23 @@ fn a_primary_cut_from_everyone_stops_committing_before_the_new_leader_starts() {
     let err = psql_as(&c.primary, "app", "SELECT 1").unwrap_err();
     assert!(err.contains("this server is fenced by pg_promoter"), "{err}");
 
-    // The network heals: the old primary learns of the newer term and stays fenced for good.
-    c.net.heal_all();
+    // A partial heal, towards the witness only: the witness took the newer term, so it refuses
+    // the old leader and tells it who leads; the old primary stays fenced, now for good.
+    let (hp, hw) = (c.primary.host().unwrap(), c.witness.host().unwrap());
+    c.net.heal(hp, hw);
     wait_until("the fence becomes permanent", LONG, || {
         status(&c.primary, "fence_reason").contains("s leads term")
     });
     assert!(psql_as(&c.primary, "app", "SELECT 1").is_err());
+    c.net.heal_all();
+    thread::sleep(Duration::from_secs(1));
+    assert!(psql_as(&c.primary, "app", "SELECT 1").is_err());
+    assert_eq!(status(&c.primary, "fenced"), "t");
 }
 
 #[test]
-fn an_isolated_primary_ends_ordinary_sessions_and_unfences_when_the_majority_is_back() {
+fn an_isolated_primary_ends_ordinary_sessions_unfences_when_the_majority_is_back_and_stays_closed_across_a_crash(
+) {
     let c = cluster("part-u");
     // The standby is told not to promote: the cut is a blip the primary must survive.
     c.standby.append_conf("pg_promoter.enabled = off");
@@ -161,6 +168,40 @@ fn an_isolated_primary_ends_ordinary_sessions_and_unfences_when_the_majority_is_
     });
     // A majority renewing the lease lifts the fence.
     assert!(has_event(&c.primary, "unfenced", "renewed: fence lifted"));
+    assert_eq!(psql_as(&c.primary, "app", "SELECT 1").as_deref(), Ok("1"));
+
+    // Cut again, then kill -9 of the worker: the postmaster restarts the whole server (a crash),
+    // and the fence holds across it: with no lease, no ordinary commit.
+    c.net.isolate(c.primary.host().unwrap());
+    wait_until("the primary fences itself again", LONG, || {
+        status(&c.primary, "fenced") == "t"
+    });
+    let pid = status(&c.primary, "worker_pid");
+    assert!(std::process::Command::new("kill")
+        .args(["-KILL", &pid])
+        .status()
+        .unwrap()
+        .success());
+    wait_until("a new worker runs", LONG, || {
+        let now = status(&c.primary, "worker_pid");
+        !now.is_empty() && now != pid
+    });
+    for _ in 0..5 {
+        let insert = psql_as(&c.primary, "app", "CREATE TEMP TABLE x AS SELECT 1");
+        assert!(
+            insert.is_err(),
+            "an ordinary commit after the restart: {insert:?}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+
+    // The network heals: a majority renews the lease, ordinary commits resume.
+    c.net.heal_all();
+    wait_until("ordinary commits resume after the restart", LONG, || {
+        psql_as(&c.primary, "app", "CREATE TEMP TABLE x AS SELECT 1").is_ok()
+    });
+    assert!(has_event(&c.primary, "lease_renewed", "granted by"));
+    assert_eq!(status(&c.primary, "fenced"), "f");
     assert_eq!(psql_as(&c.primary, "app", "SELECT 1").as_deref(), Ok("1"));
     assert_eq!(c.standby.in_recovery(), Some(true));
 }

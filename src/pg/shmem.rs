@@ -190,8 +190,8 @@ pub static CHECKED: PgAtomic<AtomicBool> = unsafe { PgAtomic::new(c"pg_promoter_
 
 /// Until when (the lease clock) this primary's lease lets it take ordinary commits, with
 /// leadership: read by every commit, written by the worker at each step; `i64::MAX` without
-/// leadership or on a standby. Before a worker's first round after a start, the startup hold
-/// keeps ordinary sessions out.
+/// leadership or on a standby. It starts closed when the configuration read at start has
+/// leadership.
 // SAFETY: the name is ours alone.
 pub static LEASE_UNTIL: PgAtomic<AtomicI64> = unsafe { PgAtomic::new(c"pg_promoter_lease_until") };
 
@@ -204,8 +204,18 @@ pub fn init() {
     pg_shmem_init!(MEMBER = MemberShared::new());
     pg_shmem_init!(FENCED = AtomicBool::new(false));
     pg_shmem_init!(CHECKED = AtomicBool::new(false));
-    pg_shmem_init!(LEASE_UNTIL = AtomicI64::new(i64::MAX));
+    pg_shmem_init!(LEASE_UNTIL = AtomicI64::new(first_lease_until()));
     AVAILABLE.store(true, Ordering::Relaxed);
+}
+
+/// With leadership configured (as the postmaster reads it when shared memory is made, after a
+/// crash too), no ordinary commit before the worker holds a lease.
+fn first_lease_until() -> i64 {
+    if policy::leading::active(&super::guc::snapshot()) {
+        i64::MIN
+    } else {
+        i64::MAX
+    }
 }
 
 /// Raises the error every SQL function gives when the library was not preloaded.

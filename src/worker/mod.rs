@@ -100,6 +100,11 @@ impl Worker {
         if let Err(e) = member::load(&settings) {
             warning!("pg_promoter: {e}");
         }
+        if policy::leading::active(&settings) && !local::in_recovery() {
+            // A restarted leader finds its name first, to renew the term it leads rather than
+            // stand again. Interrupted by a shutdown, the loop's top ends the worker.
+            let _ = leadership::find_name(&mut worker.pool, &settings, &stop_requested);
+        }
         worker.feed(Input::Start {
             pid,
             marker: fence::read_marker(),

@@ -41,6 +41,10 @@ pub struct State {
     pub stand_after: Option<Micros>,
     /// The highest term a member named in a refusal: the next stand goes above it.
     pub seen_term: Term,
+    /// A lease was held since the worker started (a primary that never held one is not fenced
+    /// for the lack of it: its commits wait at the pre-commit check, and a starting cluster or a
+    /// restarted worker is not shut down by `fence_action = shutdown`).
+    pub held: bool,
 }
 
 impl State {
@@ -218,6 +222,7 @@ pub fn count_round(
         Renewal::Renewed { until } => {
             s.leads = Some(term);
             s.valid_until = next.valid_until;
+            s.held = true;
             if !s.renewed {
                 let detail = format!(
                     "lease of term {term} granted by {} of {n} members ({}), valid for {} ms",

@@ -464,10 +464,11 @@ fn election(
         );
         node.leading = state;
         let detail = format!("could not stand in term {term}: {why}");
-        events.push(Event::new(local.now, EventKind::ElectionLost, detail));
+        events.push(Event::new(local.now, EventKind::ElectionLost, detail.clone()));
         if standing {
             node.standby.phase = Phase::Refusing;
         }
+        fence_without_lease(node, &detail, local, actions, events);
         return;
     }
     let (outcome, state, event) = leading::elected(
@@ -479,6 +480,7 @@ fn election(
         (local.lease_clock, local.now, local.random),
     );
     node.leading = state;
+    let lost = event.detail.clone();
     events.push(event);
     match outcome {
         // The lease comes before anything else: a standby promotes only once it holds it.
@@ -494,8 +496,32 @@ fn election(
             if standing {
                 node.standby.phase = Phase::Refusing;
             }
+            fence_without_lease(node, &lost, local, actions, events);
         }
     }
+}
+
+/// A primary that held a lease and holds none now (it lapsed, or a new one could not be won)
+/// cannot take ordinary commits: it fences itself until a lease is renewed, so its clients hear
+/// why at once.
+fn fence_without_lease(
+    node: &mut Node,
+    why: &str,
+    local: &Local,
+    actions: &mut Vec<Action>,
+    events: &mut Vec<Event>,
+) {
+    let l = &node.leading;
+    if local.in_recovery || node.primary.fence != Fence::Open || !l.held || l.may_commit(local.lease_clock) {
+        return;
+    }
+    let reason = format!("this primary holds no lease: {why}");
+    events.push(Event::new(local.now, EventKind::Fenced, reason.clone()));
+    actions.push(Action::Fence {
+        permanent: false,
+        reason,
+    });
+    node.primary.fence = Fence::Isolated;
 }
 
 fn leases(
@@ -537,19 +563,11 @@ fn leases(
             node.standby.phase = Phase::Refusing;
         }
         Renewal::Short { .. } => {
-            let lost = !node.leading.may_commit(local.lease_clock);
-            if !local.in_recovery && lost && node.primary.fence == Fence::Open {
-                let reason = format!(
-                    "no majority of the {} members renewed the lease of term {term}",
-                    leading::members(&node.settings)
-                );
-                events.push(Event::new(local.now, EventKind::Fenced, reason.clone()));
-                actions.push(Action::Fence {
-                    permanent: false,
-                    reason,
-                });
-                node.primary.fence = Fence::Isolated;
-            }
+            let why = format!(
+                "no majority of the {} members renewed the lease of term {term}",
+                leading::members(&node.settings)
+            );
+            fence_without_lease(node, &why, local, actions, events);
         }
         Renewal::Superseded { term: newer, leader } => {
             if electing {
