@@ -102,6 +102,7 @@ fn pg_promoter_status() -> TableIterator<
     let fenced = shmem::FENCED.get().load(std::sync::atomic::Ordering::Acquire);
     let state = match (running, fenced) {
         (_, true) => "fenced",
+        (true, false) if st.needs_rewind && local.in_recovery => "needs_rewind",
         (true, false) => st.phase.as_str(),
         (false, false) => "stopped",
     };

@@ -100,3 +100,47 @@ fn at_default_settings_a_retrying_wal_receiver_does_not_hold_the_promotion_back(
     wait_promoted(&standby);
     assert!(has_event(&standby, "decided", "consecutive failed checks"));
 }
+
+#[test]
+fn an_old_primary_restarted_as_a_standby_past_the_fork_reports_needs_rewind_with_the_command() {
+    let (primary, standby) = pair("rewind", FAST, None);
+    // The standby stops receiving (its check still watches the primary), and the primary writes
+    // on: what it writes now is past the point where the standby's new timeline will fork.
+    standby.append_conf(&format!(
+        "pg_promoter.primary_conninfo = '{}'",
+        primary.conninfo()
+    ));
+    standby.query("ALTER SYSTEM SET primary_conninfo = ''");
+    standby.reload();
+    wait_until("the standby's WAL receiver stops", LONG, || {
+        standby
+            .psql("SELECT count(*) FROM pg_stat_wal_receiver")
+            .as_deref()
+            == Ok("0")
+    });
+    primary.query("CREATE TABLE after_fork AS SELECT generate_series(1, 1000) AS x");
+    assert_eq!(standby.query("SELECT pg_promote()"), "t");
+    // The old primary comes back as a standby of the new one, without pg_rewind.
+    primary.stop_fast();
+    std::fs::write(primary.data_dir().join("standby.signal"), "").unwrap();
+    primary.append_conf(&format!("primary_conninfo = '{}'", standby.conninfo()));
+    primary.start();
+    wait_until("the old primary reports needs_rewind", LONG, || {
+        state(&primary) == "needs_rewind"
+    });
+    let detail = events(&primary)
+        .into_iter()
+        .find(|(e, _)| e == "needs_rewind")
+        .map(|(_, d)| d)
+        .expect("a needs_rewind event");
+    assert!(
+        detail.contains("where the primary's timeline 2 forked off it"),
+        "{detail}"
+    );
+    let data_dir = primary.data_dir().display().to_string();
+    assert!(
+        detail.contains(&format!("pg_rewind --target-pgdata='{data_dir}'")),
+        "{detail}"
+    );
+    assert_eq!(primary.in_recovery(), Some(true));
+}

@@ -37,6 +37,12 @@ pub fn facts(flags: &super::shmem::Flags, promotion_under_way: bool) -> policy::
         lease_clock: lease_clock(),
         term: super::shmem::MEMBER.share().term,
         random: random(),
+        replay_timeline: if local.in_recovery {
+            replay_timeline()
+        } else {
+            None
+        },
+        replay_lsn: local.replay_lsn,
     }
 }
 

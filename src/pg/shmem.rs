@@ -32,6 +32,8 @@ pub struct Status {
     pub promoted_at: Option<i64>,
     /// The conninfo the worker checks with, password masked.
     pub conninfo: FixedText<512>,
+    /// This standby cannot follow its primary's timeline without pg_rewind.
+    pub needs_rewind: bool,
 }
 
 /// The settings the worker runs with, as it last published them: what the status reports, and
@@ -116,6 +118,7 @@ impl Status {
             primary_lsn: None,
             promoted_at: None,
             conninfo: FixedText::empty(),
+            needs_rewind: false,
         }
     }
 }

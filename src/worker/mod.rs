@@ -24,6 +24,9 @@ use crate::pg::{guc, local, shmem, this_process};
 mod primary;
 mod standby;
 
+/// A primary's timeline history (`pg_read_file` needs superuser or pg_read_server_files).
+const HISTORY: &std::ffi::CStr = c"SELECT pg_catalog.pg_read_file($1)";
+
 /// The postmaster restarts a crashed worker after this long (never the whole server).
 const RESTART_AFTER: Duration = Duration::from_secs(5);
 
@@ -283,6 +286,29 @@ impl Worker {
                     .stand(&self.node.settings, term, primary, &stop_requested)
                     .map(Some)
             }
+            Action::ReadHistory { timeline } => {
+                let settings = &self.node.settings;
+                let text = match &self.params {
+                    Ok(params) => {
+                        let file = format!("pg_wal/{timeline:08X}.history");
+                        let deadline = Instant::now() + settings.check_timeout;
+                        match probe::ask(params, HISTORY, &[&file], deadline, &stop_requested)? {
+                            Ok(rows) => Ok(rows
+                                .first()
+                                .and_then(|r| r.first().cloned().flatten())
+                                .unwrap_or_default()),
+                            Err(outcome) => Err(probe::reason(&outcome)),
+                        }
+                    }
+                    Err(why) => Err(why.clone()),
+                };
+                Ok(Some(Input::History {
+                    timeline,
+                    text,
+                    data_dir: local::data_dir(),
+                    source: policy::conninfo::mask_password(&settings.primary_conninfo),
+                }))
+            }
             Action::Follow { leader, conninfo } => {
                 let result = crate::act::follow::follow(
                     &mut self.pool,
@@ -368,6 +394,7 @@ impl Worker {
             s.status.failures = st.failures;
             s.status.ever_reached = st.ever_reached;
             s.status.primary_lsn = st.primary_lsn;
+            s.status.needs_rewind = st.needs_rewind.is_some();
             if let Some(e) = &st.last_error {
                 s.status.last_error = FixedText::new(e);
             }

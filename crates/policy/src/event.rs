@@ -53,6 +53,7 @@ kinds! {
     LeaseLost = "lease_lost",
     Following = "following",
     FollowFailed = "follow_failed",
+    NeedsRewind = "needs_rewind",
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

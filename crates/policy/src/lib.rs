@@ -16,6 +16,7 @@ pub mod lsn;
 pub mod machine;
 pub mod members;
 pub mod primary;
+pub mod rewind;
 pub mod ring;
 pub mod schedule;
 pub mod settings;

@@ -29,6 +29,11 @@ pub enum Action {
     RenewLease {
         term: Term,
     },
+    /// Read the primary's history of `timeline` (its `<tli>.history` file); feed
+    /// [`Input::History`].
+    ReadHistory {
+        timeline: u32,
+    },
     /// Stream from `leader` from now on: set `primary_conninfo` (and the check's conninfo) to
     /// `conninfo` as ALTER SYSTEM does, and reload; feed [`Input::Followed`].
     Follow {
@@ -96,6 +101,9 @@ pub struct Local {
     pub term: Term,
     /// A random number, fresh for each input: spreads out candidates that tied.
     pub random: u32,
+    /// The timeline this standby replays, and how far.
+    pub replay_timeline: Option<u32>,
+    pub replay_lsn: Option<u64>,
 }
 
 /// One witness's answer.
@@ -133,6 +141,15 @@ pub enum Input {
         leader: Option<String>,
         me: Option<String>,
         upstream_is_leader: bool,
+    },
+    /// The primary's history of `timeline` as read (or why it could not be), with what the
+    /// rejoin command needs: this server's data directory and the primary's conninfo (password
+    /// masked).
+    History {
+        timeline: u32,
+        text: Result<String, String>,
+        data_dir: String,
+        source: String,
     },
     /// How re-pointing to a leader went.
     Followed {
@@ -179,6 +196,8 @@ pub struct Node {
     pub following: Option<String>,
     /// The leader this member's state named at the last [`Input::Leader`] (`None` before one).
     pub leader_seen: Option<Option<String>>,
+    /// The primary timeline whose history was asked for last.
+    pub history_asked: Option<u32>,
 }
 
 impl Node {
@@ -193,6 +212,7 @@ impl Node {
             leading: leading::State::default(),
             following: None,
             leader_seen: None,
+            history_asked: None,
         }
     }
 }
@@ -230,10 +250,30 @@ pub fn step(node: &Node, input: Input, local: &Local) -> Step {
             next.settings = settings;
         }
         Input::Checked(outcome) => {
-            if let Outcome::Answered { in_recovery, lsn, .. } = outcome {
+            if let Outcome::Answered {
+                in_recovery,
+                lsn,
+                timeline,
+                ..
+            } = outcome
+            {
                 next.standby.upstream_is_standby = in_recovery;
                 if lsn.is_some() {
                     next.standby.primary_lsn = lsn;
+                }
+                let ahead =
+                    timeline.filter(|t| !in_recovery && local.replay_timeline.is_some_and(|mine| *t > mine));
+                match ahead {
+                    // A newer timeline upstream: can this standby follow it?
+                    Some(t) if node.history_asked != Some(t) && local.in_recovery => {
+                        next.history_asked = Some(t);
+                        actions.push(Action::ReadHistory { timeline: t });
+                    }
+                    Some(_) => {}
+                    None => {
+                        next.history_asked = None;
+                        next.standby.needs_rewind = None;
+                    }
                 }
             }
             let verdict = classify(&outcome);
@@ -353,6 +393,34 @@ pub fn step(node: &Node, input: Input, local: &Local) -> Step {
                 _ => {}
             }
         }
+        Input::History {
+            timeline,
+            text,
+            data_dir,
+            source,
+        } => match text {
+            Ok(history) => {
+                let position = local.replay_lsn.unwrap_or(0);
+                let mine = local.replay_timeline.unwrap_or(0);
+                let why = crate::rewind::diverged(&history, mine, position, timeline);
+                if let Some(why) = &why {
+                    if next.standby.needs_rewind.as_ref() != Some(why) {
+                        let command = crate::rewind::command(&data_dir, &source);
+                        let detail = format!("{why}: it cannot follow; rejoin it with: {command}");
+                        events.push(Event::new(now, EventKind::NeedsRewind, detail));
+                    }
+                }
+                next.standby.needs_rewind = why;
+            }
+            Err(why) => {
+                // Recorded once for this timeline: the check's role may lack the right to read it.
+                let detail = format!(
+                    "could not read the primary's history of timeline {timeline}, so whether this standby \
+                     needs pg_rewind is not known: {why}"
+                );
+                events.push(Event::new(now, EventKind::Misconfigured, detail));
+            }
+        },
         Input::Followed { leader, result } => {
             let (kind, detail) = match result {
                 Ok(()) => (
@@ -1354,5 +1422,57 @@ mod tests {
         let mut two = down.clone();
         two.settings.peers.truncate(2);
         assert!(step(&two, leader("p", false), &standby_at(T0)).actions.is_empty());
+    }
+
+    #[test]
+    fn a_standby_past_the_fork_of_its_primarys_new_timeline_needs_rewind_and_does_not_promote() {
+        let node = reached();
+        let mut local = standby_at(T0);
+        local.replay_timeline = Some(1);
+        local.replay_lsn = Some(0x3000200);
+        let newer = Outcome::Answered {
+            in_recovery: false,
+            lsn: Some(0x6000000),
+            timeline: Some(2),
+            started: Some(7),
+        };
+        let asked = step(&node, Input::Checked(newer.clone()), &local);
+        assert_eq!(asked.actions, vec![Action::ReadHistory { timeline: 2 }]);
+        assert!(
+            step(&asked.state, Input::Checked(newer), &local)
+                .actions
+                .is_empty(),
+            "asked once"
+        );
+        let history = |text: &str| Input::History {
+            timeline: 2,
+            text: Ok(text.into()),
+            data_dir: "/d".into(),
+            source: "host=s1".into(),
+        };
+        let behind = step(
+            &asked.state,
+            history("1\t0/4000000\tno recovery target specified\n"),
+            &local,
+        );
+        assert!(behind.events.is_empty());
+        assert_eq!(behind.state.standby.needs_rewind, None);
+        let past = step(
+            &asked.state,
+            history("1\t0/3000148\tno recovery target specified\n"),
+            &local,
+        );
+        assert_eq!(kinds(&past), vec![EventKind::NeedsRewind]);
+        assert!(past.events[0]
+            .detail
+            .contains("pg_rewind --target-pgdata='/d' --source-server='host=s1'"));
+        assert!(past.state.standby.needs_rewind.is_some());
+        // The primary dies: this standby's data diverged, it does not promote.
+        let mut node = past.state;
+        for i in 0..3 {
+            node = step(&node, Input::Checked(refused()), &standby_at(T0 + (i + 1) * SEC)).state;
+        }
+        assert_eq!(node.standby.phase, Phase::Refusing);
+        assert!(node.standby.refused_by.contains(&standby::Guard::NeedsRewind));
     }
 }

@@ -4,7 +4,7 @@ use crate::event::{Event, EventKind};
 use crate::fixed::FixedText;
 
 /// Bytes kept of an event's detail; longer texts are cut at a character boundary, marked `…`.
-pub const DETAIL_BYTES: usize = 240;
+pub const DETAIL_BYTES: usize = 640;
 
 #[derive(Clone, Copy)]
 struct Slot {

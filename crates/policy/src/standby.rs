@@ -111,6 +111,8 @@ pub enum Guard {
     NoQuorum,
     /// An election was lost a moment ago: another candidate goes first.
     StandLater,
+    /// This standby went past the point where the primary's timeline forked off its own.
+    NeedsRewind,
 }
 
 impl Guard {
@@ -137,6 +139,7 @@ impl Guard {
                 estimated_loss(facts.primary_lsn, facts.receive_lsn).unwrap_or(0),
                 settings.max_lag_bytes.unwrap_or(0)
             ),
+            Guard::NeedsRewind => "this standby must be rewound: its WAL went past the primary's timeline".into(),
             Guard::StandLater => format!(
                 "an election was lost: standing again in {} ms",
                 to_ms(facts.stand_wait.unwrap_or(0))
@@ -185,6 +188,8 @@ pub struct State {
     /// The last answer of the checked server said it is in recovery: it is a standby this one
     /// cascades from, not the primary.
     pub upstream_is_standby: bool,
+    /// Why this standby cannot follow its primary's timeline, when it cannot.
+    pub needs_rewind: Option<String>,
 }
 
 impl State {
@@ -202,6 +207,7 @@ impl State {
             primary_lsn: None,
             manual: false,
             upstream_is_standby: false,
+            needs_rewind: None,
         }
     }
 }
@@ -225,6 +231,7 @@ pub fn guards(state: &State, facts: &Facts, settings: &Settings) -> Vec<Guard> {
         (state.upstream_is_standby, Guard::UpstreamIsStandby),
         (too_much_lag(facts, settings), Guard::TooMuchLag),
         (facts.stand_wait.is_some(), Guard::StandLater),
+        (state.needs_rewind.is_some(), Guard::NeedsRewind),
         (
             !settings.witnesses.is_empty()
                 && !crate::leading::active(settings)
