@@ -163,6 +163,36 @@ fn the_most_advanced_standby_wins_and_the_other_catches_up_from_it() {
 }
 
 #[test]
+fn where_members_use_slots_the_winner_creates_them_and_the_loser_streams_through_its_own() {
+    let nodes = cluster("el-slot", 2, None, None);
+    let (p, s1, s2) = (&nodes[0], &nodes[1], &nodes[2]);
+    p.query("SELECT pg_create_physical_replication_slot(name, true) FROM (VALUES ('s1'), ('s2')) v(name)");
+    for (s, name) in [(s1, "s1"), (s2, "s2")] {
+        s.query(&format!("ALTER SYSTEM SET primary_slot_name = '{name}'"));
+        s.reload();
+    }
+    wait_until("both standbys stream through their slots", LONG, || {
+        p.query("SELECT count(*) FROM pg_replication_slots WHERE active") == "2"
+    });
+    kill_the_primary_and_check(&nodes, Duration::from_millis(100));
+    let winner = if s1.in_recovery() == Some(false) { s1 } else { s2 };
+    let loser = if std::ptr::eq(winner, s1) { "s2" } else { "s1" };
+    assert!(
+        has_event(winner, "following", "replication slots ready for the followers"),
+        "{:#?}",
+        events(winner)
+    );
+    wait_until("the loser streams through its slot on the winner", LONG, || {
+        winner
+            .psql(&format!(
+                "SELECT active FROM pg_replication_slots WHERE slot_name = '{loser}'"
+            ))
+            .as_deref()
+            == Ok("t")
+    });
+}
+
+#[test]
 fn five_members_one_winner_and_every_other_standby_follows() {
     let w = witness("el5");
     let nodes = cluster("el5", 3, Some(&w), None);

@@ -37,6 +37,7 @@ pub fn facts(flags: &super::shmem::Flags, promotion_under_way: bool) -> policy::
         lease_clock: lease_clock(),
         term: super::shmem::MEMBER.share().term,
         random: random(),
+        uses_slots: uses_slots(),
         replay_timeline: if local.in_recovery {
             replay_timeline()
         } else {
@@ -127,6 +128,12 @@ fn walreceiver() -> (bool, Option<i64>) {
         pg_sys::SpinLockRelease(&raw mut (*w).mutex);
         (connected, (connected && last != 0).then_some(last))
     }
+}
+
+/// Whether this server streams through a replication slot (`primary_slot_name` is set).
+pub fn uses_slots() -> bool {
+    // SAFETY: the server's own GUC variable: NULL or a valid string.
+    unsafe { pg_sys::PrimarySlotName.as_ref().is_some_and(|p| *p != 0) }
 }
 
 /// The timeline recovery is replaying (the one a promotion leaves).

@@ -13,6 +13,7 @@ use policy::time::Micros;
 use policy::{schedule, Action, Event, EventKind, Input, Node, Phase, Promotion, Settings};
 
 use crate::act::fence;
+use crate::act::follow;
 use crate::act::leadership::{self, Arbiter};
 use crate::act::member;
 use crate::act::promote::Sequence;
@@ -103,9 +104,10 @@ impl Worker {
         if let Err(e) = member::load(&settings) {
             warning!("pg_promoter: {e}");
         }
-        if policy::leading::active(&settings) && !local::in_recovery() {
-            // A restarted leader finds its name first, to renew the term it leads rather than
-            // stand again. Interrupted by a shutdown, the loop's top ends the worker.
+        if policy::leading::active(&settings) {
+            // Its name first: a restarted leader renews the term it leads rather than stand
+            // again, and a follower names its own slot. Interrupted by a shutdown, the loop's top
+            // ends the worker.
             let _ = leadership::find_name(&mut worker.pool, &settings, &stop_requested);
         }
         worker.feed(Input::Start {
@@ -309,14 +311,25 @@ impl Worker {
                     source: policy::conninfo::mask_password(&settings.primary_conninfo),
                 }))
             }
-            Action::Follow { leader, conninfo } => {
-                let result = crate::act::follow::follow(
+            Action::Follow {
+                leader,
+                conninfo,
+                slot,
+            } => {
+                let settings = &self.node.settings;
+                let result = follow::follow(
                     &mut self.pool,
-                    &self.node.settings,
+                    settings,
                     &conninfo,
+                    slot.as_deref(),
                     &stop_requested,
                 )?;
                 Ok(Some(Input::Followed { leader, result }))
+            }
+            Action::CreateSlots { names } => {
+                let result =
+                    follow::create_slots(&mut self.pool, &self.node.settings, &names, &stop_requested)?;
+                Ok(Some(Input::Slots(result.map(|()| names))))
             }
             Action::RenewLease { term } => {
                 let mut arbiter = leadership::Members { pool: &mut self.pool };

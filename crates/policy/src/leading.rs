@@ -22,6 +22,31 @@ pub fn members(settings: &Settings) -> usize {
     settings.peers.len() + settings.witnesses.len()
 }
 
+/// The physical replication slot a member streams through, where members use slots: its name
+/// in the member list, lowercased, with anything but letters, digits and `_` made `_`.
+pub fn slot_name(member: &str) -> String {
+    member
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// The slots a new leader named `me` creates for the other nodes, where members use slots.
+pub fn slots_for_followers(settings: &Settings, me: &str) -> Vec<String> {
+    settings
+        .peers
+        .iter()
+        .filter(|p| p.name != me)
+        .map(|p| slot_name(&p.name))
+        .collect()
+}
+
 /// The lease a leader asks for, with these settings.
 pub fn lease_duration(settings: &Settings) -> std::time::Duration {
     leader::lease_duration(settings.keep_alive, settings.keepalives_count)
@@ -310,6 +335,12 @@ mod tests {
 
     fn three() -> Settings {
         settings(&["p", "s1", "s2"], &[])
+    }
+
+    #[test]
+    fn slots_are_named_after_the_members() {
+        assert_eq!(slot_name("Node-2.east"), "node_2_east");
+        assert_eq!(slots_for_followers(&three(), "s1"), vec!["p", "s2"]);
     }
 
     #[test]

@@ -29,6 +29,11 @@ pub enum Action {
     RenewLease {
         term: Term,
     },
+    /// Create these physical replication slots on this server, where missing (a new leader,
+    /// before its followers connect); feed [`Input::Slots`].
+    CreateSlots {
+        names: Vec<String>,
+    },
     /// Read the primary's history of `timeline` (its `<tli>.history` file); feed
     /// [`Input::History`].
     ReadHistory {
@@ -39,6 +44,8 @@ pub enum Action {
     Follow {
         leader: String,
         conninfo: String,
+        /// `primary_slot_name` too, where members use slots.
+        slot: Option<String>,
     },
     /// Start the promotion sequence: run the pre-promote command, if any, and feed back
     /// [`Promotion::Ready`] or [`Promotion::PreCommandFailed`]. Each step's result comes back as
@@ -101,6 +108,9 @@ pub struct Local {
     pub term: Term,
     /// A random number, fresh for each input: spreads out candidates that tied.
     pub random: u32,
+    /// This server streams through a replication slot (`primary_slot_name` is set): the
+    /// members use slots.
+    pub uses_slots: bool,
     /// The timeline this standby replays, and how far.
     pub replay_timeline: Option<u32>,
     pub replay_lsn: Option<u64>,
@@ -151,6 +161,8 @@ pub enum Input {
         data_dir: String,
         source: String,
     },
+    /// How creating the followers' slots went.
+    Slots(Result<Vec<String>, String>),
     /// How re-pointing to a leader went.
     Followed {
         leader: String,
@@ -388,6 +400,7 @@ pub fn step(node: &Node, input: Input, local: &Local) -> Step {
                     actions.push(Action::Follow {
                         leader: peer.name.clone(),
                         conninfo: peer.conninfo.clone(),
+                        slot: me.filter(|_| local.uses_slots).map(|m| leading::slot_name(&m)),
                     });
                 }
                 _ => {}
@@ -421,6 +434,19 @@ pub fn step(node: &Node, input: Input, local: &Local) -> Step {
                 events.push(Event::new(now, EventKind::Misconfigured, detail));
             }
         },
+        Input::Slots(result) => {
+            let (kind, detail) = match result {
+                Ok(names) => (
+                    EventKind::Following,
+                    format!("replication slots ready for the followers: {}", names.join(", ")),
+                ),
+                Err(why) => (
+                    EventKind::FollowFailed,
+                    format!("could not create the followers' replication slots: {why}"),
+                ),
+            };
+            events.push(Event::new(now, kind, detail));
+        }
         Input::Followed { leader, result } => {
             let (kind, detail) = match result {
                 Ok(()) => (
@@ -551,8 +577,15 @@ fn election(
     let lost = event.detail.clone();
     events.push(event);
     match outcome {
-        // The lease comes before anything else: a standby promotes only once it holds it.
-        Election::Won => actions.push(Action::RenewLease { term }),
+        // The lease comes before anything else: a standby promotes only once it holds it. The
+        // followers' slots exist before they can learn of this leader (from its lease).
+        Election::Won => {
+            if local.uses_slots {
+                let names = leading::slots_for_followers(&node.settings, me);
+                actions.push(Action::CreateSlots { names });
+            }
+            actions.push(Action::RenewLease { term });
+        }
         Election::Superseded { term: newer, leader } => {
             if standing {
                 node.standby.phase = Phase::Refusing;
@@ -1381,7 +1414,8 @@ mod tests {
             follow.actions,
             vec![Action::Follow {
                 leader: "s1".into(),
-                conninfo: "host=s1".into()
+                conninfo: "host=s1".into(),
+                slot: None
             }]
         );
         assert!(step(&follow.state, leader("s1", false), &local)
@@ -1474,5 +1508,41 @@ mod tests {
         }
         assert_eq!(node.standby.phase, Phase::Refusing);
         assert!(node.standby.refused_by.contains(&standby::Guard::NeedsRewind));
+    }
+
+    #[test]
+    fn where_members_use_slots_a_winner_creates_its_followers_and_a_follower_names_its_own() {
+        let node = Node {
+            settings: three_members(),
+            ..reached()
+        };
+        let mut local = standby_at(T0);
+        local.uses_slots = true;
+        let steps = run(node, down_then(vec![]));
+        let won = Input::Election {
+            me: "s1".into(),
+            term: 1,
+            answers: ok(&["s2"]),
+            error: None,
+        };
+        let elected = step(&steps[2].state, won, &local);
+        assert_eq!(
+            elected.actions,
+            vec![
+                Action::CreateSlots {
+                    names: vec!["p".into(), "s2".into()]
+                },
+                Action::RenewLease { term: 1 }
+            ]
+        );
+        let first = step(&reached(), leader("p", true), &local);
+        let mut three = first.state.clone();
+        three.settings = three_members();
+        let follow = step(&three, leader("s1", false), &local);
+        assert!(
+            matches!(&follow.actions[..], [Action::Follow { slot: Some(s), .. }] if s == "s2"),
+            "{:?}",
+            follow.actions
+        );
     }
 }
