@@ -193,6 +193,28 @@ fn where_members_use_slots_the_winner_creates_them_and_the_loser_streams_through
 }
 
 #[test]
+fn a_standby_promoted_by_hand_while_the_primary_leads_takes_no_ordinary_commit() {
+    let nodes = cluster("el-man", 2, None, None);
+    let (p, s1) = (&nodes[0], &nodes[1]);
+    assert_eq!(s1.query("SELECT pg_promote()"), "t");
+    wait_until("s1 has left recovery", LONG, || s1.in_recovery() == Some(false));
+    // It stands to lead, and the members holding p's lease refuse it: no ordinary commit.
+    let stood = testbed::try_wait_until(LONG, || has_event(s1, "election_lost", "term"));
+    assert!(stood.is_some(), "{:#?}", events(s1));
+    for i in 0..5 {
+        let insert = psql_as(s1, "app", &format!("INSERT INTO t VALUES ({})", 500 + i));
+        assert!(
+            insert
+                .as_ref()
+                .is_err_and(|e| e.contains("holds no valid pg_promoter lease")),
+            "an ordinary commit on the second primary: {insert:?}"
+        );
+        psql_as(p, "app", &format!("INSERT INTO t VALUES ({})", 600 + i)).expect("p takes ordinary commits");
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
 fn five_members_one_winner_and_every_other_standby_follows() {
     let w = witness("el5");
     let nodes = cluster("el5", 3, Some(&w), None);

@@ -10,7 +10,7 @@ use std::time::Instant;
 use policy::text::literal;
 use policy::Settings;
 
-use crate::act::member;
+use crate::act::leadership;
 use crate::check::members::{Ask, Pool};
 use crate::check::probe;
 use crate::pg::guc;
@@ -66,8 +66,8 @@ fn run_on_self(
     statements: Vec<Statement>,
     stop: &dyn Fn() -> bool,
 ) -> Result<Result<(), String>, Interrupted> {
-    let Some(me) = member::name() else {
-        return Ok(Err("this server's name among the peers is not known yet".into()));
+    let Some(me) = leadership::find_name(pool, settings, stop)? else {
+        return Ok(Err("this server is not found among pg_promoter.peers".into()));
     };
     let Some(own) = settings.peers.iter().find(|p| p.name == me) else {
         return Ok(Err(format!("\"{me}\" is no longer in pg_promoter.peers")));

@@ -147,7 +147,9 @@ fn ask_others(
             args: args.to_vec(),
         })
         .collect();
-    let answers = pool.ask_all(&asks, Instant::now() + settings.check_timeout, stop)?;
+    // A round fits in a renewal period (see `leading::renew_every`).
+    let timeout = settings.check_timeout.min(leading::renew_every(settings));
+    let answers = pool.ask_all(&asks, Instant::now() + timeout, stop)?;
     Ok(answers
         .into_iter()
         .map(|(name, rows)| (name, verdict(rows)))

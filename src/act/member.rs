@@ -72,6 +72,15 @@ pub fn name() -> Option<String> {
     text(&shmem::MEMBER.share().name)
 }
 
+/// Forgets this server's name when `peers` no longer has it (found again by start time).
+pub fn forget_name_unless_in(peers: &[policy::members::Member]) {
+    let mut shared = shmem::MEMBER.exclusive();
+    let name = shared.name.as_str().to_string();
+    if !name.is_empty() && !peers.iter().any(|p| p.name == name) {
+        shared.name = FixedText::new("");
+    }
+}
+
 /// Records this server's name, found among the peers.
 pub fn set_name(name: &str) {
     shmem::MEMBER.exclusive().name = FixedText::new(name);
@@ -180,6 +189,7 @@ fn member(s: &MemberShared) -> Member {
             term: s.term,
             voted_for: text(&s.voted_for),
             leader: text(&s.leader),
+            longest_grant: s.longest_grant,
         },
         grant: text(&s.grant_leader).map(|leader| Grant {
             leader,
@@ -194,6 +204,7 @@ fn store(s: &mut MemberShared, m: &Member) {
     let name = |n: &Option<String>| FixedText::new(n.as_deref().unwrap_or(""));
     s.term = m.durable.term;
     s.voted_for = name(&m.durable.voted_for);
+    s.longest_grant = m.durable.longest_grant;
     s.leader = name(&m.durable.leader);
     s.grant_leader = name(&m.grant.as_ref().map(|g| g.leader.clone()));
     s.grant_term = m.grant.as_ref().map_or(0, |g| g.term);
@@ -212,10 +223,15 @@ fn standing(settings: &Settings) -> Standing {
     let now = local::now();
     let window = silence_window(settings.keep_alive, settings.keepalives_count);
     let recent = |at: Option<i64>| at.is_some_and(|at| now - at < window);
-    let sees_primary =
-        recent(facts.walrcv_last_msg) || (status.failures == 0 && recent(status.last_success_at));
-    Standing::Standby {
-        rank: rank(settings, &name().unwrap_or_default()),
-        sees_primary,
+    // Its upstream counts only as a primary: a standby it cascades from hides nothing.
+    let sees_primary = status.primary_in_recovery != Some(true)
+        && (recent(facts.walrcv_last_msg) || (status.failures == 0 && recent(status.last_success_at)));
+    let mut rank = rank(settings, &name().unwrap_or_default());
+    // A standby that will not stand (disabled, paused, never reached its primary) does not
+    // refuse a candidate level with it in its own favour.
+    let flags = shmem::flags();
+    if !settings.enabled || flags.paused || !status.ever_reached {
+        rank.priority = 0;
     }
+    Standing::Standby { rank, sees_primary }
 }

@@ -152,6 +152,8 @@ pub struct MemberShared {
     pub term: u64,
     pub voted_for: FixedText<64>,
     pub leader: FixedText<64>,
+    /// The longest lease ever granted, in microseconds (kept in the state file).
+    pub longest_grant: i64,
     /// The lease granted: leader (empty when none), term, until (lease clock).
     pub grant_leader: FixedText<64>,
     pub grant_term: u64,
@@ -168,6 +170,7 @@ impl MemberShared {
             term: 0,
             voted_for: FixedText::empty(),
             leader: FixedText::empty(),
+            longest_grant: 0,
             grant_leader: FixedText::empty(),
             grant_term: 0,
             grant_until: 0,

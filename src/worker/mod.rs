@@ -149,7 +149,13 @@ impl Worker {
                     continue;
                 }
             }
-            let due = schedule::next_check(self.last_start, self.node.settings.keep_alive, now);
+            let settings = &self.node.settings;
+            let period = if primary && policy::leading::active(settings) {
+                policy::leading::renew_every(settings)
+            } else {
+                settings.keep_alive
+            };
+            let due = schedule::next_check(self.last_start, period, now);
             if due > now {
                 let wait = Duration::from_micros((due - now) as u64);
                 let _ = sleep_until(Instant::now() + wait, &stop_requested);
@@ -184,6 +190,8 @@ impl Worker {
             != (&self.node.settings.peers, &self.node.settings.witnesses)
         {
             self.pool.clear();
+            // A renamed entry must not leave this server asking itself under its new name.
+            member::forget_name_unless_in(&settings.peers);
         }
         let changed = settings.primary_conninfo != self.node.settings.primary_conninfo;
         if changed || self.params.is_err() {
@@ -394,9 +402,10 @@ impl Worker {
     }
 
     fn publish(&self) {
-        let leading = policy::leading::active(&self.node.settings) && !local::in_recovery();
+        // Whatever the role: a server promoted by other means (pg_promoter_promote(),
+        // pg_ctl promote) takes no ordinary commit before it is elected and leased.
         let until = match self.node.leading.valid_until {
-            _ if !leading => i64::MAX,
+            _ if !policy::leading::active(&self.node.settings) => i64::MAX,
             Some(until) => until,
             None => i64::MIN,
         };

@@ -88,6 +88,9 @@ pub struct Durable {
     pub voted_for: Option<String>,
     /// The leader of `term`, once known.
     pub leader: Option<String>,
+    /// The longest lease this member ever granted, in microseconds: after a restart it stays
+    /// quiet that long at least, whatever its own settings say.
+    pub longest_grant: Micros,
 }
 
 /// The longest member name, in bytes (names are kept in shared memory and in the state file).
@@ -98,11 +101,12 @@ pub const NAME_MAX: usize = 63;
 pub fn encode(member: &str, d: &Durable) -> String {
     let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
     format!(
-        "member {}\nterm {}\nvoted_for {}\nleader {}\n",
+        "member {}\nterm {}\nvoted_for {}\nleader {}\nlongest_grant_us {}\n",
         if member.is_empty() { "-" } else { member },
         d.term,
         or_dash(&d.voted_for),
-        or_dash(&d.leader)
+        or_dash(&d.leader),
+        d.longest_grant
     )
 }
 
@@ -127,6 +131,11 @@ pub fn decode(text: &str) -> Result<(Option<String>, Durable), String> {
             }
             "voted_for" => durable.voted_for = name(value),
             "leader" => durable.leader = name(value),
+            "longest_grant_us" => {
+                durable.longest_grant = value
+                    .parse()
+                    .map_err(|_| format!("line {}: \"{value}\" is not a duration", i + 1))?;
+            }
             _ => return Err(format!("line {}: unknown key \"{key}\"", i + 1)),
         }
     }
@@ -155,12 +164,14 @@ pub struct Member {
 }
 
 impl Member {
-    /// A member that starts at `now` with what its state file says.
+    /// A member that starts at `now` with what its state file says: quiet for its own lease, or
+    /// the longest it ever granted if that is longer.
     pub fn start(durable: Durable, now: Micros, lease: Duration) -> Member {
+        let quiet = micros(lease).max(durable.longest_grant);
         Member {
             durable,
             grant: None,
-            quiet_until: now.saturating_add(micros(lease)),
+            quiet_until: now.saturating_add(quiet),
         }
     }
 
@@ -306,7 +317,8 @@ pub fn vote(member: &Member, standing: &Standing, ballot: &Ballot, now: Micros) 
             left: member.quiet_until - now,
         });
     }
-    if let Some(g) = member.live_grant(now) {
+    // A grant to the candidate itself promises nothing to another leader.
+    if let Some(g) = member.live_grant(now).filter(|g| g.leader != ballot.rank.name) {
         return refuse(Refusal::LeaseHeld {
             leader: g.leader.clone(),
             left: g.until - now,
@@ -331,6 +343,7 @@ pub fn vote(member: &Member, standing: &Standing, ballot: &Ballot, now: Micros) 
             term: ballot.term,
             voted_for: None,
             leader: None,
+            ..m.durable
         };
         persist = true;
     }
@@ -405,17 +418,28 @@ pub fn lease(member: &Member, request: &LeaseRequest, now: Micros) -> Answer {
             term: request.term,
             voted_for: None,
             leader: Some(request.leader.clone()),
+            ..m.durable
         };
         persist = true;
     } else if m.durable.leader.is_none() {
         m.durable.leader = Some(request.leader.clone());
         persist = true;
     }
+    // A grant never ends earlier than one already made to the same leader in the same term:
+    // that leader may rely on the earlier end (its lease only grows).
+    let earlier = member
+        .live_grant(now)
+        .filter(|g| g.leader == request.leader && g.term == request.term)
+        .map_or(Micros::MIN, |g| g.until);
     m.grant = Some(Grant {
         leader: request.leader.clone(),
         term: request.term,
-        until: now.saturating_add(micros(request.duration)),
+        until: now.saturating_add(micros(request.duration)).max(earlier),
     });
+    if micros(request.duration) > m.durable.longest_grant {
+        m.durable.longest_grant = micros(request.duration);
+        persist = true;
+    }
     Answer {
         member: m,
         verdict: Ok(()),
@@ -592,6 +616,8 @@ mod tests {
                 term,
                 voted_for: None,
                 leader: Some("p".into()),
+                // It granted leases of this length before.
+                longest_grant: micros(LEASE),
             },
             grant: None,
             quiet_until: 0,
@@ -611,9 +637,15 @@ mod tests {
             term: 7,
             voted_for: Some("s1".into()),
             leader: None,
+            longest_grant: 2_000_000,
         };
         let text = encode("pg2", &d);
-        assert_eq!(text, "member pg2\nterm 7\nvoted_for s1\nleader -\n");
+        assert_eq!(
+            text,
+            "member pg2\nterm 7\nvoted_for s1\nleader -\nlongest_grant_us 2000000\n"
+        );
+        // A file written before the longest grant was kept reads as none.
+        assert_eq!(decode("term 7\n").unwrap().1.longest_grant, 0);
         assert_eq!(decode(&text), Ok((Some("pg2".into()), d)));
         assert_eq!(decode("term 0\n").unwrap().1, Durable::default());
         assert!(decode("member x\n").unwrap_err().contains("no term"));
@@ -785,6 +817,45 @@ mod tests {
                 leader: Some("s1".into())
             })
         );
+    }
+
+    #[test]
+    fn a_grant_never_shrinks_and_the_longest_one_sets_the_quiet_period_after_a_restart() {
+        let ask = |duration: Duration| LeaseRequest {
+            term: 3,
+            leader: "p".into(),
+            duration,
+        };
+        let long = lease(&member(3), &ask(Duration::from_secs(20)), 0);
+        assert!(long.persist, "the longest grant is durable");
+        assert_eq!(long.member.durable.longest_grant, 20 * SEC);
+        // keep_alive reloaded shorter: the new request does not cut the grant the leader relies on.
+        let short = lease(&long.member, &ask(Duration::from_secs(4)), SEC);
+        assert_eq!(short.member.grant.as_ref().unwrap().until, 20 * SEC);
+        assert!(!short.persist);
+        // A restart with a 2 s lease of its own stays quiet for the 20 s it once granted.
+        let restarted = Member::start(short.member.durable.clone(), 30 * SEC, LEASE);
+        assert_eq!(restarted.quiet_until, 50 * SEC);
+    }
+
+    #[test]
+    fn a_leader_whose_own_grant_holds_may_stand_again_but_no_one_else_may() {
+        let granted = lease(
+            &member(3),
+            &LeaseRequest {
+                term: 3,
+                leader: "p".into(),
+                duration: LEASE,
+            },
+            0,
+        )
+        .member;
+        let rank_p = rank("p", 10, 1);
+        assert!(Campaign::stand(&granted, 4, &rank_p, true, 3, SEC).is_ok());
+        assert!(matches!(
+            vote(&granted, &Standing::Witness, &ballot(4, "s1", 10), SEC).verdict,
+            Err(Refusal::LeaseHeld { .. })
+        ));
     }
 
     #[test]

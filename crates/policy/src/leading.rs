@@ -52,6 +52,14 @@ pub fn lease_duration(settings: &Settings) -> std::time::Duration {
     leader::lease_duration(settings.keep_alive, settings.keepalives_count)
 }
 
+/// How often a leader renews, and how long a round may take: at most a quarter of the lease
+/// (and no slower than `keep_alive`), so that a round lost entirely, and the next one taking
+/// all its time, still end within the lease (`2/4 + 1/4` of it, under the `1 − ε` it may be
+/// relied on).
+pub fn renew_every(settings: &Settings) -> std::time::Duration {
+    settings.keep_alive.min(lease_duration(settings) / 4)
+}
+
 /// What this worker knows of its own leadership.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct State {
@@ -335,6 +343,27 @@ mod tests {
 
     fn three() -> Settings {
         settings(&["p", "s1", "s2"], &[])
+    }
+
+    #[test]
+    fn a_leader_renews_at_least_four_times_a_lease() {
+        let mut s = three();
+        assert_eq!(
+            renew_every(&s),
+            Duration::from_millis(500),
+            "1 s x 3: a 2 s lease"
+        );
+        s.keepalives_count = 5;
+        assert_eq!(renew_every(&s), Duration::from_secs(1), "a 4 s lease: keep_alive");
+        // One round lost and the next one taking all its time end within the lease's 99 %.
+        for count in 1..12 {
+            s.keepalives_count = count;
+            let (every, lease) = (renew_every(&s), lease_duration(&s));
+            assert!(
+                3 * every <= lease.mul_f64(0.99),
+                "{count}: {every:?} of {lease:?}"
+            );
+        }
     }
 
     #[test]

@@ -210,6 +210,8 @@ pub struct Node {
     pub leader_seen: Option<Option<String>>,
     /// The primary timeline whose history was asked for last.
     pub history_asked: Option<u32>,
+    /// The last re-pointing failed: the next [`Input::Leader`] tries again.
+    pub follow_retry: bool,
 }
 
 impl Node {
@@ -225,6 +227,7 @@ impl Node {
             following: None,
             leader_seen: None,
             history_asked: None,
+            follow_retry: false,
         }
     }
 }
@@ -382,9 +385,11 @@ pub fn step(node: &Node, input: Input, local: &Local) -> Step {
         } => {
             // A standby follows a leader it learns of, or, when its upstream is down, the leader
             // it knows; not the one it knew at start while its upstream lives (a cascade stays).
-            let changed = matches!(&node.leader_seen, Some(seen) if *seen != leader);
+            // A first leader (a new cluster's) is not a change: only another one is.
+            let changed = matches!(&node.leader_seen, Some(Some(seen)) if Some(seen) != leader.as_ref());
             let upstream_down = node.standby.failures >= node.settings.keepalives_count.max(1);
             next.leader_seen = Some(leader.clone());
+            next.follow_retry = false;
             let target = leader
                 .filter(|l| Some(l) != me.as_ref())
                 .and_then(|l| node.settings.peers.iter().find(|p| p.name == l));
@@ -392,7 +397,7 @@ pub fn step(node: &Node, input: Input, local: &Local) -> Step {
                 Some(peer)
                     if local.in_recovery
                         && !upstream_is_leader
-                        && (changed || upstream_down)
+                        && (changed || upstream_down || node.follow_retry)
                         && node.following.as_ref() != Some(&peer.name)
                         && leading::active(&node.settings) =>
                 {
@@ -454,13 +459,25 @@ pub fn step(node: &Node, input: Input, local: &Local) -> Step {
                     format!("following {leader}: primary_conninfo set to its entry in pg_promoter.peers, and reloaded"),
                 ),
                 Err(why) => {
-                    // Tried again at the next input, as if the leader were new.
+                    // Tried again at the next input.
                     next.following = None;
-                    next.leader_seen = Some(None);
+                    next.follow_retry = true;
                     (EventKind::FollowFailed, format!("could not re-point to {leader}: {why}"))
                 }
             };
             events.push(Event::new(now, kind, detail));
+        }
+        Input::Promotion(Promotion::Ready)
+            if leading::active(&node.settings)
+                && !node.standby.manual
+                && !node.leading.may_commit(local.lease_clock) =>
+        {
+            // The pre-promote command outlasted the lease won for this promotion: another
+            // candidate may hold the next term by now. Stand again rather than fork a timeline.
+            next.standby.phase = Phase::Refusing;
+            next.leading.leads = None;
+            let detail = "the lease ran out while pre_promote_command ran: promotion aborted, standing again";
+            events.push(Event::new(now, EventKind::PromoteFailed, detail));
         }
         Input::Promotion(result) => {
             let t = standby::promotion(&node.standby, &result, now, &node.settings);
@@ -1253,6 +1270,14 @@ mod tests {
         assert_eq!(promoting.actions, vec![Action::Promote]);
         assert_eq!(promoting.state.standby.phase, Phase::Promoting);
         assert_eq!(promoting.state.leading.leads, Some(1));
+        // The pre-promote command ends within the lease: on. After it: aborted.
+        let ready = step(&promoting.state, Input::Promotion(Promotion::Ready), &local);
+        assert_eq!(ready.actions, vec![Action::SignalPromotion]);
+        local.lease_clock += 2 * SEC;
+        let late = step(&promoting.state, Input::Promotion(Promotion::Ready), &local);
+        assert!(late.actions.is_empty());
+        assert_eq!(late.state.standby.phase, Phase::Refusing);
+        assert_eq!(kinds(&late), vec![EventKind::PromoteFailed]);
     }
 
     #[test]
@@ -1405,6 +1430,14 @@ mod tests {
             ..reached()
         };
         let local = standby_at(T0);
+        // A new cluster's first leader is not a change: a cascade stays.
+        let none = Input::Leader {
+            leader: None,
+            me: Some("s2".into()),
+            upstream_is_leader: false,
+        };
+        let fresh = step(&node, none, &local);
+        assert!(step(&fresh.state, leader("p", false), &local).actions.is_empty());
         // At start, the leader it knows is not its upstream (a cascade): it stays.
         let first = step(&node, leader("p", false), &local);
         assert!(first.actions.is_empty());

@@ -113,6 +113,8 @@ pub enum Guard {
     StandLater,
     /// This standby went past the point where the primary's timeline forked off its own.
     NeedsRewind,
+    /// `pg_promoter.priority` is 0: it never promotes on its own (Patroni's `nofailover`).
+    NeverStands,
 }
 
 impl Guard {
@@ -139,6 +141,7 @@ impl Guard {
                 estimated_loss(facts.primary_lsn, facts.receive_lsn).unwrap_or(0),
                 settings.max_lag_bytes.unwrap_or(0)
             ),
+            Guard::NeverStands => "pg_promoter.priority is 0: this standby never promotes on its own".into(),
             Guard::NeedsRewind => "this standby must be rewound: its WAL went past the primary's timeline".into(),
             Guard::StandLater => format!(
                 "an election was lost: standing again in {} ms",
@@ -224,6 +227,7 @@ pub fn guards(state: &State, facts: &Facts, settings: &Settings) -> Vec<Guard> {
     [
         (facts.promotion_under_way, Guard::PromotionUnderWay),
         (!settings.enabled, Guard::Disabled),
+        (settings.priority == 0, Guard::NeverStands),
         (facts.paused, Guard::Paused),
         (!facts.in_recovery, Guard::NotInRecovery),
         (walrcv_alive, Guard::WalReceiverAlive),
@@ -701,8 +705,14 @@ mod tests {
     #[test]
     fn every_guard_holds_the_promotion_back_and_says_why() {
         type Setup = fn(&mut State, &mut Facts, &mut Settings);
-        let cases: [(Guard, Setup, &str); 4] = [
+        let cases: [(Guard, Setup, &str); 6] = [
             (Guard::Disabled, |_, _, s| s.enabled = false, "enabled is off"),
+            (Guard::NeverStands, |_, _, s| s.priority = 0, "priority is 0"),
+            (
+                Guard::NeedsRewind,
+                |st, _, _| st.needs_rewind = Some("past the fork".into()),
+                "must be rewound",
+            ),
             (Guard::Paused, |_, f, _| f.paused = true, "paused"),
             (
                 Guard::WalReceiverAlive,

@@ -34,8 +34,10 @@
 //!
 //! **What is abstracted or left out.** The check of the primary is a free decision: a standby
 //! may stand at any moment, and when asked it never "sees the primary" (`sees_primary` only
-//! adds refusals, so safety cannot depend on it). The primary and the witness never stand, nor
-//! does a node that led. A leader superseded by a round stops asking for leases, but keeps the
+//! adds refusals, so safety cannot depend on it). The witness never stands; the primary may
+//! stand in the short runs and the simulation, as may a standby that won, at any moment, even
+//! while it leads (a leader whose term was left without one stands again, and its own grants do
+//! not hold its candidacy back). A leader superseded by a round stops asking for leases, but keeps the
 //! lease it had until it runs out (the invariant still checks it). WAL positions are fixed for a
 //! run (s2 level with s1, so that s1 ranks first by name, or ahead of it); priorities are all 1.
 //! Clock offsets are irrelevant (no rule compares two members' clocks), so every clock reads 0 at
@@ -583,6 +585,8 @@ impl Model for Leadership {
             term: 1,
             voted_for: None,
             leader: Some(NAMES[P].to_string()),
+            // Every lease in the model has one length, granted before the start.
+            longest_grant: lease_length().as_micros() as i64,
         };
         let member = Member {
             durable,
@@ -644,7 +648,9 @@ impl Model for Leadership {
         }
         for i in 0..N {
             let n = &s.nodes[i];
-            if self.standers.contains(&i) && n.leading.is_none() && n.member.durable.term < self.max_term {
+            // A leader may stand again too (a primary whose term was left without a leader): its
+            // own grant, and its members' grants to it, do not hold its own candidacy back.
+            if self.standers.contains(&i) && n.member.durable.term < self.max_term {
                 actions.push(Action::Stand(i));
             }
             if s.won(i).is_some() {
@@ -949,7 +955,7 @@ fn broad() -> Leadership {
     Leadership {
         rates: vec![[SLOW, EXACT, EXACT, EXACT]],
         s2_ahead: vec![false],
-        standers: vec![S1, S2],
+        standers: vec![P, S1, S2],
         max_term: 3,
         max_crashes: 1,
         max_rounds: 3,
@@ -969,6 +975,7 @@ fn broad() -> Leadership {
 fn elections() -> Leadership {
     Leadership {
         s2_ahead: vec![false, true],
+        standers: vec![S1, S2],
         max_term: 2,
         max_rounds: 0,
         duplicates: false,
@@ -1005,7 +1012,7 @@ fn large() -> Leadership {
     Leadership {
         rates: all_rates(),
         s2_ahead: vec![false, true],
-        standers: vec![S1, S2],
+        standers: vec![P, S1, S2],
         max_term: 3,
         max_crashes: 2,
         max_rounds: 12,
