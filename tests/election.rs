@@ -215,6 +215,30 @@ fn a_standby_promoted_by_hand_while_the_primary_leads_takes_no_ordinary_commit()
 }
 
 #[test]
+fn lease_rounds_and_checks_open_no_connection_per_round() {
+    let nodes = cluster("el-conn", 2, None, None);
+    // Sessions opened on each node (PostgreSQL 14 and later count them), over 5 s: 50 lease
+    // rounds of the primary and 25 checks of each standby at 200 ms x 3. Each reading opens
+    // one session of its own.
+    let sessions = |n: &Node| -> i64 {
+        n.query("SELECT sum(sessions) FROM pg_stat_database")
+            .parse()
+            .unwrap()
+    };
+    thread::sleep(Duration::from_secs(1));
+    let before: Vec<i64> = nodes.iter().map(sessions).collect();
+    thread::sleep(Duration::from_secs(5));
+    let after: Vec<i64> = nodes.iter().map(sessions).collect();
+    for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+        assert!(
+            a - b <= 3,
+            "node {i}: {} sessions opened in 5 s (rounds must reuse their connections)",
+            a - b
+        );
+    }
+}
+
+#[test]
 fn five_members_one_winner_and_every_other_standby_follows() {
     let w = witness("el5");
     let nodes = cluster("el5", 3, Some(&w), None);

@@ -624,6 +624,16 @@ mod tests {
         }
     }
 
+    /// A member of term 3 that granted p a lease at `at`.
+    fn leased_to_p(at: Micros) -> Member {
+        let request = LeaseRequest {
+            term: 3,
+            leader: "p".into(),
+            duration: LEASE,
+        };
+        lease(&member(3), &request, at).member
+    }
+
     fn lost(name: &str, lsn: u64) -> Standing {
         Standing::Standby {
             rank: rank(name, lsn, 1),
@@ -717,16 +727,7 @@ mod tests {
 
     #[test]
     fn a_live_grant_a_recent_start_or_a_visible_primary_refuse_without_taking_the_term() {
-        let granted = lease(
-            &member(3),
-            &LeaseRequest {
-                term: 3,
-                leader: "p".into(),
-                duration: LEASE,
-            },
-            10 * SEC,
-        )
-        .member;
+        let granted = leased_to_p(10 * SEC);
         let a = vote(&granted, &Standing::Witness, &ballot(4, "s1", 10), 11 * SEC);
         assert_eq!(
             a.verdict,
@@ -840,16 +841,7 @@ mod tests {
 
     #[test]
     fn a_leader_whose_own_grant_holds_may_stand_again_but_no_one_else_may() {
-        let granted = lease(
-            &member(3),
-            &LeaseRequest {
-                term: 3,
-                leader: "p".into(),
-                duration: LEASE,
-            },
-            0,
-        )
-        .member;
+        let granted = leased_to_p(0);
         let rank_p = rank("p", 10, 1);
         assert!(Campaign::stand(&granted, 4, &rank_p, true, 3, SEC).is_ok());
         assert!(matches!(
@@ -860,12 +852,7 @@ mod tests {
 
     #[test]
     fn a_candidate_cannot_stand_while_its_own_grant_holds_or_while_quiet() {
-        let asked = LeaseRequest {
-            term: 3,
-            leader: "p".into(),
-            duration: LEASE,
-        };
-        let me = lease(&member(3), &asked, SEC).member;
+        let me = leased_to_p(SEC);
         let refused = Campaign::stand(
             &me,
             4,
