@@ -1,6 +1,7 @@
 //! What pg_promoter costs while all is well: connections opened on the primary, the worker's CPU
-//! and memory, the primary's throughput with and without the worker (interleaved runs), and how
-//! long a standby takes to shut down while its primary is frozen.
+//! and memory, the primary's throughput with and without the worker (interleaved runs), the same
+//! with three members and leadership (lease rounds, the commit-time lease check), and how long a
+//! standby takes to shut down while its primary is frozen.
 #![allow(unsafe_code)]
 
 use std::process::{Command, Stdio};
@@ -8,15 +9,137 @@ use std::time::{Duration, Instant};
 
 use testbed::Node;
 
-fn settings(keep_alive_ms: u64) -> Vec<(&'static str, String)> {
+fn settings(keep_alive_ms: u64, count: u32) -> Vec<(&'static str, String)> {
     vec![
         ("pg_promoter.keep_alive", format!("'{keep_alive_ms}ms'")),
-        ("pg_promoter.keepalives_count", "3".into()),
+        ("pg_promoter.keepalives_count", count.to_string()),
     ]
 }
 
+/// A primary and two standbys with one `peers` list (leadership), `keep_alive_ms` x `count`;
+/// returned once the primary leads and a standby watches.
+fn three(name: &str, keep_alive_ms: u64, count: u32) -> Result<Vec<Node>, String> {
+    let s = settings(keep_alive_ms, count);
+    let s: Vec<(&str, &str)> = s.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let primary = Node::primary(&format!("{name}-p"), &s);
+    primary.psql("CREATE EXTENSION pg_promoter")?;
+    let mut nodes = vec![primary];
+    for i in 1..=2 {
+        nodes.push(Node::standby(
+            &format!("{name}-s{i}"),
+            &nodes[0],
+            nodes[0].port(),
+            &s,
+        ));
+    }
+    let peers: Vec<String> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| format!("n{i}: {}", n.conninfo()))
+        .collect();
+    for node in &nodes {
+        node.append_conf(&format!("pg_promoter.peers = '{}'", peers.join("; ")));
+        node.reload();
+    }
+    testbed::try_wait_until(Duration::from_secs(60), || {
+        nodes[0].psql("SELECT leader FROM pg_promoter_status").as_deref() == Ok("n0")
+            && nodes[2].psql("SELECT state FROM pg_promoter_status").as_deref() == Ok("watching")
+    })
+    .ok_or("the primary never led, or a standby never watched")?;
+    Ok(nodes)
+}
+
+/// What leadership costs while all is well, per node of three: new connections per hour on
+/// each, and each worker's CPU (the primary's renews its lease, the standbys' check it).
+#[derive(Debug)]
+pub struct MembersCost {
+    pub keep_alive_ms: u64,
+    pub count: u32,
+    pub seconds: u64,
+    pub sessions_per_hour: Vec<f64>,
+    pub cpu_seconds_per_hour: Vec<f64>,
+}
+
+pub fn members(keep_alive_ms: u64, count: u32, duration: Duration) -> Result<MembersCost, String> {
+    let nodes = three(&format!("cost3-{keep_alive_ms}"), keep_alive_ms, count)?;
+    let pids: Vec<String> = nodes
+        .iter()
+        .map(|n| n.psql("SELECT worker_pid FROM pg_promoter_status"))
+        .collect::<Result<_, _>>()?;
+    let read = || -> Result<Vec<(f64, f64)>, String> {
+        nodes
+            .iter()
+            .zip(&pids)
+            .map(|(n, pid)| Ok((sessions(n)?, cpu_seconds(pid)?)))
+            .collect()
+    };
+    let before = read()?;
+    std::thread::sleep(duration);
+    let after = read()?;
+    let per_hour = 3600.0 / duration.as_secs_f64();
+    Ok(MembersCost {
+        keep_alive_ms,
+        count,
+        seconds: duration.as_secs(),
+        // Each node's second reading opens one session of its own.
+        sessions_per_hour: before
+            .iter()
+            .zip(&after)
+            .map(|(b, a)| (a.0 - b.0 - 1.0).max(0.0) * per_hour)
+            .collect(),
+        cpu_seconds_per_hour: before
+            .iter()
+            .zip(&after)
+            .map(|(b, a)| (a.1 - b.1) * per_hour)
+            .collect(),
+    })
+}
+
+/// The primary's throughput for an ordinary role (its commits pass the lease check), three
+/// members renewing every 100 ms lease period share, against the same primary restarted
+/// without the library; alternating rounds.
+pub fn members_overhead(rounds: usize, seconds: u64) -> Result<Overhead, String> {
+    let nodes = three("overhead3", 100, 3)?;
+    // The primary restarts between rounds: at 100 ms x 3 its standbys would fail over. They
+    // still grant and answer the leases.
+    for standby in &nodes[1..] {
+        standby.append_conf("pg_promoter.enabled = off");
+        standby.reload();
+    }
+    let primary = &nodes[0];
+    pgbench_init(primary)?;
+    primary.psql("CREATE ROLE bench LOGIN; GRANT ALL ON ALL TABLES IN SCHEMA public TO bench")?;
+    let mut result = Overhead {
+        with_worker: Vec::new(),
+        without_worker: Vec::new(),
+    };
+    for _ in 0..rounds {
+        for with in [true, false] {
+            let preload = if with { "'pg_promoter'" } else { "''" };
+            primary.append_conf(&format!("shared_preload_libraries = {preload}"));
+            primary.restart();
+            if with {
+                testbed::try_wait_until(Duration::from_secs(60), || {
+                    primary
+                        .psql("SELECT lease_expires_at IS NOT NULL FROM pg_promoter_status")
+                        .as_deref()
+                        == Ok("t")
+                })
+                .ok_or("the primary did not lead again after its restart")?;
+            }
+            let tps = pgbench_tps_as(primary, "bench", seconds)?;
+            if with {
+                result.with_worker.push(tps);
+            } else {
+                result.without_worker.push(tps);
+            }
+        }
+    }
+    Ok(result)
+}
+
 fn pair(name: &str, keep_alive_ms: u64) -> Result<(Node, Node), String> {
-    let s = settings(keep_alive_ms);
+    let s = settings(keep_alive_ms, 3);
     let s: Vec<(&str, &str)> = s.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let primary = Node::primary(&format!("{name}-p"), &s);
     primary.psql("CREATE EXTENSION pg_promoter")?;
@@ -90,9 +213,13 @@ pub fn worker(keep_alive_ms: u64, duration: Duration) -> Result<WorkerCost, Stri
 }
 
 fn pgbench_tps(primary: &Node, seconds: u64) -> Result<f64, String> {
+    pgbench_tps_as(primary, "postgres", seconds)
+}
+
+fn pgbench_tps_as(primary: &Node, user: &str, seconds: u64) -> Result<f64, String> {
     let out = Command::new(testbed::bindir().join("pgbench"))
         .args(["-c", "4", "-j", "2", "-n", "-T", &seconds.to_string()])
-        .arg(primary.conninfo())
+        .arg(format!("{} user={user}", primary.conninfo()))
         .stdin(Stdio::null())
         .output()
         .map_err(|e| e.to_string())?;
@@ -102,6 +229,22 @@ fn pgbench_tps(primary: &Node, seconds: u64) -> Result<f64, String> {
         .and_then(|l| l.split_whitespace().nth(2))
         .and_then(|t| t.parse().ok())
         .ok_or_else(|| format!("pgbench: {}", String::from_utf8_lossy(&out.stderr).trim()))
+}
+
+fn pgbench_init(primary: &Node) -> Result<(), String> {
+    let init = Command::new(testbed::bindir().join("pgbench"))
+        .args(["-i", "-q", "-s", "10"])
+        .arg(primary.conninfo())
+        .output()
+        .map_err(|e| e.to_string())?;
+    if init.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "pgbench -i: {}",
+            String::from_utf8_lossy(&init.stderr).trim()
+        ))
+    }
 }
 
 #[derive(Debug)]
@@ -121,17 +264,7 @@ impl Overhead {
 /// restarted without the library, alternating, so drift of the machine hits both alike.
 pub fn overhead(rounds: usize, seconds: u64) -> Result<Overhead, String> {
     let (primary, standby) = pair("overhead", 100)?;
-    let init = Command::new(testbed::bindir().join("pgbench"))
-        .args(["-i", "-q", "-s", "10"])
-        .arg(primary.conninfo())
-        .output()
-        .map_err(|e| e.to_string())?;
-    if !init.status.success() {
-        return Err(format!(
-            "pgbench -i: {}",
-            String::from_utf8_lossy(&init.stderr).trim()
-        ));
-    }
+    pgbench_init(&primary)?;
     let mut result = Overhead {
         with_worker: Vec::new(),
         without_worker: Vec::new(),

@@ -304,6 +304,38 @@ fn cost_mode(args: &Args) -> bool {
             out.push_str(&format!("throughput overhead: error: {e}\n"));
         }
     }
+    // Three members, leadership: the lease rounds and the commit-time lease check.
+    match cost::members(1000, 5, Duration::from_secs(secs)) {
+        Ok(c) => out.push_str(&format!(
+            "three members, leadership, keep_alive {} ms x {} over {} s: new connections/hour {:?} \
+             (primary, standby, standby), worker CPU s/hour {:?}\n",
+            c.keep_alive_ms,
+            c.count,
+            c.seconds,
+            c.sessions_per_hour.iter().map(|v| v.round()).collect::<Vec<_>>(),
+            c.cpu_seconds_per_hour
+                .iter()
+                .map(|v| (v * 10.0).round() / 10.0)
+                .collect::<Vec<_>>()
+        )),
+        Err(e) => {
+            failed = true;
+            out.push_str(&format!("three members: error: {e}\n"));
+        }
+    }
+    match cost::members_overhead(rounds, each) {
+        Ok(o) => out.push_str(&format!(
+            "three members, leadership at 100 ms x 3: primary pgbench TPS for an ordinary role, with the \
+             library vs without, {rounds} interleaved rounds of {each} s: with {:?}, without {:?}, ratio {:.3}\n",
+            o.with_worker.iter().map(|t| t.round()).collect::<Vec<_>>(),
+            o.without_worker.iter().map(|t| t.round()).collect::<Vec<_>>(),
+            o.ratio()
+        )),
+        Err(e) => {
+            failed = true;
+            out.push_str(&format!("three members throughput overhead: error: {e}\n"));
+        }
+    }
     match cost::shutdown_while_frozen() {
         Ok(d) => out.push_str(&format!(
             "pg_promoter: standby fast shutdown while the primary is frozen: {} ms\n",
