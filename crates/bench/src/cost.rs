@@ -96,8 +96,7 @@ pub fn members(keep_alive_ms: u64, count: u32, duration: Duration) -> Result<Mem
 }
 
 /// The primary's throughput for an ordinary role (its commits pass the lease check), three
-/// members renewing every 100 ms lease period share, against the same primary restarted
-/// without the library; alternating rounds.
+/// members at 100 ms x 3, against the same primary restarted without the library.
 pub fn members_overhead(rounds: usize, seconds: u64) -> Result<Overhead, String> {
     let nodes = three("overhead3", 100, 3)?;
     // The primary restarts between rounds: at 100 ms x 3 its standbys would fail over. They
@@ -109,33 +108,19 @@ pub fn members_overhead(rounds: usize, seconds: u64) -> Result<Overhead, String>
     let primary = &nodes[0];
     pgbench_init(primary)?;
     primary.psql("CREATE ROLE bench LOGIN; GRANT ALL ON ALL TABLES IN SCHEMA public TO bench")?;
-    let mut result = Overhead {
-        with_worker: Vec::new(),
-        without_worker: Vec::new(),
-    };
-    for _ in 0..rounds {
-        for with in [true, false] {
-            let preload = if with { "'pg_promoter'" } else { "''" };
-            primary.append_conf(&format!("shared_preload_libraries = {preload}"));
-            primary.restart();
-            if with {
-                testbed::try_wait_until(Duration::from_secs(60), || {
-                    primary
-                        .psql("SELECT lease_expires_at IS NOT NULL FROM pg_promoter_status")
-                        .as_deref()
-                        == Ok("t")
-                })
-                .ok_or("the primary did not lead again after its restart")?;
-            }
-            let tps = pgbench_tps_as(primary, "bench", seconds)?;
-            if with {
-                result.with_worker.push(tps);
-            } else {
-                result.without_worker.push(tps);
-            }
+    interleaved(rounds, |with| {
+        restart_with_library(primary, with);
+        if with {
+            testbed::try_wait_until(Duration::from_secs(60), || {
+                primary
+                    .psql("SELECT lease_expires_at IS NOT NULL FROM pg_promoter_status")
+                    .as_deref()
+                    == Ok("t")
+            })
+            .ok_or("the primary did not lead again after its restart")?;
         }
-    }
-    Ok(result)
+        pgbench_tps_as(primary, "bench", seconds)
+    })
 }
 
 fn pair(name: &str, keep_alive_ms: u64) -> Result<(Node, Node), String> {
@@ -261,28 +246,38 @@ impl Overhead {
 }
 
 /// Primary throughput with the standby's worker checking every 100 ms, and with the standby
-/// restarted without the library, alternating, so drift of the machine hits both alike.
+/// restarted without the library.
 pub fn overhead(rounds: usize, seconds: u64) -> Result<Overhead, String> {
     let (primary, standby) = pair("overhead", 100)?;
     pgbench_init(&primary)?;
+    interleaved(rounds, |with| {
+        restart_with_library(&standby, with);
+        pgbench_tps(&primary, seconds)
+    })
+}
+
+/// `rounds` rounds of a measurement with the library, then without it, alternating, so drift of
+/// the machine hits both alike.
+fn interleaved(
+    rounds: usize,
+    mut measure: impl FnMut(bool) -> Result<f64, String>,
+) -> Result<Overhead, String> {
     let mut result = Overhead {
         with_worker: Vec::new(),
         without_worker: Vec::new(),
     };
     for _ in 0..rounds {
-        for with in [true, false] {
-            let preload = if with { "'pg_promoter'" } else { "''" };
-            standby.append_conf(&format!("shared_preload_libraries = {preload}"));
-            standby.restart();
-            let tps = pgbench_tps(&primary, seconds)?;
-            if with {
-                result.with_worker.push(tps);
-            } else {
-                result.without_worker.push(tps);
-            }
-        }
+        result.with_worker.push(measure(true)?);
+        result.without_worker.push(measure(false)?);
     }
     Ok(result)
+}
+
+/// Restarts `node` with pg_promoter preloaded, or without it.
+fn restart_with_library(node: &Node, with: bool) {
+    let preload = if with { "'pg_promoter'" } else { "''" };
+    node.append_conf(&format!("shared_preload_libraries = {preload}"));
+    node.restart();
 }
 
 /// A fast shutdown of the standby while its primary is frozen and a check hangs on it.
