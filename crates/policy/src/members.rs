@@ -4,7 +4,8 @@
 //! `pg1: host=10.0.0.1 port=5432; pg2: host=10.0.0.2 port=5432`. For witnesses the name is
 //! optional (`host=10.0.0.9; host=10.0.0.10` names them `witness1`, `witness2`). A `;` or `:`
 //! inside a single-quoted conninfo value does not split. Names are letters, digits, `_`, `-`
-//! and `.`, unique within the list.
+//! and `.`, unique within the list; peers' names also give unique slot names (see
+//! [`crate::leading::slot_name`]).
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Member {
@@ -50,6 +51,18 @@ pub fn parse(text: &str, naming: Naming) -> Result<Vec<Member>, String> {
         }
         if members.iter().any(|m| m.name == name) {
             return Err(format!("Member name \"{name}\" appears more than once."));
+        }
+        // Each node streams through a slot named after it, where members use slots.
+        let slot = crate::leading::slot_name(&name);
+        let clash = members
+            .iter()
+            .find(|m| crate::leading::slot_name(&m.name) == slot);
+        if let (Naming::Required, Some(other)) = (naming, clash) {
+            return Err(format!(
+                "Members \"{}\" and \"{name}\" would share the replication slot name \"{slot}\": names must \
+                 differ in more than case, \"-\" and \".\".",
+                other.name
+            ));
         }
         members.push(Member { name, conninfo });
     }
@@ -169,5 +182,14 @@ mod tests {
         assert!(err("a:  ").contains("empty conninfo"));
         assert!(err("a: host=x; a: host=y").contains("more than once"));
         assert!(err("bad name: host=x").contains("has no name"));
+        let clash = err("Node-1: host=x; node_1: host=y");
+        assert!(
+            clash.contains("\"Node-1\" and \"node_1\" would share the replication slot name \"node_1\""),
+            "{clash}"
+        );
+        assert!(
+            parse("Node-1: host=x; node_1: host=y", Naming::Optional { prefix: "w" }).is_ok(),
+            "witnesses have no slots"
+        );
     }
 }
