@@ -106,9 +106,17 @@ fn kill_the_primary_and_check(nodes: &[Node], phase: Duration) {
     }
     let rows = count(w).expect("the winner answers");
     for (i, s) in standbys.iter().enumerate().filter(|(i, _)| *i != winner) {
-        wait_until("a loser follows the winner and has every row", LONG, || {
-            count(s) == Some(rows)
-        });
+        let followed = testbed::try_wait_until(LONG, || count(s) == Some(rows));
+        assert!(
+            followed.is_some(),
+            "standby {i} does not follow the winner with every row ({rows}): it has {:?}; events:\n{:#?}\nlog:\n{}\n\
+             the winner's slots: {:?}; its log:\n{}",
+            count(s),
+            events(s),
+            s.log_tail(30),
+            w.psql("SELECT slot_name, active, restart_lsn FROM pg_replication_slots"),
+            w.log_tail(40)
+        );
         assert_eq!(s.in_recovery(), Some(true), "standby {i} stays a standby");
         assert!(has_event(s, "following", "following"), "{:#?}", events(s));
     }
@@ -183,13 +191,51 @@ fn where_members_use_slots_the_winner_creates_them_and_the_loser_streams_through
         events(winner)
     );
     wait_until("the loser streams through its slot on the winner", LONG, || {
-        winner
-            .psql(&format!(
-                "SELECT active FROM pg_replication_slots WHERE slot_name = '{loser}'"
-            ))
-            .as_deref()
-            == Ok("t")
+        slot_active(winner, loser)
     });
+    // The dead old primary's slot keeps no WAL on the winner.
+    assert_eq!(
+        winner.query("SELECT restart_lsn IS NULL FROM pg_replication_slots WHERE slot_name = 'p'"),
+        "t"
+    );
+}
+
+fn slot_active(node: &Node, slot: &str) -> bool {
+    node.psql(&format!(
+        "SELECT active FROM pg_replication_slots WHERE slot_name = '{slot}'"
+    ))
+    .as_deref()
+        == Ok("t")
+}
+
+#[test]
+fn a_follower_that_uses_a_slot_makes_its_own_on_a_winner_that_uses_none() {
+    let nodes = cluster("el-ownslot", 2, None, None);
+    let (p, s1, s2) = (&nodes[0], &nodes[1], &nodes[2]);
+    p.query("SELECT pg_create_physical_replication_slot('s2', true)");
+    s2.query("ALTER SYSTEM SET primary_slot_name = 's2'");
+    s2.reload();
+    // s1 streams without a slot, and wins a tie by its priority.
+    s1.append_conf("pg_promoter.priority = 10");
+    s1.reload();
+    wait_until("s2 streams through its slot", LONG, || slot_active(p, "s2"));
+    wait_until("s1 has its new priority", LONG, || {
+        s1.psql("SHOW pg_promoter.priority").as_deref() == Ok("10")
+    });
+    kill_the_primary_and_check(&nodes, Duration::from_millis(100));
+    assert_eq!(s1.in_recovery(), Some(false), "s1 won the tie: {:#?}", events(s1));
+    assert!(
+        !has_event(s1, "following", "replication slots ready"),
+        "{:#?}",
+        events(s1)
+    );
+    let streams = testbed::try_wait_until(LONG, || slot_active(s1, "s2"));
+    assert!(
+        streams.is_some(),
+        "s1's slots: {:?}\ns1's log:\n{}",
+        s1.psql("SELECT slot_name, active, restart_lsn FROM pg_replication_slots"),
+        s1.log_tail(40)
+    );
 }
 
 #[test]

@@ -119,6 +119,7 @@ fn an_old_primary_restarted_as_a_standby_past_the_fork_reports_needs_rewind_with
             == Ok("0")
     });
     primary.query("CREATE TABLE after_fork AS SELECT generate_series(1, 1000) AS x");
+    let written = primary.query("SELECT pg_current_wal_lsn()");
     assert_eq!(standby.query("SELECT pg_promote()"), "t");
     // The old primary comes back as a standby of the new one, without pg_rewind.
     primary.stop_fast();
@@ -137,10 +138,52 @@ fn an_old_primary_restarted_as_a_standby_past_the_fork_reports_needs_rewind_with
         detail.contains("where the primary's timeline 2 forked off it"),
         "{detail}"
     );
+    // "goes up to <position>, past <fork>": the fork comes before what was written after the
+    // standby stopped receiving, and the position covers it.
+    let lsns: Vec<&str> = detail
+        .split([' ', ','])
+        .filter(|w| w.contains('/') && w.chars().all(|c| c.is_ascii_hexdigit() || c == '/'))
+        .collect();
+    let [position, fork] = lsns[..] else {
+        panic!("two WAL positions in: {detail}")
+    };
+    assert_eq!(
+        standby.query(&format!(
+            "SELECT '{fork}'::pg_lsn < '{written}' AND '{position}'::pg_lsn >= '{written}'"
+        )),
+        "t",
+        "fork {fork}, position {position}, written {written}"
+    );
+    assert!(detail.contains("--write-recovery-conf"), "{detail}");
     let data_dir = primary.data_dir().display().to_string();
     assert!(
         detail.contains(&format!("pg_rewind --target-pgdata='{data_dir}'")),
         "{detail}"
     );
     assert_eq!(primary.in_recovery(), Some(true));
+}
+
+#[test]
+fn an_old_primary_stopped_before_the_promotion_follows_the_new_timeline_without_rewind() {
+    let (primary, standby) = pair("norewind", FAST, None);
+    primary.query("CREATE TABLE before_stop AS SELECT 1 AS x");
+    // A clean stop sends the shutdown checkpoint to the standby: nothing is past the fork.
+    primary.stop_fast();
+    wait_promoted(&standby);
+    primary.append_conf(&format!("primary_conninfo = '{}'", standby.conninfo()));
+    std::fs::write(primary.data_dir().join("standby.signal"), "").unwrap();
+    primary.start();
+    standby.query("CREATE TABLE on_new_timeline AS SELECT 2 AS x");
+    wait_until("the old primary streams the new timeline", LONG, || {
+        primary.psql("SELECT count(*) FROM on_new_timeline").as_deref() == Ok("1")
+    });
+    wait_until("its worker watches the new primary", LONG, || {
+        state(&primary) == "watching"
+    });
+    assert_eq!(primary.in_recovery(), Some(true));
+    assert!(
+        !events(&primary).iter().any(|(e, _)| e == "needs_rewind"),
+        "{:#?}",
+        events(&primary)
+    );
 }

@@ -1,12 +1,14 @@
-//! Re-pointing a standby to a new leader: `primary_conninfo` set as ALTER SYSTEM does (and the
-//! check's own conninfo when it is set, and `primary_slot_name` where members use slots), then a
-//! reload, which restarts the WAL receiver without restarting the server (13 and later); and a
-//! new leader's slots for its followers. The worker has no database connection of its own, so
-//! it asks this server through its own entry in `pg_promoter.peers`.
+//! Re-pointing a standby to a new leader: where members use slots, its own slot made on the
+//! leader if missing; `primary_conninfo` set as ALTER SYSTEM does (and the check's own conninfo
+//! when it is set, and `primary_slot_name`), then a reload, which restarts the WAL receiver
+//! without restarting the server (13 and later); and a new leader's slots for its followers.
+//! The worker has no database connection of its own, so it asks this server through its own
+//! entry in `pg_promoter.peers`, and the leader through the leader's.
 
 use std::ffi::CString;
 use std::time::Instant;
 
+use policy::members::Member;
 use policy::text::literal;
 use policy::Settings;
 
@@ -19,15 +21,38 @@ use crate::pg::latch::Interrupted;
 /// A statement and its text parameters.
 type Statement = (String, Vec<String>);
 
-/// Sets `conninfo` (and `slot`, where members use slots) as this standby's upstream and
-/// reloads; `Ok(Err(why))` when it could not.
+/// A physical slot made where missing, reserving no WAL until a standby streams through it: a
+/// slot kept for a member that never comes back must not hold WAL on the primary.
+const CREATE_SLOT: &str = "SELECT pg_catalog.pg_create_physical_replication_slot($1, false) \
+    WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_replication_slots WHERE slot_name = $1)";
+
+/// Sets `conninfo` (and `slot`, where members use slots, made on the leader first) as this
+/// standby's upstream and reloads; `Ok(Err(why))` when it could not.
 pub fn follow(
     pool: &mut Pool,
     settings: &Settings,
+    leader: &str,
     conninfo: &str,
     slot: Option<&str>,
     stop: &dyn Fn() -> bool,
 ) -> Result<Result<(), String>, Interrupted> {
+    if let Some(slot) = slot {
+        let Some(entry) = settings.peers.iter().find(|p| p.name == leader) else {
+            return Ok(Err(format!("\"{leader}\" is no longer in pg_promoter.peers")));
+        };
+        let made = run_on(
+            pool,
+            settings,
+            entry,
+            vec![(CREATE_SLOT.into(), vec![slot.into()])],
+            stop,
+        )?;
+        if let Err(why) = made {
+            return Ok(Err(format!(
+                "could not make replication slot \"{slot}\" on {leader}: {why}"
+            )));
+        }
+    }
     let set = |name: &str, value: &str| {
         (
             format!("ALTER SYSTEM SET {name} = {}", literal(value)),
@@ -45,17 +70,18 @@ pub fn follow(
     run_on_self(pool, settings, statements, stop)
 }
 
-/// Creates the physical replication slots `names` on this server where missing, reserving WAL
-/// from now, so followers that connect find them.
+/// Creates the physical replication slots `names` on this server where missing, so followers
+/// that connect find them.
 pub fn create_slots(
     pool: &mut Pool,
     settings: &Settings,
     names: &[String],
     stop: &dyn Fn() -> bool,
 ) -> Result<Result<(), String>, Interrupted> {
-    let sql = "SELECT pg_catalog.pg_create_physical_replication_slot($1, true) \
-               WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_replication_slots WHERE slot_name = $1)";
-    let statements = names.iter().map(|n| (sql.to_string(), vec![n.clone()])).collect();
+    let statements = names
+        .iter()
+        .map(|n| (CREATE_SLOT.to_string(), vec![n.clone()]))
+        .collect();
     run_on_self(pool, settings, statements, stop)
 }
 
@@ -72,13 +98,24 @@ fn run_on_self(
     let Some(own) = settings.peers.iter().find(|p| p.name == me) else {
         return Ok(Err(format!("\"{me}\" is no longer in pg_promoter.peers")));
     };
+    run_on(pool, settings, own, statements, stop)
+}
+
+/// Runs statements in turn on `member`, over its kept connection.
+fn run_on(
+    pool: &mut Pool,
+    settings: &Settings,
+    member: &Member,
+    statements: Vec<Statement>,
+    stop: &dyn Fn() -> bool,
+) -> Result<Result<(), String>, Interrupted> {
     for (sql, args) in statements {
         let Ok(sql) = CString::new(sql) else {
             return Ok(Err("a statement contains a zero byte".into()));
         };
         let ask = Ask {
-            name: &own.name,
-            conninfo: &own.conninfo,
+            name: &member.name,
+            conninfo: &member.conninfo,
             sql: &sql,
             args,
         };

@@ -9,6 +9,8 @@ use super::versions;
 pub struct Local {
     pub in_recovery: bool,
     pub receive_lsn: Option<u64>,
+    /// The timeline of the WAL received last.
+    pub receive_timeline: Option<u32>,
     pub replay_lsn: Option<u64>,
     /// The WAL receiver is connected to the primary.
     pub walrcv_streaming: bool,
@@ -44,6 +46,7 @@ pub fn facts(flags: &super::shmem::Flags, promotion_under_way: bool) -> policy::
             None
         },
         replay_lsn: local.replay_lsn,
+        receive_timeline: local.receive_timeline,
     }
 }
 
@@ -86,21 +89,19 @@ pub fn now() -> i64 {
 pub fn read() -> Local {
     let in_recovery = in_recovery();
     let nonzero = |lsn: u64| (lsn != 0).then_some(lsn);
-    let (receive_lsn, replay_lsn) = if in_recovery {
-        // SAFETY: both take their spinlocks themselves; NULL out-parameters are allowed.
-        unsafe {
-            (
-                nonzero(versions::walrcv_flush_lsn()),
-                nonzero(pg_sys::GetXLogReplayRecPtr(std::ptr::null_mut())),
-            )
-        }
+    let ((receive_lsn, receive_timeline), replay_lsn) = if in_recovery {
+        let (lsn, tli) = versions::walrcv_flush();
+        // SAFETY: takes its spinlock itself; a NULL out-parameter is allowed.
+        let replay = unsafe { pg_sys::GetXLogReplayRecPtr(std::ptr::null_mut()) };
+        ((nonzero(lsn), (tli != 0).then_some(tli)), nonzero(replay))
     } else {
-        (None, None)
+        ((None, None), None)
     };
     let (walrcv_streaming, walrcv_last_msg) = walreceiver();
     Local {
         in_recovery,
         receive_lsn,
+        receive_timeline,
         replay_lsn,
         walrcv_streaming,
         walrcv_last_msg,
@@ -132,8 +133,19 @@ fn walreceiver() -> (bool, Option<i64>) {
 
 /// Whether this server streams through a replication slot (`primary_slot_name` is set).
 pub fn uses_slots() -> bool {
-    // SAFETY: the server's own GUC variable: NULL or a valid string.
-    unsafe { pg_sys::PrimarySlotName.as_ref().is_some_and(|p| *p != 0) }
+    primary_slot_name().is_some()
+}
+
+/// This server's `primary_slot_name`, when set.
+pub fn primary_slot_name() -> Option<String> {
+    // SAFETY: the server's own GUC variable: NULL or a valid NUL-terminated string.
+    let name = unsafe {
+        pg_sys::PrimarySlotName
+            .as_ref()
+            .map(|p| std::ffi::CStr::from_ptr(p))
+    };
+    name.map(|n| n.to_string_lossy().into_owned())
+        .filter(|n| !n.is_empty())
 }
 
 /// The timeline recovery is replaying (the one a promotion leaves).

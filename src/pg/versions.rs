@@ -130,17 +130,17 @@ pub fn walrcv() -> *mut WalRcvData {
     }
 }
 
-pub fn walrcv_flush_lsn() -> u64 {
-    // SAFETY: takes the WAL receiver's spinlock itself; NULL out-parameters are allowed.
+/// How far the WAL receiver has flushed, and on which timeline.
+pub fn walrcv_flush() -> (u64, u32) {
+    let mut tli = 0;
+    // SAFETY: takes the WAL receiver's spinlock itself; a NULL out-parameter is allowed, the
+    // other points to a local.
     #[cfg(not(feature = "pg13"))]
-    unsafe {
-        pg_sys::GetWalRcvFlushRecPtr(std::ptr::null_mut(), std::ptr::null_mut())
-    }
+    let lsn = unsafe { pg_sys::GetWalRcvFlushRecPtr(std::ptr::null_mut(), &mut tli) };
     // SAFETY: as above.
     #[cfg(feature = "pg13")]
-    unsafe {
-        pg13::GetWalRcvFlushRecPtr(std::ptr::null_mut(), std::ptr::null_mut())
-    }
+    let lsn = unsafe { pg13::GetWalRcvFlushRecPtr(std::ptr::null_mut(), &mut tli) };
+    (lsn, tli)
 }
 
 /// The pids of the WAL senders, so that fencing spares them.

@@ -138,6 +138,9 @@ impl Worker {
             let now = local::now();
             let primary = !local::in_recovery();
             if !primary && policy::leading::active(&self.node.settings) {
+                // Its name, while not found yet (peers set after the start, or its own entry
+                // unreachable then): a follower names its own slot by it. Asked only then.
+                let _ = leadership::find_name(&mut self.pool, &self.node.settings, &stop_requested);
                 self.feed(self.leader());
             }
             if primary {
@@ -296,9 +299,14 @@ impl Worker {
                     .stand(&self.node.settings, term, primary, &stop_requested)
                     .map(Some)
             }
-            Action::ReadHistory { timeline } => {
+            Action::ReadHistory {
+                timeline,
+                own_timeline,
+            } => {
                 let settings = &self.node.settings;
-                let text = match &self.params {
+                // Timeline 1 has no history file.
+                let primary = match &self.params {
+                    Ok(_) if timeline == 1 => Ok(String::new()),
                     Ok(params) => {
                         let file = format!("pg_wal/{timeline:08X}.history");
                         let deadline = Instant::now() + settings.check_timeout;
@@ -312,12 +320,19 @@ impl Worker {
                     }
                     Err(why) => Err(why.clone()),
                 };
-                Ok(Some(Input::History {
-                    timeline,
-                    text,
-                    data_dir: local::data_dir(),
+                let data_dir = local::data_dir();
+                let read = primary.map(|primary| policy::rewind::Histories {
+                    primary_timeline: timeline,
+                    primary,
+                    timeline: own_timeline,
+                    // Missing on timeline 1, or when removed by hand: then nothing to compare.
+                    own: std::fs::read_to_string(format!("{data_dir}/pg_wal/{own_timeline:08X}.history"))
+                        .ok(),
+                    data_dir,
                     source: policy::conninfo::mask_password(&settings.primary_conninfo),
-                }))
+                    slot: local::primary_slot_name(),
+                });
+                Ok(Some(Input::History { timeline, read }))
             }
             Action::Follow {
                 leader,
@@ -328,6 +343,7 @@ impl Worker {
                 let result = follow::follow(
                     &mut self.pool,
                     settings,
+                    &leader,
                     &conninfo,
                     slot.as_deref(),
                     &stop_requested,

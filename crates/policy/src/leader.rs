@@ -222,7 +222,12 @@ pub enum Refusal {
     OtherLeader { term: Term, leader: String },
     /// Another member's refusal as it arrived (its `code()` and reason), when it is none of the
     /// above that the asker must act on.
-    Remote { code: String, reason: String },
+    Remote {
+        code: String,
+        reason: String,
+        /// The leader the member knows.
+        leader: Option<String>,
+    },
     /// The member could not be asked.
     Unreachable(String),
 }
@@ -271,6 +276,20 @@ impl Refusal {
         }
     }
 
+    /// The leader whose lease the member still grants, when that is why it refused: a live
+    /// leader, which a candidate that lost can follow.
+    pub fn lease_holder(&self) -> Option<&str> {
+        match self {
+            Refusal::LeaseHeld { leader, .. } => Some(leader),
+            Refusal::Remote {
+                code,
+                leader: Some(leader),
+                ..
+            } if code == "lease_held" => Some(leader),
+            _ => None,
+        }
+    }
+
     /// A member's answer read back: `code` and `reason` as it gave them, `term` and `leader` its
     /// own afterwards. Only a newer term's refusal is rebuilt, since the asker acts on it.
     pub fn from_answer(code: &str, reason: &str, term: Term, leader: Option<String>) -> Refusal {
@@ -282,6 +301,7 @@ impl Refusal {
             _ => Refusal::Remote {
                 code: code.to_string(),
                 reason: reason.to_string(),
+                leader,
             },
         }
     }

@@ -7,6 +7,7 @@ use crate::classify::{classify, Outcome, Verdict};
 use crate::event::{Event, EventKind};
 use crate::leader::{Renewal, Term};
 use crate::leading::{self, Answers, Outcome as Election};
+use crate::members::Member;
 use crate::primary::{self, Answer, Fence};
 use crate::settings::Settings;
 use crate::standby::{self, needs_votes, Phase, Promotion, Votes};
@@ -29,22 +30,25 @@ pub enum Action {
     RenewLease {
         term: Term,
     },
-    /// Create these physical replication slots on this server, where missing (a new leader,
-    /// before its followers connect); feed [`Input::Slots`].
+    /// Create these physical replication slots on this server where missing, reserving no WAL
+    /// until a follower streams through one (a new leader, once promoted: a dead member's slot
+    /// must not keep WAL); feed [`Input::Slots`].
     CreateSlots {
         names: Vec<String>,
     },
-    /// Read the primary's history of `timeline` (its `<tli>.history` file); feed
-    /// [`Input::History`].
+    /// Read the primary's history of `timeline` (its `<tli>.history` file) and this server's
+    /// own history of `own_timeline`; feed [`Input::History`].
     ReadHistory {
         timeline: u32,
+        own_timeline: u32,
     },
     /// Stream from `leader` from now on: set `primary_conninfo` (and the check's conninfo) to
     /// `conninfo` as ALTER SYSTEM does, and reload; feed [`Input::Followed`].
     Follow {
         leader: String,
         conninfo: String,
-        /// `primary_slot_name` too, where members use slots.
+        /// `primary_slot_name` too, where members use slots: created on the leader first where
+        /// missing, so the WAL receiver finds it whether or not the leader made it yet.
         slot: Option<String>,
     },
     /// Start the promotion sequence: run the pre-promote command, if any, and feed back
@@ -114,6 +118,8 @@ pub struct Local {
     /// The timeline this standby replays, and how far.
     pub replay_timeline: Option<u32>,
     pub replay_lsn: Option<u64>,
+    /// The timeline of the WAL received last (`receive_lsn`'s).
+    pub receive_timeline: Option<u32>,
 }
 
 /// One witness's answer.
@@ -152,14 +158,10 @@ pub enum Input {
         me: Option<String>,
         upstream_is_leader: bool,
     },
-    /// The primary's history of `timeline` as read (or why it could not be), with what the
-    /// rejoin command needs: this server's data directory and the primary's conninfo (password
-    /// masked).
+    /// The histories asked for, as read (or why the primary's of `timeline` could not be).
     History {
         timeline: u32,
-        text: Result<String, String>,
-        data_dir: String,
-        source: String,
+        read: Result<crate::rewind::Histories, String>,
     },
     /// How creating the followers' slots went.
     Slots(Result<Vec<String>, String>),
@@ -208,8 +210,13 @@ pub struct Node {
     pub following: Option<String>,
     /// The leader this member's state named at the last [`Input::Leader`] (`None` before one).
     pub leader_seen: Option<Option<String>>,
-    /// The primary timeline whose history was asked for last.
-    pub history_asked: Option<u32>,
+    /// The histories of the primary's timeline and this standby's, as last read.
+    pub histories: Option<crate::rewind::Histories>,
+    /// The primary timeline whose history could not be read (recorded once; read again at the
+    /// next check).
+    pub history_failed: Option<u32>,
+    /// The slots this winner creates for its followers once it is promoted.
+    pub slots_after_promotion: Vec<String>,
     /// The last re-pointing failed: the next [`Input::Leader`] tries again.
     pub follow_retry: bool,
 }
@@ -226,7 +233,9 @@ impl Node {
             leading: leading::State::default(),
             following: None,
             leader_seen: None,
-            history_asked: None,
+            histories: None,
+            history_failed: None,
+            slots_after_promotion: Vec::new(),
             follow_retry: false,
         }
     }
@@ -276,19 +285,17 @@ pub fn step(node: &Node, input: Input, local: &Local) -> Step {
                 if lsn.is_some() {
                     next.standby.primary_lsn = lsn;
                 }
-                let ahead =
-                    timeline.filter(|t| !in_recovery && local.replay_timeline.is_some_and(|mine| *t > mine));
-                match ahead {
-                    // A newer timeline upstream: can this standby follow it?
-                    Some(t) if node.history_asked != Some(t) && local.in_recovery => {
-                        next.history_asked = Some(t);
-                        actions.push(Action::ReadHistory { timeline: t });
-                    }
-                    Some(_) => {}
-                    None => {
-                        next.history_asked = None;
-                        next.standby.needs_rewind = None;
-                    }
+                if local.in_recovery {
+                    let primary_timeline = timeline.filter(|_| !in_recovery);
+                    rejoin(
+                        node,
+                        &mut next,
+                        primary_timeline,
+                        true,
+                        local,
+                        &mut actions,
+                        &mut events,
+                    );
                 }
             }
             let verdict = classify(&outcome);
@@ -401,42 +408,47 @@ pub fn step(node: &Node, input: Input, local: &Local) -> Step {
                         && node.following.as_ref() != Some(&peer.name)
                         && leading::active(&node.settings) =>
                 {
-                    next.following = Some(peer.name.clone());
-                    actions.push(Action::Follow {
-                        leader: peer.name.clone(),
-                        conninfo: peer.conninfo.clone(),
-                        slot: me.filter(|_| local.uses_slots).map(|m| leading::slot_name(&m)),
-                    });
+                    follow(&mut next, peer, me.as_deref(), local, &mut actions);
                 }
                 _ => {}
             }
         }
-        Input::History {
-            timeline,
-            text,
-            data_dir,
-            source,
-        } => match text {
-            Ok(history) => {
-                let position = local.replay_lsn.unwrap_or(0);
-                let mine = local.replay_timeline.unwrap_or(0);
-                let why = crate::rewind::diverged(&history, mine, position, timeline);
-                if let Some(why) = &why {
-                    if next.standby.needs_rewind.as_ref() != Some(why) {
-                        let command = crate::rewind::command(&data_dir, &source);
-                        let detail = format!("{why}: it cannot follow; rejoin it with: {command}");
-                        events.push(Event::new(now, EventKind::NeedsRewind, detail));
-                    }
-                }
-                next.standby.needs_rewind = why;
+        Input::History { timeline, read } => match read {
+            Ok(histories) => {
+                next.history_failed = None;
+                next.standby.rewind_unknown = None;
+                next.histories = Some(histories);
+                rejoin(
+                    node,
+                    &mut next,
+                    Some(timeline),
+                    false,
+                    local,
+                    &mut actions,
+                    &mut events,
+                );
             }
             Err(why) => {
-                // Recorded once for this timeline: the check's role may lack the right to read it.
-                let detail = format!(
-                    "could not read the primary's history of timeline {timeline}, so whether this standby \
-                     needs pg_rewind is not known: {why}"
-                );
-                events.push(Event::new(now, EventKind::Misconfigured, detail));
+                // Read again at the next check, recorded once a timeline: the check's role may
+                // lack the right to read it.
+                let ahead = local.replay_timeline.is_some_and(|mine| timeline > mine);
+                if node.history_failed != Some(timeline) {
+                    let held = if ahead {
+                        ", and it does not promote until it is known"
+                    } else {
+                        ""
+                    };
+                    let detail = format!(
+                        "could not read the primary's history of timeline {timeline}, so whether this standby \
+                         needs pg_rewind is not known{held}: {why}"
+                    );
+                    events.push(Event::new(now, EventKind::Misconfigured, detail));
+                }
+                next.history_failed = Some(timeline);
+                // A primary on a newer timeline certainly forked: promoting without knowing
+                // where could fork a third. On one timeline number a second is rare (two
+                // hand promotions), and no history is needed to follow.
+                next.standby.rewind_unknown = ahead.then_some(why);
             }
         },
         Input::Slots(result) => {
@@ -482,6 +494,12 @@ pub fn step(node: &Node, input: Input, local: &Local) -> Step {
         Input::Promotion(result) => {
             let t = standby::promotion(&node.standby, &result, now, &node.settings);
             next.standby = t.state;
+            // Before the post-promote command, which may take long.
+            if matches!(result, Promotion::Writable { .. }) && !node.slots_after_promotion.is_empty() {
+                actions.push(Action::CreateSlots {
+                    names: std::mem::take(&mut next.slots_after_promotion),
+                });
+            }
             actions.extend(t.actions);
             events.extend(t.events);
         }
@@ -498,6 +516,60 @@ pub fn step(node: &Node, input: Input, local: &Local) -> Step {
         actions,
         events,
     }
+}
+
+/// Whether this standby can follow the primary on `primary_timeline` (`None`: the checked
+/// server is a standby, whose timeline says nothing of the primary's), judged at every check
+/// from the histories once they are read for these two timelines; `ask`: read them if not.
+fn rejoin(
+    node: &Node,
+    next: &mut Node,
+    primary_timeline: Option<u32>,
+    ask: bool,
+    local: &Local,
+    actions: &mut Vec<Action>,
+    events: &mut Vec<Event>,
+) {
+    let (Some(t), Some(mine)) = (primary_timeline, local.replay_timeline) else {
+        next.standby.needs_rewind = None;
+        next.standby.rewind_unknown = None;
+        return;
+    };
+    if t == 1 && mine == 1 {
+        next.standby.needs_rewind = None;
+        next.standby.rewind_unknown = None;
+        return;
+    }
+    let read = next
+        .histories
+        .as_ref()
+        .filter(|h| h.primary_timeline == t && h.timeline == mine);
+    let Some(h) = read else {
+        if ask {
+            actions.push(Action::ReadHistory {
+                timeline: t,
+                own_timeline: mine,
+            });
+            if t > mine && next.standby.rewind_unknown.is_none() {
+                next.standby.rewind_unknown = Some("the primary's timeline history is being read".into());
+            }
+        }
+        return;
+    };
+    // The furthest WAL this standby holds on its own timeline: replay may lag what was
+    // received, and what was received on the primary's timeline is no divergence.
+    let received = local.receive_lsn.filter(|_| local.receive_timeline == Some(mine));
+    let position = received.max(local.replay_lsn).unwrap_or(0);
+    let why = crate::rewind::diverged(h, position);
+    if let (Some(why), None) = (&why, &node.standby.needs_rewind) {
+        let detail = format!(
+            "{why}: it cannot follow; rejoin it with: {}",
+            crate::rewind::command(h)
+        );
+        events.push(Event::new(local.now, EventKind::NeedsRewind, detail));
+    }
+    next.standby.needs_rewind = why;
+    next.standby.rewind_unknown = None;
 }
 
 fn apply_standby(
@@ -594,13 +666,15 @@ fn election(
     let lost = event.detail.clone();
     events.push(event);
     match outcome {
-        // The lease comes before anything else: a standby promotes only once it holds it. The
-        // followers' slots exist before they can learn of this leader (from its lease).
+        // The lease comes before anything else: a standby promotes only once it holds it, and
+        // the lease runs from its request. The followers' slots wait for the promotion (each
+        // follower also makes its own before it re-points).
         Election::Won => {
-            if local.uses_slots {
-                let names = leading::slots_for_followers(&node.settings, me);
-                actions.push(Action::CreateSlots { names });
-            }
+            node.slots_after_promotion = if local.uses_slots && local.in_recovery {
+                leading::slots_for_followers(&node.settings, me)
+            } else {
+                Vec::new()
+            };
             actions.push(Action::RenewLease { term });
         }
         Election::Superseded { term: newer, leader } => {
@@ -613,10 +687,32 @@ fn election(
         Election::Lost | Election::Outranked => {
             if standing {
                 node.standby.phase = Phase::Refusing;
+                // Members refused for a live leader's lease: follow it now. This standby may
+                // never learn it as a member, when its own candidacies took it past that
+                // leader's term (it then refuses the leader's leases as stale).
+                let holder = answers
+                    .iter()
+                    .filter_map(|(_, v)| v.as_ref().err()?.lease_holder())
+                    .find(|l| *l != me)
+                    .and_then(|l| node.settings.peers.iter().find(|p| p.name == l));
+                if let Some(peer) = holder.filter(|p| node.following.as_ref() != Some(&p.name)) {
+                    let peer = peer.clone();
+                    follow(node, &peer, Some(me), local, actions);
+                }
             }
             fence_without_lease(node, &lost, local, actions, events);
         }
     }
+}
+
+/// Re-points this standby to `leader` (its own slot named after `me`, where members use slots).
+fn follow(node: &mut Node, leader: &Member, me: Option<&str>, local: &Local, actions: &mut Vec<Action>) {
+    node.following = Some(leader.name.clone());
+    actions.push(Action::Follow {
+        leader: leader.name.clone(),
+        conninfo: leader.conninfo.clone(),
+        slot: me.filter(|_| local.uses_slots).map(leading::slot_name),
+    });
 }
 
 /// A primary that held a lease and holds none now (it lapsed, or a new one could not be won)
@@ -1224,6 +1320,51 @@ mod tests {
     }
 
     #[test]
+    fn a_candidate_refused_for_a_live_leaders_lease_follows_that_leader() {
+        let node = Node {
+            settings: three_members(),
+            ..reached()
+        };
+        let steps = run(node, down_then(vec![]));
+        let lost = |refusal: crate::leader::Refusal| Input::Election {
+            me: "s2".into(),
+            term: 9,
+            answers: vec![
+                (
+                    "p".into(),
+                    Err(crate::leader::Refusal::Unreachable("refused".into())),
+                ),
+                ("s1".into(), Err(refusal)),
+            ],
+            error: None,
+        };
+        let remote = crate::leader::Refusal::Remote {
+            code: "lease_held".into(),
+            reason: "its lease to s1 holds for 300 ms more".into(),
+            leader: Some("s1".into()),
+        };
+        let lost_to_s1 = step(&steps[2].state, lost(remote), &standby_at(T0));
+        assert_eq!(
+            lost_to_s1.actions,
+            vec![Action::Follow {
+                leader: "s1".into(),
+                conninfo: "host=s1".into(),
+                slot: None
+            }]
+        );
+        assert_eq!(lost_to_s1.state.following.as_deref(), Some("s1"));
+        // Another refusal names no live leader: nothing to follow.
+        let other = crate::leader::Refusal::Remote {
+            code: "already_voted".into(),
+            reason: "it voted for s1 in term 9".into(),
+            leader: Some("s1".into()),
+        };
+        assert!(step(&steps[2].state, lost(other), &standby_at(T0))
+            .actions
+            .is_empty());
+    }
+
+    #[test]
     fn with_leadership_a_standby_is_elected_then_leased_then_promotes() {
         let node = Node {
             settings: three_members(),
@@ -1491,49 +1632,73 @@ mod tests {
         assert!(step(&two, leader("p", false), &standby_at(T0)).actions.is_empty());
     }
 
+    fn on_timeline(timeline: u32) -> Input {
+        Input::Checked(Outcome::Answered {
+            in_recovery: false,
+            lsn: Some(0x6000000),
+            timeline: Some(timeline),
+            started: Some(7),
+        })
+    }
+
+    fn histories(primary: &str) -> Input {
+        Input::History {
+            timeline: 2,
+            read: Ok(crate::rewind::Histories {
+                primary_timeline: 2,
+                primary: primary.into(),
+                timeline: 1,
+                own: None,
+                data_dir: "/d".into(),
+                source: "host=s1".into(),
+                slot: None,
+            }),
+        }
+    }
+
     #[test]
     fn a_standby_past_the_fork_of_its_primarys_new_timeline_needs_rewind_and_does_not_promote() {
-        let node = reached();
         let mut local = standby_at(T0);
         local.replay_timeline = Some(1);
         local.replay_lsn = Some(0x3000200);
-        let newer = Outcome::Answered {
-            in_recovery: false,
-            lsn: Some(0x6000000),
-            timeline: Some(2),
-            started: Some(7),
-        };
-        let asked = step(&node, Input::Checked(newer.clone()), &local);
-        assert_eq!(asked.actions, vec![Action::ReadHistory { timeline: 2 }]);
-        assert!(
-            step(&asked.state, Input::Checked(newer), &local)
-                .actions
-                .is_empty(),
-            "asked once"
+        let asked = step(&reached(), on_timeline(2), &local);
+        assert_eq!(
+            asked.actions,
+            vec![Action::ReadHistory {
+                timeline: 2,
+                own_timeline: 1
+            }]
         );
-        let history = |text: &str| Input::History {
-            timeline: 2,
-            text: Ok(text.into()),
-            data_dir: "/d".into(),
-            source: "host=s1".into(),
-        };
         let behind = step(
             &asked.state,
-            history("1\t0/4000000\tno recovery target specified\n"),
+            histories("1\t0/4000000\tno recovery target specified\n"),
             &local,
         );
-        assert!(behind.events.is_empty());
+        assert!(behind.events.is_empty() && behind.actions.is_empty());
         assert_eq!(behind.state.standby.needs_rewind, None);
-        let past = step(
-            &asked.state,
-            history("1\t0/3000148\tno recovery target specified\n"),
-            &local,
+        assert_eq!(behind.state.standby.rewind_unknown, None);
+        // Read once; judged again at every check, with what was received even if not replayed.
+        let again = step(&behind.state, on_timeline(2), &local);
+        assert!(again.actions.is_empty() && again.events.is_empty());
+        local.receive_lsn = Some(0x4000100);
+        local.receive_timeline = Some(2);
+        let streaming = step(&again.state, on_timeline(2), &local);
+        assert!(
+            streaming.events.is_empty() && streaming.state.standby.needs_rewind.is_none(),
+            "received on the primary's timeline: it follows"
         );
+        local.receive_timeline = Some(1);
+        let past = step(&again.state, on_timeline(2), &local);
+        assert!(past.actions.is_empty(), "no new read");
         assert_eq!(kinds(&past), vec![EventKind::NeedsRewind]);
         assert!(past.events[0]
             .detail
-            .contains("pg_rewind --target-pgdata='/d' --source-server='host=s1'"));
+            .contains("pg_rewind --target-pgdata='/d' --source-server='host=s1' --write-recovery-conf"));
         assert!(past.state.standby.needs_rewind.is_some());
+        assert!(
+            step(&past.state, on_timeline(2), &local).events.is_empty(),
+            "recorded once"
+        );
         // The primary dies: this standby's data diverged, it does not promote.
         let mut node = past.state;
         for i in 0..3 {
@@ -1541,6 +1706,72 @@ mod tests {
         }
         assert_eq!(node.standby.phase, Phase::Refusing);
         assert!(node.standby.refused_by.contains(&standby::Guard::NeedsRewind));
+    }
+
+    #[test]
+    fn a_history_that_could_not_be_read_is_read_again_and_holds_the_promotion_meanwhile() {
+        let mut local = standby_at(T0);
+        local.replay_timeline = Some(1);
+        local.replay_lsn = Some(0x3000200);
+        let asked = step(&reached(), on_timeline(2), &local);
+        assert!(
+            asked.state.standby.rewind_unknown.is_some(),
+            "unknown while it is read"
+        );
+        let failed = Input::History {
+            timeline: 2,
+            read: Err("permission denied for function pg_read_file".into()),
+        };
+        let first = step(&asked.state, failed.clone(), &local);
+        assert_eq!(kinds(&first), vec![EventKind::Misconfigured]);
+        assert!(first.events[0]
+            .detail
+            .contains("does not promote until it is known"));
+        let retry = step(&first.state, on_timeline(2), &local);
+        assert!(matches!(
+            retry.actions[..],
+            [Action::ReadHistory { timeline: 2, .. }]
+        ));
+        assert!(
+            step(&retry.state, failed, &local).events.is_empty(),
+            "recorded once"
+        );
+        // The primary dies while it is unknown: no promotion.
+        let mut node = first.state.clone();
+        for i in 0..3 {
+            node = step(&node, Input::Checked(refused()), &standby_at(T0 + (i + 1) * SEC)).state;
+        }
+        assert_eq!(node.standby.phase, Phase::Refusing);
+        assert!(node.standby.refused_by.contains(&standby::Guard::RewindUnknown));
+        // Read at last: known, and no longer held.
+        let read = step(&retry.state, histories("1\t0/4000000\tx\n"), &local);
+        assert_eq!(read.state.standby.rewind_unknown, None);
+        assert_eq!(read.state.standby.needs_rewind, None);
+    }
+
+    #[test]
+    fn a_healthy_follower_on_its_primarys_timeline_needs_no_history_and_no_rewind() {
+        let mut local = standby_at(T0);
+        local.replay_timeline = Some(1);
+        local.replay_lsn = Some(0x9000000);
+        let same = step(&reached(), on_timeline(1), &local);
+        assert!(same.actions.is_empty() && same.events.is_empty());
+        assert_eq!(same.state.standby.needs_rewind, None);
+        assert_eq!(same.state.standby.rewind_unknown, None);
+        // An older primary timeline cannot be followed either.
+        local.replay_timeline = Some(2);
+        let older = step(&reached(), on_timeline(1), &local);
+        assert!(matches!(
+            older.actions[..],
+            [Action::ReadHistory {
+                timeline: 1,
+                own_timeline: 2
+            }]
+        ));
+        assert_eq!(
+            older.state.standby.rewind_unknown, None,
+            "no hold for an older one"
+        );
     }
 
     #[test]
@@ -1559,15 +1790,20 @@ mod tests {
             error: None,
         };
         let elected = step(&steps[2].state, won, &local);
+        assert_eq!(elected.actions, vec![Action::RenewLease { term: 1 }]);
+        assert_eq!(elected.state.slots_after_promotion, vec!["p", "s2"]);
+        let writable = Promotion::Writable {
+            waited: Duration::from_millis(5),
+            total: Duration::from_millis(9),
+        };
+        let promoted = step(&elected.state, Input::Promotion(writable), &local);
         assert_eq!(
-            elected.actions,
-            vec![
-                Action::CreateSlots {
-                    names: vec!["p".into(), "s2".into()]
-                },
-                Action::RenewLease { term: 1 }
-            ]
+            promoted.actions.first(),
+            Some(&Action::CreateSlots {
+                names: vec!["p".into(), "s2".into()]
+            })
         );
+        assert!(promoted.state.slots_after_promotion.is_empty());
         let first = step(&reached(), leader("p", true), &local);
         let mut three = first.state.clone();
         three.settings = three_members();

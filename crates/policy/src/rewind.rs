@@ -1,52 +1,109 @@
-//! Whether a standby can follow its primary's timeline: a standby whose replay went past the
-//! point where the primary's timeline forked off its own cannot stream from it (PostgreSQL
-//! refuses), and must be rewound with pg_rewind first.
+//! Whether a standby can follow its primary's timeline: a standby whose WAL went past the point
+//! where the primary's timeline forked off its own cannot stream from it (PostgreSQL refuses, or
+//! worse, on a timeline that only shares its number), and must be rewound with pg_rewind first.
+
+use std::cmp::Ordering;
 
 use crate::lsn;
 
-/// The point where `timeline` ends in a timeline history file's text (the primary's
-/// `<tli>.history`): `None` when the file does not name it (the timelines share no history).
-pub fn switchpoint(history: &str, timeline: u32) -> Option<u64> {
+/// What the shell read for one comparison: the primary's history of its timeline, this
+/// standby's own history of the timeline it replays (`None` when it has none: timeline 1, or
+/// the file is missing), and what the rejoin command needs (password masked).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Histories {
+    pub primary_timeline: u32,
+    pub primary: String,
+    pub timeline: u32,
+    pub own: Option<String>,
+    pub data_dir: String,
+    pub source: String,
+    /// This server's `primary_slot_name`, kept by the rejoin command.
+    pub slot: Option<String>,
+}
+
+/// The entries of a timeline history file: each ancestor timeline and where it ended.
+fn entries(history: &str) -> Vec<(u32, u64)> {
     history
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .find_map(|l| {
+        .filter_map(|l| {
             let mut fields = l.split_whitespace();
-            let tli: u32 = fields.next()?.parse().ok()?;
-            (tli == timeline)
-                .then(|| fields.next().and_then(lsn::parse))
-                .flatten()
+            Some((fields.next()?.parse().ok()?, lsn::parse(fields.next()?)?))
         })
+        .collect()
 }
 
-/// Why a standby at `position` on `timeline` cannot follow a primary on `primary_timeline`,
-/// whose history says `history`; `None` when it can.
-pub fn diverged(history: &str, timeline: u32, position: u64, primary_timeline: u32) -> Option<String> {
-    if primary_timeline <= timeline {
-        return None;
-    }
-    match switchpoint(history, timeline) {
-        Some(fork) if position > fork => Some(format!(
-            "this standby replayed timeline {timeline} up to {}, past {}, where the primary's timeline \
-             {primary_timeline} forked off it",
-            lsn::format(position),
-            lsn::format(fork)
-        )),
-        Some(_) => None,
-        None => Some(format!(
-            "the primary's timeline {primary_timeline} does not descend from this standby's timeline {timeline}"
-        )),
+/// The point where `timeline` ends in a timeline history file's text (the primary's
+/// `<tli>.history`): `None` when the file does not name it (the timelines share no history).
+pub fn switchpoint(history: &str, timeline: u32) -> Option<u64> {
+    entries(history)
+        .into_iter()
+        .find_map(|(tli, end)| (tli == timeline).then_some(end))
+}
+
+/// Where two histories of timelines with one number part: `None` when they are the same.
+/// Up to the first entry where they differ they share their WAL; at that entry both left the
+/// same ancestor (they share it up to the earlier end) or came from different ones (they share
+/// up to the previous entry's end, or nothing).
+fn parting(mine: &[(u32, u64)], theirs: &[(u32, u64)]) -> Option<u64> {
+    let i = mine.iter().zip(theirs).take_while(|(a, b)| a == b).count();
+    match (mine.get(i), theirs.get(i)) {
+        (None, None) => None,
+        (Some(a), Some(b)) if a.0 == b.0 => Some(a.1.min(b.1)),
+        _ => Some(i.checked_sub(1).map_or(0, |p| mine[p].1)),
     }
 }
 
-/// The commands that rejoin this server to the primary at `source` (a conninfo, password
-/// already masked), as a standby.
-pub fn command(data_dir: &str, source: &str) -> String {
+/// Why a standby at `position` (its furthest WAL, received or replayed) cannot follow the
+/// primary the histories were read from; `None` when it can.
+pub fn diverged(h: &Histories, position: u64) -> Option<String> {
+    let (timeline, primary_timeline) = (h.timeline, h.primary_timeline);
+    match primary_timeline.cmp(&timeline) {
+        Ordering::Less => Some(format!(
+            "the primary is on timeline {primary_timeline}, older than this standby's timeline {timeline}, \
+             so it cannot stream from it (is the primary an old one?)"
+        )),
+        Ordering::Greater => match switchpoint(&h.primary, timeline) {
+            Some(fork) if position > fork => Some(format!(
+                "this standby's WAL on timeline {timeline} goes up to {}, past {}, where the primary's \
+                 timeline {primary_timeline} forked off it",
+                lsn::format(position),
+                lsn::format(fork)
+            )),
+            Some(_) => None,
+            None => Some(format!(
+                "the primary's timeline {primary_timeline} does not descend from this standby's timeline {timeline}"
+            )),
+        },
+        Ordering::Equal => {
+            let own = h.own.as_deref()?;
+            let fork = parting(&entries(own), &entries(&h.primary))?;
+            (position > fork).then(|| {
+                format!(
+                    "this standby's timeline {timeline} and the primary's are two timelines with one number \
+                     (their histories part at {}), and this standby's WAL goes up to {}",
+                    lsn::format(fork),
+                    lsn::format(position)
+                )
+            })
+        }
+    }
+}
+
+/// The commands that rejoin this server to the primary at `h.source` as a standby. pg_rewind
+/// copies the source's `postgresql.auto.conf`, where the leader's own `primary_conninfo` and
+/// `primary_slot_name` may stand: `--write-recovery-conf` sets the conninfo to the source (and
+/// `standby.signal`), and the appended lines put back this server's slot and the check's
+/// conninfo (ALTER SYSTEM's file reads later lines over earlier ones).
+pub fn command(h: &Histories) -> String {
+    let (data_dir, source) = (&h.data_dir, &h.source);
+    let slot = h.slot.as_deref().unwrap_or("");
     format!(
         "pg_ctl -D '{data_dir}' stop -m fast && pg_rewind --target-pgdata='{data_dir}' \
-         --source-server='{source}' --progress && touch '{data_dir}/standby.signal' && \
-         pg_ctl -D '{data_dir}' start"
+         --source-server='{source}' --write-recovery-conf --progress && \
+         printf '%s\\n' \"primary_slot_name = '{slot}'\" \"pg_promoter.primary_conninfo = ''\" \
+         >> '{data_dir}/postgresql.auto.conf' && pg_ctl -D '{data_dir}' start"
     )
 }
 
@@ -57,6 +114,18 @@ mod tests {
     const HISTORY: &str =
         "1\t0/3000148\tno recovery target specified\n\n2\t0/5000060\tno recovery target specified\n";
 
+    fn read(primary_timeline: u32, primary: &str, timeline: u32, own: Option<&str>) -> Histories {
+        Histories {
+            primary_timeline,
+            primary: primary.into(),
+            timeline,
+            own: own.map(str::to_string),
+            data_dir: "/d".into(),
+            source: "host=a".into(),
+            slot: Some("s2".into()),
+        }
+    }
+
     #[test]
     fn the_switchpoint_of_each_timeline_is_read_from_the_history() {
         assert_eq!(switchpoint(HISTORY, 1), Some(0x3000148));
@@ -66,16 +135,64 @@ mod tests {
     }
 
     #[test]
-    fn a_standby_past_the_fork_cannot_follow() {
+    fn a_standby_past_the_fork_of_a_newer_timeline_cannot_follow() {
         assert_eq!(
-            diverged(HISTORY, 1, 0x3000148, 3),
+            diverged(&read(3, HISTORY, 1, None), 0x3000148),
             None,
             "at the fork exactly: it can"
         );
-        let why = diverged(HISTORY, 1, 0x3000200, 3).unwrap();
-        assert!(why.contains("up to 0/3000200, past 0/3000148"), "{why}");
-        assert_eq!(diverged(HISTORY, 2, 0x9000000, 2), None, "same timeline");
-        assert!(diverged(HISTORY, 5, 0, 7).unwrap().contains("does not descend"));
-        assert!(command("/d", "host=a").contains("pg_rewind --target-pgdata='/d' --source-server='host=a'"));
+        let why = diverged(&read(3, HISTORY, 1, None), 0x3000200).unwrap();
+        assert!(why.contains("goes up to 0/3000200, past 0/3000148"), "{why}");
+        assert!(diverged(&read(7, HISTORY, 5, None), 0)
+            .unwrap()
+            .contains("does not descend"));
+    }
+
+    #[test]
+    fn a_primary_on_an_older_timeline_cannot_be_followed() {
+        let why = diverged(&read(1, "", 2, Some("1\t0/3000148\n")), 0).unwrap();
+        assert!(
+            why.contains("timeline 1, older than this standby's timeline 2"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn two_timelines_with_one_number_part_where_their_histories_do() {
+        let mine = "1\t0/3000148\tx\n";
+        assert_eq!(
+            diverged(&read(2, mine, 2, Some(mine)), 0x9000000),
+            None,
+            "the same timeline"
+        );
+        assert_eq!(
+            diverged(&read(1, "", 1, None), 0x9000000),
+            None,
+            "timeline 1 has no history"
+        );
+        // Both left timeline 1, at different points: they share it up to the earlier one.
+        let theirs = "1\t0/4000000\tx\n";
+        assert_eq!(diverged(&read(2, theirs, 2, Some(mine)), 0x3000148), None);
+        let why = diverged(&read(2, theirs, 2, Some(mine)), 0x3000200).unwrap();
+        assert!(why.contains("part at 0/3000148"), "{why}");
+        // Different ancestors after a shared one: they share up to the shared one's end.
+        let a = "1\t0/3000000\tx\n2\t0/5000000\tx\n";
+        let b = "1\t0/3000000\tx\n3\t0/5000000\tx\n";
+        assert_eq!(parting(&entries(a), &entries(b)), Some(0x3000000));
+        assert_eq!(parting(&entries("2\t0/1\n"), &entries("3\t0/1\n")), Some(0));
+    }
+
+    #[test]
+    fn the_rejoin_command_rewinds_writes_the_recovery_settings_and_keeps_its_slot() {
+        let cmd = command(&read(2, HISTORY, 1, None));
+        assert!(
+            cmd.contains("pg_rewind --target-pgdata='/d' --source-server='host=a' --write-recovery-conf"),
+            "{cmd}"
+        );
+        assert!(cmd.contains("\"primary_slot_name = 's2'\""), "{cmd}");
+        assert!(
+            cmd.contains(">> '/d/postgresql.auto.conf' && pg_ctl -D '/d' start"),
+            "{cmd}"
+        );
     }
 }

@@ -113,6 +113,9 @@ pub enum Guard {
     StandLater,
     /// This standby went past the point where the primary's timeline forked off its own.
     NeedsRewind,
+    /// The primary is on a newer timeline whose history could not be read: whether this
+    /// standby went past its fork is not known.
+    RewindUnknown,
     /// `pg_promoter.priority` is 0: it never promotes on its own (Patroni's `nofailover`).
     NeverStands,
 }
@@ -143,6 +146,9 @@ impl Guard {
             ),
             Guard::NeverStands => "pg_promoter.priority is 0: this standby never promotes on its own".into(),
             Guard::NeedsRewind => "this standby must be rewound: its WAL went past the primary's timeline".into(),
+            Guard::RewindUnknown => "the primary is on a newer timeline whose history could not be read: whether \
+                                     this standby must be rewound is not known"
+                .into(),
             Guard::StandLater => format!(
                 "an election was lost: standing again in {} ms",
                 to_ms(facts.stand_wait.unwrap_or(0))
@@ -193,6 +199,8 @@ pub struct State {
     pub upstream_is_standby: bool,
     /// Why this standby cannot follow its primary's timeline, when it cannot.
     pub needs_rewind: Option<String>,
+    /// Why that is not known while the primary is on a newer timeline (its history unread).
+    pub rewind_unknown: Option<String>,
 }
 
 impl State {
@@ -211,6 +219,7 @@ impl State {
             manual: false,
             upstream_is_standby: false,
             needs_rewind: None,
+            rewind_unknown: None,
         }
     }
 }
@@ -236,6 +245,7 @@ pub fn guards(state: &State, facts: &Facts, settings: &Settings) -> Vec<Guard> {
         (too_much_lag(facts, settings), Guard::TooMuchLag),
         (facts.stand_wait.is_some(), Guard::StandLater),
         (state.needs_rewind.is_some(), Guard::NeedsRewind),
+        (state.rewind_unknown.is_some(), Guard::RewindUnknown),
         (
             !settings.witnesses.is_empty()
                 && !crate::leading::active(settings)
