@@ -144,7 +144,7 @@ fn pg_promoter_status() -> TableIterator<
         running.then_some(st.worker_pid),
         ts(st.started_at),
         settings.max_lag_bytes,
-        estimated_loss(st.primary_lsn, local.receive_lsn).map(|b| b as i64),
+        estimated_loss(st.primary_lsn, local.receive_lsn.max(local.replay_lsn)).map(|b| b as i64),
         fenced,
         fenced.then(|| shared.fence_reason.as_str().to_string()),
         i64::try_from(member.term).unwrap_or(i64::MAX),
@@ -351,8 +351,9 @@ fn pg_promoter_resume() -> bool {
 fn pg_promoter_promote(force: default!(bool, false)) -> bool {
     shmem::require();
     let shared = shmem::read();
-    let mut node = Node::new(guc::snapshot(), local::now(), shared.status.ever_reached);
-    node.standby.primary_lsn = shared.status.primary_lsn;
+    let status = shared.status;
+    let mut node = Node::new(guc::snapshot(), local::now(), status.ever_reached)
+        .knowing(status.primary_lsn, status.primary_lsn_at);
     // One promotion at a time: without the claim, the policy refuses (another one is under way).
     let claim = shmem::PromotionClaim::take();
     // Interrupts (statement_timeout, cancel) raise their ERROR until the postmaster is signalled;

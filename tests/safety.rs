@@ -54,6 +54,18 @@ fn lag_above_the_bound_refuses_promotion_and_shows_the_estimated_loss() {
     // Without force, a manual promotion respects the bound too.
     let err = standby.psql("SELECT pg_promoter_promote()").unwrap_err();
     assert!(err.contains("DETAIL:  Estimated data loss"), "{err}");
+    // A restarted worker never reaches the primary, yet keeps its last position: still refused.
+    let old = terminate_worker(&standby);
+    wait_new_worker(&standby, &old);
+    let refused_again = || {
+        let events = events(&standby);
+        let start = events.iter().rposition(|(e, _)| e == "start").unwrap_or(0);
+        events[start..].iter().any(|(e, d)| {
+            e == "refused" && d.contains("exceeds pg_promoter.max_lag_on_failover (1048576 bytes)")
+        })
+    };
+    wait_until("the restarted worker refuses for the lag", LONG, refused_again);
+    assert_stays_standby(&standby, Duration::from_secs(2));
 }
 
 #[test]

@@ -29,6 +29,8 @@ pub struct Status {
     pub last_error: FixedText<256>,
     pub primary_in_recovery: Option<bool>,
     pub primary_lsn: Option<u64>,
+    /// When `primary_lsn` was seen (it outlives a worker restart, as `ever_reached` does).
+    pub primary_lsn_at: Option<i64>,
     pub promoted_at: Option<i64>,
     /// The conninfo the worker checks with, password masked.
     pub conninfo: FixedText<512>,
@@ -116,6 +118,7 @@ impl Status {
             last_error: FixedText::empty(),
             primary_in_recovery: None,
             primary_lsn: None,
+            primary_lsn_at: None,
             promoted_at: None,
             conninfo: FixedText::empty(),
             needs_rewind: false,

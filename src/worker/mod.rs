@@ -75,8 +75,10 @@ struct Worker {
 impl Worker {
     fn start() -> Worker {
         let now = local::now();
-        // A restarted worker keeps what the previous one knew: the primary was reached.
-        let ever_reached = shmem::read().status.ever_reached;
+        // A restarted worker keeps what the previous one knew: the primary was reached, and
+        // its WAL position then (the data-loss bound holds across a restart).
+        let known = shmem::read().status;
+        let ever_reached = known.ever_reached;
         let pid = this_process::pid();
         // The status describes this worker's checks; only what outlives a worker is kept
         // (the primary was reached, when the server was promoted).
@@ -85,13 +87,16 @@ impl Worker {
                 worker_pid: pid,
                 started_at: Some(now),
                 ever_reached,
+                primary_lsn: known.primary_lsn,
+                primary_lsn_at: known.primary_lsn_at,
                 promoted_at: s.status.promoted_at,
                 ..shmem::Status::new()
             };
         });
         let settings = guc::snapshot();
         let mut worker = Worker {
-            node: Node::new(settings.clone(), now, ever_reached),
+            node: Node::new(settings.clone(), now, ever_reached)
+                .knowing(known.primary_lsn, known.primary_lsn_at),
             probe: probe::Probe::default(),
             pool: Pool::default(),
             params: Err(String::new()),
@@ -432,6 +437,7 @@ impl Worker {
             s.status.failures = st.failures;
             s.status.ever_reached = st.ever_reached;
             s.status.primary_lsn = st.primary_lsn;
+            s.status.primary_lsn_at = st.primary_lsn_at;
             s.status.needs_rewind = st.needs_rewind.is_some();
             if let Some(e) = &st.last_error {
                 s.status.last_error = FixedText::new(e);

@@ -241,6 +241,15 @@ impl Node {
     }
 }
 
+impl Node {
+    /// What a previous worker knew of the primary's WAL position, and when it was seen.
+    pub fn knowing(mut self, primary_lsn: Option<u64>, at: Option<Micros>) -> Node {
+        self.standby.primary_lsn = primary_lsn;
+        self.standby.primary_lsn_at = at;
+        self
+    }
+}
+
 /// The one transition function: every input, every role.
 pub fn step(node: &Node, input: Input, local: &Local) -> Step {
     let mut next = node.clone();
@@ -284,6 +293,7 @@ pub fn step(node: &Node, input: Input, local: &Local) -> Step {
                 next.standby.upstream_is_standby = in_recovery;
                 if lsn.is_some() {
                     next.standby.primary_lsn = lsn;
+                    next.standby.primary_lsn_at = Some(now);
                 }
                 if local.in_recovery {
                     let primary_timeline = timeline.filter(|_| !in_recovery);
@@ -828,7 +838,8 @@ fn standby_facts(node: &Node, local: &Local, votes: Option<Votes>) -> standby::F
         paused: local.paused,
         walrcv_last_msg: local.walrcv_last_msg,
         primary_lsn: node.standby.primary_lsn,
-        receive_lsn: local.receive_lsn,
+        primary_lsn_at: node.standby.primary_lsn_at,
+        receive_lsn: local.receive_lsn.max(local.replay_lsn),
         votes,
         promoted_by_request: local.promoted_by_request,
         promotion_under_way: local.promotion_under_way,
@@ -929,6 +940,64 @@ mod tests {
     fn reached() -> Node {
         let node = Node::new(settings(), T0 - SEC, false);
         step(&node, Input::Checked(answered()), &standby_at(T0 - SEC)).state
+    }
+
+    /// Three failed checks, one a second from `T0`, on a standby with these WAL positions.
+    fn three_failures(node: Node, receive: Option<u64>, replay: Option<u64>) -> Vec<Step> {
+        let mut steps: Vec<Step> = Vec::new();
+        let mut node = node;
+        for i in 0..3 {
+            let local = Local {
+                receive_lsn: receive,
+                replay_lsn: replay,
+                ..standby_at(T0 + i * SEC)
+            };
+            let s = step(&node, Input::Checked(refused()), &local);
+            node = s.state.clone();
+            steps.push(s);
+        }
+        steps
+    }
+
+    #[test]
+    fn a_restarted_worker_keeps_the_primarys_position_and_the_data_loss_bound_holds() {
+        // The previous worker saw the primary 10 GB ahead of this standby.
+        let restarted = Node::new(settings(), T0, true).knowing(Some(10 << 30), Some(T0 - 5 * SEC));
+        let steps = three_failures(restarted, Some(1 << 20), None);
+        let last = steps.last().unwrap();
+        assert_eq!(last.state.standby.phase, Phase::Refusing);
+        assert_eq!(last.state.standby.refused_by, vec![standby::Guard::TooMuchLag]);
+        // Reached before, position unknown: the bound cannot be checked, so no promotion.
+        let unknown = three_failures(Node::new(settings(), T0, true), Some(1 << 20), None);
+        let last = unknown.last().unwrap();
+        assert_eq!(last.state.standby.refused_by, vec![standby::Guard::LagUnknown]);
+        assert!(last
+            .events
+            .iter()
+            .any(|e| e.detail.contains("WAL position is not known")));
+        // With the bound off, an unknown position holds nothing back.
+        let off = Settings {
+            max_lag_bytes: None,
+            ..settings()
+        };
+        let steps = three_failures(Node::new(off, T0, true), Some(1 << 20), None);
+        assert!(steps.last().unwrap().actions.contains(&Action::Promote));
+    }
+
+    #[test]
+    fn a_standby_fed_by_restore_command_counts_the_wal_it_replayed() {
+        // No WAL receiver position: what was replayed is what this standby has.
+        let steps = three_failures(reached(), None, Some(0x3000));
+        let last = steps.last().unwrap();
+        assert!(last.actions.contains(&Action::Promote), "{:?}", last.events);
+        let decided = last.events.iter().find(|e| e.kind == EventKind::Decided).unwrap();
+        assert!(
+            decided
+                .detail
+                .contains("estimated data loss 0 bytes (the primary's position as of 3000 ms before)"),
+            "{}",
+            decided.detail
+        );
     }
 
     #[test]

@@ -19,9 +19,11 @@ pub struct Facts {
     pub paused: bool,
     /// When the WAL receiver last heard from the primary (WAL or keepalive), if ever.
     pub walrcv_last_msg: Option<Micros>,
-    /// The primary's WAL position at the last successful check.
+    /// The primary's WAL position at the last successful check, and when it was seen.
     pub primary_lsn: Option<u64>,
-    /// How far this standby has received WAL.
+    pub primary_lsn_at: Option<Micros>,
+    /// How far this standby has WAL, received or replayed (a standby fed by
+    /// `restore_command` has no WAL receiver position).
     pub receive_lsn: Option<u64>,
     /// What the witnesses said this round, when they were asked.
     pub votes: Option<Votes>,
@@ -118,6 +120,9 @@ pub enum Guard {
     RewindUnknown,
     /// `pg_promoter.priority` is 0: it never promotes on its own (Patroni's `nofailover`).
     NeverStands,
+    /// The primary was reached, but its WAL position is not known: the data-loss bound
+    /// cannot be checked.
+    LagUnknown,
 }
 
 impl Guard {
@@ -145,6 +150,9 @@ impl Guard {
                 settings.max_lag_bytes.unwrap_or(0)
             ),
             Guard::NeverStands => "pg_promoter.priority is 0: this standby never promotes on its own".into(),
+            Guard::LagUnknown => "the primary's WAL position is not known, so pg_promoter.max_lag_on_failover \
+                                  cannot be checked"
+                .into(),
             Guard::NeedsRewind => "this standby must be rewound: its WAL went past the primary's timeline".into(),
             Guard::RewindUnknown => "the primary is on a newer timeline whose history could not be read: whether \
                                      this standby must be rewound is not known"
@@ -190,8 +198,10 @@ pub struct State {
     pub warned_at: Option<Micros>,
     /// After a failed attempt (the pre-promote command refused), no new one before this.
     pub retry_at: Option<Micros>,
-    /// The primary's WAL position at the last check that reached it.
+    /// The primary's WAL position at the last check that reached it, and when (both outlive a
+    /// worker restart).
     pub primary_lsn: Option<u64>,
+    pub primary_lsn_at: Option<Micros>,
     /// The promotion under way was asked for by `pg_promoter_promote()`.
     pub manual: bool,
     /// The last answer of the checked server said it is in recovery: it is a standby this one
@@ -216,6 +226,7 @@ impl State {
             warned_at: None,
             retry_at: None,
             primary_lsn: None,
+            primary_lsn_at: None,
             manual: false,
             upstream_is_standby: false,
             needs_rewind: None,
@@ -243,6 +254,10 @@ pub fn guards(state: &State, facts: &Facts, settings: &Settings) -> Vec<Guard> {
         (!state.ever_reached, Guard::NeverReached),
         (state.upstream_is_standby, Guard::UpstreamIsStandby),
         (too_much_lag(facts, settings), Guard::TooMuchLag),
+        (
+            settings.max_lag_bytes.is_some() && state.ever_reached && facts.primary_lsn.is_none(),
+            Guard::LagUnknown,
+        ),
         (facts.stand_wait.is_some(), Guard::StandLater),
         (state.needs_rewind.is_some(), Guard::NeedsRewind),
         (state.rewind_unknown.is_some(), Guard::RewindUnknown),
@@ -406,6 +421,12 @@ pub fn decide(state: &State, verdict: Option<&Verdict>, facts: &Facts, settings:
                     );
                     if let Some(loss) = estimated_loss(facts.primary_lsn, facts.receive_lsn) {
                         detail.push_str(&format!("; estimated data loss {loss} bytes"));
+                        if let Some(at) = facts.primary_lsn_at {
+                            detail.push_str(&format!(
+                                " (the primary's position as of {} ms before)",
+                                to_ms(now - at)
+                            ));
+                        }
                     }
                     if let Some(votes) = facts.votes.filter(|_| !settings.witnesses.is_empty()) {
                         let members = 2 + settings.witnesses.len();
@@ -609,10 +630,13 @@ mod tests {
     }
     const T0: Micros = 1_000 * SEC;
 
+    /// A standby that has every WAL record the primary had at the last check.
     fn facts(now: Micros) -> Facts {
         Facts {
             now,
             in_recovery: true,
+            primary_lsn: Some(0x3000),
+            receive_lsn: Some(0x3000),
             ..Facts::default()
         }
     }
@@ -715,7 +739,12 @@ mod tests {
     #[test]
     fn every_guard_holds_the_promotion_back_and_says_why() {
         type Setup = fn(&mut State, &mut Facts, &mut Settings);
-        let cases: [(Guard, Setup, &str); 6] = [
+        let cases: [(Guard, Setup, &str); 7] = [
+            (
+                Guard::LagUnknown,
+                |_, f, _| f.primary_lsn = None,
+                "position is not known",
+            ),
             (Guard::Disabled, |_, _, s| s.enabled = false, "enabled is off"),
             (Guard::NeverStands, |_, _, s| s.priority = 0, "priority is 0"),
             (
