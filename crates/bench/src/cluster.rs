@@ -1,5 +1,6 @@
-//! What every failover tool under test provides: a running two-node cluster on simulated hosts,
-//! a way to hurt its primary, and (when it has one) its own account of the failover.
+//! What every failover tool under test provides: a running cluster of a primary and one standby
+//! or more on simulated hosts, a way to hurt its primary, and (when it has one) its own account
+//! of the failover.
 
 use std::time::Duration;
 
@@ -32,6 +33,12 @@ impl Fault {
 pub trait Cluster {
     /// How the benchmark client reaches each node; index 0 is the primary at start.
     fn conninfos(&self) -> Vec<String>;
+    /// How the benchmark reads each node's replication state (`pg_stat_replication`'s `state`
+    /// needs a privileged role): the same nodes in the same order. The client's, unless the
+    /// client is an ordinary role.
+    fn admin_conninfos(&self) -> Vec<String> {
+        self.conninfos()
+    }
     /// Hurts node 0.
     fn inject(&self, fault: Fault);
     /// Undoes a freeze or a cut, so the cluster can be torn down.
@@ -55,5 +62,26 @@ pub trait Tool: Sync {
     fn phase_span(&self) -> Duration;
     /// The exact settings, recorded with the results.
     fn settings(&self) -> Vec<(String, String)>;
-    fn start(&self) -> Result<Box<dyn Cluster>, String>;
+    /// Whether [`Tool::start`] can run `nodes` PostgreSQL nodes (a primary and `nodes - 1`
+    /// standbys); two, unless the tool says more.
+    fn supports(&self, nodes: usize) -> bool {
+        nodes == 2
+    }
+    /// A running cluster of `nodes` PostgreSQL nodes, each on its own simulated host, node 0 the
+    /// primary (only counts that [`Tool::supports`] allows).
+    fn start(&self, nodes: usize) -> Result<Box<dyn Cluster>, String>;
+}
+
+/// A trial's label: the tool and setting, and the node count.
+pub fn case_label(tool: &dyn Tool, nodes: usize) -> String {
+    format!("{}, {nodes} nodes", tool.label())
+}
+
+/// The tool-and-setting label and the node count of a trial's label ([`case_label`]); a label
+/// from before node counts were recorded is a two-node one.
+pub fn split_label(label: &str) -> (&str, usize) {
+    label
+        .rsplit_once(", ")
+        .and_then(|(tool, tail)| Some((tool, tail.strip_suffix(" nodes")?.parse().ok()?)))
+        .unwrap_or((label, 2))
 }

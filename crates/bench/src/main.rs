@@ -1,9 +1,12 @@
 //! `cargo run --release -p bench -- [rto|soak|cost|all] [--quick|--smoke] [--trials N] [--soak-secs N]
-//!                                   [--tools a,b] [--faults kill,freeze,cut] [--out DIR]`
+//!                                   [--tools a,b] [--nodes 2,3] [--faults kill,freeze,cut] [--out DIR]`
 //! `cargo run --release -p bench -- report --from DIR,DIR… [--out DIR]`
 //!
 //! - rto: failover time of pg_promoter and its peers on the same machine in the same run: every
-//!   tool and setting, every fault, `--trials` times each, at random phases;
+//!   tool and setting, at every node count (`--nodes`, a primary and its standbys; counts a tool
+//!   cannot run are skipped), every fault, `--trials` times each, interleaved (the first trial of
+//!   every case, then the second, ...), at random phases; with three nodes or more, also the
+//!   follow time (the other standbys streaming from the new primary);
 //! - soak: false failovers under pgbench, with a CPU hog, and with short network stalls;
 //! - cost: pg_promoter's connections, CPU and memory while all is well, the primary's throughput
 //!   with and without it, and a standby's shutdown while its primary is frozen (and repmgrd's);
@@ -11,6 +14,12 @@
 //!
 //! Prints tables and writes results.json, results.csv, rto.svg, soak.txt and cost.txt under the
 //! results folder, with the settings, versions and machine facts. Nothing here asserts a speed.
+//!
+//! `--tools` takes families (`pg_promoter`, `repmgrd`, `patroni`, `pg_auto_failover`), each
+//! optionally narrowed to one setting (the end of its label, `x` for `×`) and given its own node
+//! counts: `pg_promoter:1sx3@2+3,repmgrd@3` is pg_promoter at 1 s × 3 with two and three nodes
+//! and repmgrd at both its settings with three; an entry without `@` takes `--nodes` (2 unless
+//! given). Soaks run every selected tool and setting with two nodes.
 
 mod cluster;
 mod cost;
@@ -23,7 +32,7 @@ mod tools;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use cluster::{Fault, Tool};
+use cluster::{split_label, Fault, Tool};
 use tools::pg_promoter::PgPromoter;
 use tools::repmgr::Repmgrd;
 
@@ -33,7 +42,10 @@ struct Args {
     smoke: bool,
     trials: usize,
     soak_secs: u64,
-    families: Option<Vec<String>>,
+    /// `--tools`; None: every tool and setting.
+    selectors: Option<Vec<Selector>>,
+    /// `--nodes`, for selectors without their own.
+    nodes: Option<Vec<usize>>,
     faults: Vec<Fault>,
     out: PathBuf,
     from: Vec<PathBuf>,
@@ -46,7 +58,8 @@ fn parse_args() -> Result<Args, String> {
         smoke: false,
         trials: 10,
         soak_secs: 600,
-        families: None,
+        selectors: None,
+        nodes: None,
         faults: Fault::ALL.to_vec(),
         out: "results".into(),
         from: Vec::new(),
@@ -72,7 +85,15 @@ fn parse_args() -> Result<Args, String> {
             }
             "--trials" => args.trials = value()?.parse().map_err(|_| "--trials takes a number")?,
             "--soak-secs" => args.soak_secs = value()?.parse().map_err(|_| "--soak-secs takes a number")?,
-            "--tools" => args.families = Some(value()?.split(',').map(str::to_string).collect()),
+            "--tools" => {
+                args.selectors = Some(
+                    value()?
+                        .split(',')
+                        .map(Selector::parse)
+                        .collect::<Result<_, _>>()?,
+                )
+            }
+            "--nodes" => args.nodes = Some(parse_nodes(&value()?, ',')?),
             "--faults" => {
                 args.faults = value()?
                     .split(',')
@@ -85,6 +106,51 @@ fn parse_args() -> Result<Args, String> {
         }
     }
     Ok(args)
+}
+
+/// The node counts of `--nodes 2,3` or of a selector's `@2+3`.
+fn parse_nodes(text: &str, separator: char) -> Result<Vec<usize>, String> {
+    text.split(separator)
+        .map(|n| match n.parse() {
+            Ok(n) if n >= 2 => Ok(n),
+            _ => Err(format!("{n}: a node count is a number, 2 or more")),
+        })
+        .collect()
+}
+
+/// One `--tools` entry: `family[:setting][@nodes+nodes]`.
+struct Selector {
+    family: String,
+    setting: Option<String>,
+    nodes: Option<Vec<usize>>,
+}
+
+impl Selector {
+    fn parse(text: &str) -> Result<Selector, String> {
+        let (rest, nodes) = match text.split_once('@') {
+            Some((rest, nodes)) => (rest, Some(parse_nodes(nodes, '+')?)),
+            None => (text, None),
+        };
+        let (family, setting) = match rest.split_once(':') {
+            Some((family, setting)) => (family, Some(setting.to_string())),
+            None => (rest, None),
+        };
+        Ok(Selector {
+            family: family.to_string(),
+            setting,
+            nodes,
+        })
+    }
+
+    fn matches(&self, tool: &dyn Tool) -> bool {
+        // "1sx3" for "1s×3", in any case.
+        let plain = |s: &str| s.to_lowercase().replace('×', "x");
+        tool.family() == self.family
+            && self
+                .setting
+                .as_ref()
+                .is_none_or(|s| plain(&tool.label()).ends_with(&format!(" {}", plain(s))))
+    }
 }
 
 /// Every tool and setting under test, the reference (pg_promoter's fast setting) first.
@@ -119,11 +185,25 @@ fn main() {
     let tools: Vec<Box<dyn Tool>> = tools()
         .into_iter()
         .filter(|t| {
-            args.families
+            args.selectors
                 .as_ref()
-                .is_none_or(|f| f.iter().any(|f| f == t.family()))
+                .is_none_or(|sel| sel.iter().any(|s| s.matches(t.as_ref())))
         })
         .collect();
+    let all = self::tools();
+    if let Some(s) = args
+        .selectors
+        .iter()
+        .flatten()
+        .find(|s| !all.iter().any(|t| s.matches(t.as_ref())))
+    {
+        eprintln!(
+            "bench: --tools {}{}: no such tool or setting",
+            s.family,
+            s.setting.as_ref().map_or(String::new(), |x| format!(":{x}"))
+        );
+        std::process::exit(2);
+    }
     std::fs::create_dir_all(&args.out).expect("results folder");
     let mut facts = env::facts();
     for tool in &tools {
@@ -153,20 +233,67 @@ fn write(args: &Args, file: &str, text: &str) {
     std::fs::write(args.out.join(file), text).unwrap_or_else(|e| panic!("writing {file}: {e}"));
 }
 
-/// Failover time; true when a pg_promoter trial failed.
+/// The (tool, node count) pairs the failover trials run, in the tools' order, each tool at its
+/// node counts in the order given. The smoke run adds one three-node pg_promoter case at its
+/// fastest setting (about 20 s), unless `--tools` or `--nodes` chose the cases.
+fn cases<'a>(args: &Args, tools: &'a [Box<dyn Tool>]) -> Vec<(&'a dyn Tool, usize)> {
+    let default_nodes = args.nodes.clone().unwrap_or(vec![2]);
+    let mut cases: Vec<(&dyn Tool, usize)> = Vec::new();
+    for tool in tools {
+        let mut counts: Vec<usize> = match &args.selectors {
+            None => default_nodes.clone(),
+            Some(sel) => sel
+                .iter()
+                .filter(|s| s.matches(tool.as_ref()))
+                .flat_map(|s| s.nodes.clone().unwrap_or(default_nodes.clone()))
+                .collect(),
+        };
+        if args.smoke
+            && args.selectors.is_none()
+            && args.nodes.is_none()
+            && tool.label() == "pg_promoter 200ms×3"
+        {
+            counts.push(3);
+        }
+        let mut seen = Vec::new();
+        for n in counts {
+            if seen.contains(&n) {
+                continue;
+            }
+            seen.push(n);
+            if tool.supports(n) {
+                cases.push((tool.as_ref(), n));
+            } else {
+                eprintln!("bench: {} does not run {n} nodes here: skipped", tool.label());
+            }
+        }
+    }
+    cases
+}
+
+/// Failover time; true when a pg_promoter trial failed (or, with three nodes or more, its other
+/// standbys did not all follow the new primary).
 fn rto_mode(args: &Args, tools: &[Box<dyn Tool>], mut facts: Vec<(String, String)>) -> bool {
     let mut rng = rto::Rng::from_clock();
+    let cases = cases(args, tools);
     let mut trials = Vec::new();
-    for tool in tools {
-        for &fault in &args.faults {
-            for i in 0..args.trials {
-                let trial = rto::run(tool.as_ref(), fault, &mut rng, Duration::from_secs(180));
+    // Round robin: trial i of every case and fault, then trial i + 1, so a change in the
+    // machine's load over the run falls on every case alike.
+    for i in 0..args.trials {
+        for &(tool, nodes) in &cases {
+            for &fault in &args.faults {
+                let trial = rto::run(tool, nodes, fault, &mut rng, Duration::from_secs(180));
                 eprintln!(
-                    "{} {} #{}: rto {} {}",
+                    "{} {} #{}: rto {}{} {}",
                     trial.label,
                     fault.name(),
                     i + 1,
                     trial.rto.map_or("-".into(), |r| format!("{r:.2} s")),
+                    match (trial.follow, &trial.follow_error) {
+                        (Some(f), _) => format!(", follow {f:.2} s"),
+                        (None, Some(e)) => format!(", follow: {e}"),
+                        (None, None) => String::new(),
+                    },
                     trial.error.as_deref().unwrap_or("")
                 );
                 trials.push(trial);
@@ -174,10 +301,15 @@ fn rto_mode(args: &Args, tools: &[Box<dyn Tool>], mut facts: Vec<(String, String
         }
     }
     facts.push(("trials_per_case".into(), args.trials.to_string()));
+    let counts: Vec<String> = cases
+        .iter()
+        .map(|(t, n)| format!("{}, {n} nodes", t.label()))
+        .collect();
+    facts.push(("cases".into(), counts.join("; ")));
     write_rto(args, tools, &trials, &facts);
     trials
         .iter()
-        .any(|t| t.error.is_some() && t.family == "pg_promoter")
+        .any(|t| t.family == "pg_promoter" && (t.error.is_some() || t.follow_error.is_some()))
 }
 
 /// Several runs' trials (their results.csv) reported as one: runs of different tools may go
@@ -211,12 +343,14 @@ fn write_rto(args: &Args, tools: &[Box<dyn Tool>], trials: &[rto::Trial], facts:
         .iter()
         .map(|t| (t.label(), t.budget(), t.family()))
         .collect();
+    // A trial's label is its tool's and its node count: the reference has the same node count.
     let reference = |label: &str| {
-        let budget = budgets.iter().find(|b| b.0 == label)?.1;
+        let (tool, nodes) = split_label(label);
+        let budget = budgets.iter().find(|b| b.0 == tool)?.1;
         budgets
             .iter()
             .find(|b| b.2 == "pg_promoter" && b.1 == budget)
-            .map(|b| b.0.clone())
+            .map(|b| format!("{}, {nodes} nodes", b.0))
     };
     let table = report::table(trials, reference);
     println!("{table}");

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use crate::cluster::Fault;
+use crate::cluster::{split_label, Fault};
 use crate::rto::Trial;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -55,13 +55,35 @@ fn field(trials: &[&Trial], f: impl Fn(&Trial) -> Option<f64>) -> Option<Stats> 
 }
 
 /// The RTO table; `reference` names, per fault, the pg_promoter label to compare medians with.
+/// When any trial had a follow time to measure (three nodes or more), four more columns: the
+/// follow time's median and max, the trials where it was not reached, and the RTO median against
+/// the same tool and setting with two nodes (`vs 2n`).
 pub fn table(trials: &[Trial], reference: impl Fn(&str) -> Option<String>) -> String {
+    let follows = trials
+        .iter()
+        .any(|t| t.follow.is_some() || t.follow_error.is_some());
     let mut out = String::new();
-    let _ = writeln!(
+    let _ = write!(
         out,
-        "{:<28} {:<7} {:>3} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>7} {:>6} {:>6}",
+        "{:<36} {:<7} {:>3} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>7} {:>6} {:>6}",
         "tool", "fault", "n", "median", "p90", "min", "max", "detect", "promote", "ratio", "lost", "failed"
     );
+    if follows {
+        let _ = write!(
+            out,
+            " {:>8} {:>8} {:>6} {:>6}",
+            "follow", "f.max", "f.none", "vs 2n"
+        );
+    }
+    out.push('\n');
+    let median_of = |label: &str, fault: &str| {
+        let base: Vec<&Trial> = trials
+            .iter()
+            .filter(|t| t.label == label && t.fault.name() == fault)
+            .collect();
+        field(&base, |t| t.rto).map(|s| s.median)
+    };
+    let ratio = |v: Option<f64>| v.map_or("-".to_string(), |r| format!("{r:.1}x"));
     for (label, fault) in groups(trials) {
         let group: Vec<&Trial> = trials
             .iter()
@@ -70,19 +92,13 @@ pub fn table(trials: &[Trial], reference: impl Fn(&str) -> Option<String>) -> St
         let rto = field(&group, |t| t.rto);
         let detect = field(&group, |t| t.detection);
         let promote = field(&group, |t| t.promotion);
-        let ratio = reference(&label).and_then(|r| {
-            let base: Vec<&Trial> = trials
-                .iter()
-                .filter(|t| t.label == r && t.fault.name() == fault)
-                .collect();
-            Some(rto?.median / field(&base, |t| t.rto)?.median)
-        });
+        let vs_reference = reference(&label).and_then(|r| Some(rto?.median / median_of(&r, fault)?));
         let lost: u64 = group.iter().filter_map(|t| t.lost).sum();
         let failed = group.iter().filter(|t| t.rto.is_none()).count();
         let s = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
-        let _ = writeln!(
+        let _ = write!(
             out,
-            "{:<28} {:<7} {:>3} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>7} {:>6} {:>6}",
+            "{:<36} {:<7} {:>3} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>7} {:>6} {:>6}",
             label,
             fault,
             group.len(),
@@ -92,12 +108,35 @@ pub fn table(trials: &[Trial], reference: impl Fn(&str) -> Option<String>) -> St
             s(rto.map(|r| r.max)),
             s(detect.map(|r| r.median)),
             s(promote.map(|r| r.median)),
-            ratio.map_or("-".to_string(), |r| format!("{r:.1}x")),
+            ratio(vs_reference),
             lost,
             failed
         );
+        if follows {
+            let follow = field(&group, |t| t.follow);
+            let (tool, nodes) = split_label(&label);
+            let none = group.iter().filter(|t| t.follow_error.is_some()).count();
+            let none = if nodes > 2 { none.to_string() } else { "-".into() };
+            let vs_two = (nodes != 2)
+                .then(|| case_label_of(tool, 2))
+                .and_then(|two| Some(rto?.median / median_of(&two, fault)?));
+            let _ = write!(
+                out,
+                " {:>8} {:>8} {:>6} {:>6}",
+                s(follow.map(|f| f.median)),
+                s(follow.map(|f| f.max)),
+                none,
+                ratio(vs_two)
+            );
+        }
+        out.push('\n');
     }
     out
+}
+
+/// [`crate::cluster::case_label`] from a tool's label.
+fn case_label_of(tool: &str, nodes: usize) -> String {
+    format!("{tool}, {nodes} nodes")
 }
 
 fn json_str(s: &str) -> String {
@@ -130,15 +169,19 @@ pub fn json(trials: &[Trial], facts: &[(String, String)]) -> String {
         .iter()
         .map(|t| {
             format!(
-                "    {{\"tool\": {}, \"family\": {}, \"fault\": {}, \"rto_s\": {}, \"detection_s\": {}, \
-                 \"promotion_s\": {}, \"lost_commits\": {}, \"acked_before_fault\": {}, \
-                 \"old_primary_acked_after_fault\": {}, \"error\": {}}}",
+                "    {{\"tool\": {}, \"family\": {}, \"nodes\": {}, \"fault\": {}, \"rto_s\": {}, \
+                 \"detection_s\": {}, \"promotion_s\": {}, \"follow_s\": {}, \"follow_error\": {}, \
+                 \"lost_commits\": {}, \"acked_before_fault\": {}, \"old_primary_acked_after_fault\": {}, \
+                 \"error\": {}}}",
                 json_str(&t.label),
                 json_str(&t.family),
+                t.nodes,
                 json_str(t.fault.name()),
                 json_num(t.rto),
                 json_num(t.detection),
                 json_num(t.promotion),
+                json_num(t.follow),
+                t.follow_error.as_deref().map_or("null".into(), json_str),
                 t.lost.map_or("null".into(), |l| l.to_string()),
                 t.acked_before,
                 t.old_acked_after,
@@ -153,15 +196,23 @@ pub fn json(trials: &[Trial], facts: &[(String, String)]) -> String {
     )
 }
 
+/// The columns of results.csv; files written before node counts and follow times were
+/// recorded end at `old_primary_acked_after_fault,error`.
+const CSV_HEADER: &str = "tool,family,fault,rto_s,detection_s,promotion_s,lost_commits,\
+                          old_primary_acked_after_fault,nodes,follow_s,follow_error,error";
+
+/// Text for a quoted CSV field: no quote, no line break.
+fn csv_text(s: Option<&str>) -> String {
+    s.unwrap_or("").replace('"', "'").replace('\n', " ")
+}
+
 pub fn csv(trials: &[Trial]) -> String {
-    let mut out = String::from(
-        "tool,family,fault,rto_s,detection_s,promotion_s,lost_commits,old_primary_acked_after_fault,error\n",
-    );
+    let mut out = format!("{CSV_HEADER}\n");
     let n = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.4}"));
     for t in trials {
         let _ = writeln!(
             out,
-            "\"{}\",{},{},{},{},{},{},{},\"{}\"",
+            "\"{}\",{},{},{},{},{},{},{},{},{},\"{}\",\"{}\"",
             t.label,
             t.family,
             t.fault.name(),
@@ -170,23 +221,25 @@ pub fn csv(trials: &[Trial]) -> String {
             n(t.promotion),
             t.lost.map_or(String::new(), |l| l.to_string()),
             t.old_acked_after,
-            t.error
-                .as_deref()
-                .unwrap_or("")
-                .replace('"', "'")
-                .replace('\n', " ")
+            t.nodes,
+            n(t.follow),
+            csv_text(t.follow_error.as_deref()),
+            csv_text(t.error.as_deref()),
         );
     }
     out
 }
 
-/// Reads back what [`csv`] wrote, so several runs can be reported as one.
+/// Reads back what [`csv`] wrote, so several runs can be reported as one; also the files of
+/// earlier versions (no node count, no follow time): their trials had two nodes, and their labels
+/// get the node count that labels now carry, so they group with new two-node trials.
 pub fn parse_csv(text: &str) -> Result<Vec<Trial>, String> {
     let num = |s: &str| -> Result<Option<f64>, String> {
         (!s.is_empty())
             .then(|| s.parse().map_err(|_| format!("not a number: {s}")))
             .transpose()
     };
+    let current = text.lines().next().is_some_and(|h| h.trim() == CSV_HEADER);
     // Files written before errors were kept on one line: a line that does not start a row
     // continues the error of the row before.
     let mut rows: Vec<String> = Vec::new();
@@ -199,28 +252,44 @@ pub fn parse_csv(text: &str) -> Result<Vec<Trial>, String> {
             _ => rows.push(line.to_string()),
         }
     }
+    // The plain fields between the quoted label and the quoted texts at the end.
+    let plain = if current { 9 } else { 7 };
     let mut trials = Vec::new();
     for (i, line) in rows.iter().enumerate() {
         let bad = || format!("results.csv row {}: {line}", i + 1);
-        // The label and the error are quoted (and hold no quote); the fields between are plain.
+        // The label and the texts are quoted (and hold no quote); the fields between are plain.
         let rest = line.strip_prefix('"').ok_or_else(bad)?;
         let (label, rest) = rest.split_once("\",").ok_or_else(bad)?;
-        let f: Vec<&str> = rest.splitn(8, ',').collect();
-        if f.len() != 8 {
+        let f: Vec<&str> = rest.splitn(plain + 1, ',').collect();
+        if f.len() != plain + 1 {
             return Err(bad());
         }
-        let error = f[7].trim_matches('"');
+        let (nodes, follow, follow_error, error) = if current {
+            let texts = f[plain].strip_prefix('"').and_then(|t| t.strip_suffix('"'));
+            let (follow_error, error) = texts.and_then(|t| t.split_once("\",\"")).ok_or_else(bad)?;
+            (f[7].parse().map_err(|_| bad())?, num(f[8])?, follow_error, error)
+        } else {
+            (2, None, "", f[plain].trim_matches('"'))
+        };
+        let text = |s: &str| (!s.is_empty()).then(|| s.to_string());
         trials.push(Trial {
-            label: label.to_string(),
+            label: if current {
+                label.to_string()
+            } else {
+                case_label_of(label, nodes)
+            },
             family: f[0].to_string(),
+            nodes,
             fault: Fault::parse(f[1]).ok_or_else(bad)?,
             rto: num(f[2])?,
             detection: num(f[3])?,
             promotion: num(f[4])?,
+            follow,
+            follow_error: text(follow_error),
             lost: num(f[5])?.map(|l| l as u64),
             acked_before: 0,
             old_acked_after: f[6].parse().map_err(|_| bad())?,
-            error: (!error.is_empty()).then(|| error.to_string()),
+            error: text(error),
         });
     }
     Ok(trials)
@@ -321,28 +390,91 @@ mod tests {
         let trial = |label: &str, fault, rto, error: Option<&str>| Trial {
             label: label.into(),
             family: "pg_promoter".into(),
+            nodes: split_label(label).1,
             fault,
             rto,
             detection: rto.map(|r| r - 0.03),
             promotion: rto.map(|_| 0.03),
+            follow: rto.filter(|_| split_label(label).1 > 2).map(|r| r / 10.0),
+            follow_error: None,
             lost: rto.map(|_| 3),
             acked_before: 0,
             old_acked_after: 7,
             error: error.map(str::to_string),
         };
-        let trials = [
-            trial("pg_promoter 1s×3", Fault::Cut, Some(2.5), None),
-            trial("x", Fault::Freeze, None, Some("setup: a, b and 'c'\n\tmore")),
+        let mut trials = [
+            trial("pg_promoter 1s×3, 3 nodes", Fault::Cut, Some(2.5), None),
+            trial(
+                "x, 2 nodes",
+                Fault::Freeze,
+                None,
+                Some("setup: a, b and 'c'\n\tmore"),
+            ),
+            trial("y, 3 nodes", Fault::Kill, Some(4.0), None),
         ];
+        trials[2].follow = None;
+        trials[2].follow_error = Some("1 of 2 standbys streaming, \"then\"".into());
         let text = csv(&trials);
         let back = parse_csv(&text).unwrap();
         assert_eq!(csv(&back), text);
+        assert_eq!(back[0].nodes, 3);
+        assert_eq!(back[0].follow, Some(0.25));
         assert_eq!(back[1].error.as_deref(), Some("setup: a, b and 'c' \tmore"));
-        // An error over two lines, as older files have it.
-        let old = text.replace(" \tmore", "\n\tmore");
-        let joined = parse_csv(&old).unwrap();
-        assert_eq!(joined[1].error.as_deref(), Some("setup: a, b and 'c' more"));
+        assert_eq!(back[1].follow_error, None);
+        assert_eq!(
+            back[2].follow_error.as_deref(),
+            Some("1 of 2 standbys streaming, 'then'")
+        );
         assert!(parse_csv("header\n\"broken line\n").is_err());
+    }
+
+    #[test]
+    fn csv_reads_files_from_before_node_counts() {
+        let old = "tool,family,fault,rto_s,detection_s,promotion_s,lost_commits,old_primary_acked_after_fault,error\n\
+                   \"pg_promoter 1s×3\",pg_promoter,cut,2.5000,2.4700,0.0300,3,7,\"\"\n\
+                   \"x\",pg_promoter,freeze,,,,,0,\"setup: a, b and 'c'\n\
+                   \tmore\"\n";
+        let trials = parse_csv(old).unwrap();
+        assert_eq!(trials.len(), 2);
+        assert_eq!(trials[0].label, "pg_promoter 1s×3, 2 nodes");
+        assert_eq!(
+            (trials[0].nodes, trials[0].follow, trials[0].rto),
+            (2, None, Some(2.5))
+        );
+        assert_eq!(trials[0].old_acked_after, 7);
+        assert_eq!(trials[0].error, None);
+        // An error over two lines, as older files have it.
+        assert_eq!(trials[1].error.as_deref(), Some("setup: a, b and 'c' more"));
+        assert_eq!(split_label(&trials[1].label), ("x", 2));
+    }
+
+    #[test]
+    fn table_shows_follow_times_and_the_two_node_figure() {
+        let trial = |label: &str, rto: f64, follow: Option<f64>| Trial {
+            label: label.into(),
+            family: "pg_promoter".into(),
+            nodes: split_label(label).1,
+            fault: Fault::Kill,
+            rto: Some(rto),
+            detection: None,
+            promotion: None,
+            follow,
+            follow_error: None,
+            lost: Some(0),
+            acked_before: 0,
+            old_acked_after: 0,
+            error: None,
+        };
+        let two = [trial("a, 2 nodes", 2.0, None)];
+        assert!(!table(&two, |_| None).contains("follow"));
+        let all = [
+            trial("a, 2 nodes", 2.0, None),
+            trial("a, 3 nodes", 2.2, Some(0.5)),
+            trial("a, 3 nodes", 2.2, Some(0.7)),
+        ];
+        let t = table(&all, |_| None);
+        let row = t.lines().find(|l| l.starts_with("a, 3 nodes")).unwrap();
+        assert!(row.ends_with("    0.60     0.70      0   1.1x"), "{row}");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! One failover trial: a client commits a small transaction every 10 ms; the primary is hurt at
 //! a random moment; the recovery time (RTO) runs from the fault to the first commit that a new
 //! primary acknowledges. Acknowledged commits missing on the new primary are the data lost.
+//! With three nodes or more, the follow time runs from that first commit until every other
+//! surviving standby streams from the new primary.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -9,16 +11,22 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use pgwire::Client;
 
-use crate::cluster::{Fault, Tool};
+use crate::cluster::{case_label, Fault, Tool};
 
 /// The client's cadence and its per-commit deadline.
 const EVERY: Duration = Duration::from_millis(10);
 const COMMIT_TIMEOUT: Duration = Duration::from_millis(1000);
+/// How often the follow time polls the new primary, and for how long.
+const FOLLOW_EVERY: Duration = Duration::from_millis(20);
+const FOLLOW_GIVE_UP: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Debug)]
 pub struct Trial {
+    /// Tool, setting and node count ([`case_label`]).
     pub label: String,
     pub family: String,
+    /// PostgreSQL nodes at start: the primary and its standbys.
+    pub nodes: usize,
     pub fault: Fault,
     /// Seconds from the fault to the first commit acknowledged by a new primary (or by the old
     /// one once it failed and came back, for tools that restart PostgreSQL in place).
@@ -26,6 +34,11 @@ pub struct Trial {
     /// The tool's own account: fault to decision, and decision to writable.
     pub detection: Option<f64>,
     pub promotion: Option<f64>,
+    /// Seconds from the first commit a new primary acknowledged until every other surviving
+    /// standby streamed from it; None with two nodes (no other standby), or when they did not
+    /// within a minute (then `follow_error` says what was seen).
+    pub follow: Option<f64>,
+    pub follow_error: Option<String>,
     /// Commits the old primary acknowledged that the new one does not have.
     pub lost: Option<u64>,
     pub acked_before: u64,
@@ -67,20 +80,23 @@ struct Log {
     last_failure: Vec<f64>,
 }
 
-pub fn run(tool: &dyn Tool, fault: Fault, rng: &mut Rng, give_up: Duration) -> Trial {
+pub fn run(tool: &dyn Tool, nodes: usize, fault: Fault, rng: &mut Rng, give_up: Duration) -> Trial {
     let mut trial = Trial {
-        label: tool.label(),
+        label: case_label(tool, nodes),
         family: tool.family().to_string(),
+        nodes,
         fault,
         rto: None,
         detection: None,
         promotion: None,
+        follow: None,
+        follow_error: None,
         lost: None,
         acked_before: 0,
         old_acked_after: 0,
         error: None,
     };
-    let cluster = match tool.start() {
+    let cluster = match tool.start(nodes) {
         Ok(c) => c,
         Err(e) => {
             trial.error = Some(format!("setup: {e}"));
@@ -101,14 +117,14 @@ pub fn run(tool: &dyn Tool, fault: Fault, rng: &mut Rng, give_up: Duration) -> T
         last_failure: vec![0.0; conninfos.len()],
         ..Log::default()
     }));
-    let stop = Arc::new(AtomicBool::new(false));
-    // One client per node, each committing every 10 ms: the standby refuses until it is
+    // One client per node, each committing every 10 ms: a standby refuses until it is
     // promoted, and a hung node delays only its own client.
+    let stops: Vec<Arc<AtomicBool>> = conninfos.iter().map(|_| Arc::default()).collect();
     let writers: Vec<_> = conninfos
         .iter()
         .enumerate()
         .map(|(node, conninfo)| {
-            let (log, stop, conninfo) = (log.clone(), stop.clone(), conninfo.clone());
+            let (log, stop, conninfo) = (log.clone(), stops[node].clone(), conninfo.clone());
             thread::spawn(move || commit_loop(node, &conninfo, &log, &stop))
         })
         .collect();
@@ -137,7 +153,26 @@ pub fn run(tool: &dyn Tool, fault: Fault, rng: &mut Rng, give_up: Duration) -> T
         }
         thread::sleep(Duration::from_millis(5));
     };
-    stop.store(true, Ordering::Relaxed);
+    // The follow time is measured with the fault still in place (the old primary still dead,
+    // frozen or cut off) and with the new primary's client still committing every 10 ms: the
+    // other standbys re-point while the new primary takes writes, as they would in production.
+    // The other clients stop now; the commits counted below are those up to the first new one.
+    for (node, stop) in stops.iter().enumerate() {
+        if first_new.is_none_or(|(new, _)| new != node) {
+            stop.store(true, Ordering::Relaxed);
+        }
+    }
+    if let Some((new, at)) = first_new.filter(|_| nodes > 2) {
+        // Every node but the new primary and the old one, or, when the old one came back in
+        // place as the primary (a restart), every other node. On a cut the old primary lives
+        // but cannot reach the new one: it is not expected to follow.
+        let expected = nodes - 1 - usize::from(new != 0);
+        match follow(&cluster.admin_conninfos()[new], expected, at) {
+            Ok(secs) => trial.follow = Some(secs),
+            Err(e) => trial.follow_error = Some(e),
+        }
+    }
+    stops.iter().for_each(|s| s.store(true, Ordering::Relaxed));
     writers.into_iter().for_each(|w| {
         let _ = w.join();
     });
@@ -155,7 +190,15 @@ pub fn run(tool: &dyn Tool, fault: Fault, rng: &mut Rng, give_up: Duration) -> T
         trial.detection = Some(decided - t0);
         trial.promotion = Some(writable - decided);
     }
-    let acks = log.lock().expect("log").acks.clone();
+    // Up to the first commit on the new primary, as before the follow time was measured.
+    let acks: Vec<(u64, usize, f64)> = log
+        .lock()
+        .expect("log")
+        .acks
+        .iter()
+        .filter(|a| a.2 <= at)
+        .cloned()
+        .collect();
     let on_old: Vec<u64> = acks.iter().filter(|a| a.1 == 0).map(|a| a.0).collect();
     trial.acked_before = acks.iter().filter(|a| a.1 == 0 && a.2 < t0).count() as u64;
     trial.old_acked_after = acks.iter().filter(|a| a.1 == 0 && a.2 >= t0).count() as u64;
@@ -173,6 +216,52 @@ pub fn run(tool: &dyn Tool, fault: Fault, rng: &mut Rng, give_up: Duration) -> T
         Err(e) => trial.error = Some(format!("counting lost commits: {e}")),
     }
     trial
+}
+
+/// Polls the new primary every 20 ms until `expected` standbys stream from it: the seconds from
+/// `since` (its first acknowledged commit, Unix time), or what was seen when a minute passed. A
+/// standby counts once it streams and has flushed the WAL the new primary had written at the
+/// first poll (after its first commit, so on its new timeline): a row of a connection made
+/// before the promotion, not yet ended, does not count.
+fn follow(conninfo: &str, expected: usize, since: f64) -> Result<f64, String> {
+    let mut client = Client::new(conninfo);
+    let mut first = |sql: &str| -> Result<String, String> {
+        let rows = client.exec(sql, Duration::from_secs(1))?;
+        Ok(rows
+            .first()
+            .and_then(|r| r.first().cloned().flatten())
+            .unwrap_or_default())
+    };
+    let deadline = Instant::now() + FOLLOW_GIVE_UP;
+    let mut mark: Option<String> = None;
+    loop {
+        let started = Instant::now();
+        if mark.is_none() {
+            mark = first("SELECT pg_current_wal_lsn()").ok();
+        }
+        let seen = match &mark {
+            None => "the new primary did not answer".to_string(),
+            Some(lsn) => match first(&format!(
+                "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming' AND flush_lsn >= '{lsn}'"
+            )) {
+                Ok(count) => {
+                    let streaming: usize = count.parse().unwrap_or(0);
+                    if streaming >= expected {
+                        return Ok((now_unix() - since).max(0.0));
+                    }
+                    format!("{streaming} of {expected} standbys streaming")
+                }
+                Err(e) => format!("the new primary did not answer: {e}"),
+            },
+        };
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "{seen} from the new primary after {} s",
+                FOLLOW_GIVE_UP.as_secs()
+            ));
+        }
+        thread::sleep(FOLLOW_EVERY.saturating_sub(started.elapsed()));
+    }
 }
 
 /// Commits every 10 ms on one node, ids unique across nodes.

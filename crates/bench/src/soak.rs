@@ -148,7 +148,7 @@ fn run(tool: &dyn Tool, variant: Variant, duration: Duration, rng: &mut Rng) -> 
         why: Vec::new(),
         error: None,
     };
-    let cluster = match tool.start() {
+    let cluster = match tool.start(2) {
         Ok(c) => c,
         Err(e) => {
             soak.error = Some(format!("setup: {e}"));

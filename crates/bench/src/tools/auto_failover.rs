@@ -146,7 +146,7 @@ impl Tool for AutoFailover {
         settings
     }
 
-    fn start(&self) -> Result<Box<dyn Cluster>, String> {
+    fn start(&self, _nodes: usize) -> Result<Box<dyn Cluster>, String> {
         let net = Net::new("autofailover");
         let base = make_base("autofailover")?;
         // The hosts have addresses of their own, but the servers share one socket directory.

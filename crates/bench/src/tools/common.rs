@@ -229,20 +229,40 @@ impl Faults {
     }
 }
 
-/// A primary and a standby that the test bed runs, each on a host of `net`, for the tools that
+/// A primary and its standbys that the test bed runs, each on a host of `net`, for the tools that
 /// work beside the servers rather than running them.
-pub struct NodePair<T> {
+pub struct Nodes<T> {
     /// What the tool runs beside the servers, kept for its `Drop`; first, so it stops before the
     /// servers and the network go away.
     pub tool: T,
     pub net: Net,
-    pub nodes: [Node; 2],
+    /// The primary at start first.
+    pub nodes: Vec<Node>,
+    /// The role the benchmark's client logs in as, when not the servers' superuser.
+    pub client_user: Option<&'static str>,
     /// The tool's own account of a failover to a node ([`Cluster::reported`]).
     pub reported: fn(&Node) -> Option<(f64, f64)>,
 }
 
-impl<T> Cluster for NodePair<T> {
+impl<T> Cluster for Nodes<T> {
     fn conninfos(&self) -> Vec<String> {
+        match self.client_user {
+            Some(user) => self
+                .nodes
+                .iter()
+                .map(|n| {
+                    format!(
+                        "host={} port={} user={user} dbname=postgres",
+                        n.address(),
+                        n.port()
+                    )
+                })
+                .collect(),
+            None => self.admin_conninfos(),
+        }
+    }
+
+    fn admin_conninfos(&self) -> Vec<String> {
         self.nodes.iter().map(Node::conninfo).collect()
     }
 

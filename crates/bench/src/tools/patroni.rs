@@ -1,6 +1,6 @@
-//! Patroni (Debian's 3.0 package) with a one-node etcd 3.4: three simulated hosts, etcd on one,
-//! a Patroni on each of the others, which makes its PostgreSQL server itself (initdb on the
-//! first, pg_basebackup on the second) and fails over between them.
+//! Patroni (Debian's 3.0 package) with a one-node etcd 3.4: etcd on a simulated host of its own,
+//! a Patroni on each of two hosts or more, which makes its PostgreSQL server itself (initdb on the
+//! first, pg_basebackup on the others) and fails over between them.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -82,7 +82,7 @@ impl Patroni {
         let dir = dir.display();
         let bindir = testbed::bindir();
         let bindir = bindir.display();
-        // %(created) puts Unix time on every line, which `reported` reads. Both nodes run as the
+        // %(created) puts Unix time on every line, which `reported` reads. All nodes run as the
         // same user on the same port, so each needs its own socket directory and pgpass file.
         // The server's log goes to Patroni's output, beside Patroni's.
         format!(
@@ -184,11 +184,18 @@ impl Tool for Patroni {
         settings
     }
 
-    fn start(&self) -> Result<Box<dyn Cluster>, String> {
+    fn supports(&self, nodes: usize) -> bool {
+        nodes >= 2
+    }
+
+    fn start(&self, nodes: usize) -> Result<Box<dyn Cluster>, String> {
         let net = Net::new("patroni");
-        let hosts = [net.host("pa"), net.host("pb")];
+        // pa, pb, pc, ...
+        let hosts: Vec<Host> = (0..nodes)
+            .map(|i| net.host(&format!("p{}", char::from(b'a' + i as u8))))
+            .collect();
         let etcd_host = net.host("etcd");
-        let mut cluster = Pair {
+        let mut cluster = Members {
             base: make_base("patroni")?,
             members: Vec::new(),
             etcd: None,
@@ -252,13 +259,15 @@ impl Tool for Patroni {
                     member.api("/primary") == Some(200) && member.sql("SELECT txid_current()").is_ok()
                 })
             } else {
+                // This replica streams, beside those started before it.
                 let leader = &cluster.members[0];
+                let streaming = i.to_string();
                 testbed::try_wait_until(SETUP_TIMEOUT, || {
                     member.api("/replica") == Some(200)
                         && leader
                             .sql("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'")
                             .as_deref()
-                            == Ok("1")
+                            == Ok(streaming.as_str())
                 })
             };
             if ready.is_none() {
@@ -336,8 +345,8 @@ impl Member {
     }
 }
 
-/// etcd and the two Patroni nodes, the leader at start first, all under `base`.
-struct Pair {
+/// etcd and the Patroni nodes, the leader at start first, all under `base`.
+struct Members {
     base: PathBuf,
     members: Vec<Member>,
     etcd: Option<Daemon>,
@@ -345,7 +354,7 @@ struct Pair {
     faults: Faults,
 }
 
-impl Cluster for Pair {
+impl Cluster for Members {
     fn conninfos(&self) -> Vec<String> {
         self.members.iter().map(Member::conninfo).collect()
     }
@@ -380,7 +389,7 @@ impl Cluster for Pair {
     }
 }
 
-impl Drop for Pair {
+impl Drop for Members {
     fn drop(&mut self) {
         self.recover();
         // Patroni first, or it would start the servers again.

@@ -1,11 +1,18 @@
-//! pg_promoter itself: a primary and a standby on two simulated hosts, the worker in the standby.
+//! pg_promoter itself: a primary and one standby or more, each on its own simulated host, the
+//! worker in every server. With three nodes or more, leadership runs: every node's
+//! `pg_promoter.peers` names all of them (as in tests/election.rs).
 
 use std::time::Duration;
 
 use testbed::{Net, Node};
 
-use super::common::NodePair;
+use super::common::Nodes;
 use crate::cluster::{Cluster, Tool};
+
+/// The ordinary role the benchmark's client commits as when leadership runs: a primary takes
+/// ordinary commits only within its lease, and a fenced one refuses ordinary sessions, while
+/// superusers pass both checks. Two-node clusters keep the superuser, as before.
+const CLIENT_ROLE: &str = "bench";
 
 pub struct PgPromoter {
     pub keep_alive_ms: u64,
@@ -36,29 +43,118 @@ impl Tool for PgPromoter {
     }
 
     fn settings(&self) -> Vec<(String, String)> {
-        self.conf().into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+        let mut settings: Vec<(String, String)> =
+            self.conf().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        settings.push((
+            "with 3 nodes or more".into(),
+            format!(
+                "pg_promoter.peers='p: <conninfo>; s1: <conninfo>; s2: <conninfo>' on every node, \
+                 cluster_name=<the node's name>, the client the ordinary role {CLIENT_ROLE}"
+            ),
+        ));
+        settings
     }
 
-    fn start(&self) -> Result<Box<dyn Cluster>, String> {
+    fn supports(&self, nodes: usize) -> bool {
+        nodes >= 2
+    }
+
+    fn start(&self, nodes: usize) -> Result<Box<dyn Cluster>, String> {
+        let leadership = nodes >= 3;
         let net = Net::new("bench");
-        let (hp, hs) = (net.host("p"), net.host("s"));
+        // The names in peers, and each node's cluster_name (how a node finds itself in peers).
+        let names: Vec<String> = (0..nodes)
+            .map(|i| match (i, leadership) {
+                (0, true) => "p".to_string(),
+                (_, true) => format!("s{i}"),
+                // The names the two-node cluster always had.
+                (0, false) => "p".to_string(),
+                (_, false) => "s".to_string(),
+            })
+            .collect();
         let conf = self.conf();
-        let conf: Vec<(&str, &str)> = conf.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let primary = Node::primary_on(&hp, "bp", &conf);
+        let conf_of = |name: &str| -> Vec<(String, String)> {
+            let mut c: Vec<(String, String)> = conf.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+            if leadership {
+                c.push(("cluster_name".into(), format!("'{name}'")));
+            }
+            c
+        };
+        let primary_conf = conf_of(&names[0]);
+        let primary = Node::primary_on(&net.host(&names[0]), "bp", &borrow(&primary_conf));
         primary.psql("CREATE EXTENSION pg_promoter")?;
-        let standby = Node::standby_on(&hs, "bs", &primary, &conf);
-        let watching = testbed::try_wait_until(Duration::from_secs(60), || {
-            standby.psql("SELECT state FROM pg_promoter_status").as_deref() == Ok("watching")
+        if leadership {
+            primary.psql(&format!(
+                "CREATE ROLE {CLIENT_ROLE} LOGIN; GRANT CREATE ON SCHEMA public TO {CLIENT_ROLE}"
+            ))?;
+        }
+        let mut members = vec![primary];
+        for name in &names[1..] {
+            let standby_conf = conf_of(name);
+            let standby = Node::standby_on(
+                &net.host(name),
+                &format!("b{name}"),
+                &members[0],
+                &borrow(&standby_conf),
+            );
+            members.push(standby);
+        }
+        if leadership {
+            let peers: Vec<String> = names
+                .iter()
+                .zip(&members)
+                .map(|(name, n)| format!("{name}: {}", n.conninfo()))
+                .collect();
+            for node in &members {
+                node.append_conf(&format!("pg_promoter.peers = '{}'", peers.join("; ")));
+                node.reload();
+            }
+        }
+        let column = |node: &Node, column: &str| {
+            node.psql(&format!("SELECT {column} FROM pg_promoter_status"))
+                .unwrap_or_default()
+        };
+        let ready = testbed::try_wait_until(Duration::from_secs(60), || {
+            members[1..].iter().all(|s| column(s, "state") == "watching")
+                && (!leadership
+                    || (column(&members[0], "leader") == "p"
+                        && column(&members[0], "fenced") == "f"
+                        && column(&members[0], "lease_expires_at IS NOT NULL") == "t"))
         });
-        watching.ok_or("the standby's worker never watched the primary")?;
-        Ok(Box::new(NodePair {
+        if ready.is_none() {
+            let states: Vec<String> = members
+                .iter()
+                .map(|n| {
+                    format!(
+                        "{}: {}",
+                        n.name(),
+                        column(n, "state || ' leader=' || coalesce(leader, '-') || ' lease=' || coalesce(lease_expires_at::text, '-')")
+                    )
+                })
+                .collect();
+            return Err(format!(
+                "the standbys never all watched{}: {}",
+                if leadership {
+                    ", or the primary never held a lease"
+                } else {
+                    ""
+                },
+                states.join("; ")
+            ));
+        }
+        Ok(Box::new(Nodes {
             // Nothing: the worker runs inside the servers.
             tool: (),
             net,
-            nodes: [primary, standby],
+            nodes: members,
+            client_user: leadership.then_some(CLIENT_ROLE),
             reported: events,
         }))
     }
+}
+
+fn borrow(c: &[(String, String)]) -> Vec<(&str, &str)> {
+    c.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
 
 impl PgPromoter {

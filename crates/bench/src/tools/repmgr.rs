@@ -1,5 +1,8 @@
-//! repmgrd (repmgr 5.3): a primary and a standby on two simulated hosts, registered with repmgr,
-//! and repmgrd running on both hosts in the foreground of a child process we keep.
+//! repmgrd (repmgr 5.3): a primary and one standby or more, each on its own simulated host,
+//! registered with repmgr, and repmgrd running on every host in the foreground of a child process
+//! we keep. No witness: every node is a PostgreSQL node (repmgr's witness only serves to tell a
+//! primary in another location from a dead one, which one location does not need). With two
+//! standbys, repmgrd's election picks one and the other follows it (`follow_command`).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -7,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use testbed::{Host, Net, Node};
 
-use super::common::{as_server_user, give_to_server_user, run, Daemon, NodePair};
+use super::common::{as_server_user, give_to_server_user, run, Daemon, Nodes};
 use crate::cluster::{Cluster, Tool};
 
 /// repmgrd's detection settings, in whole seconds: repmgr takes nothing finer.
@@ -51,6 +54,8 @@ impl Repmgrd {
             ("data_directory", format!("'{}'", n.data)),
             ("log_file", format!("'{}/repmgr.log'", n.base)),
             ("failover", "automatic".to_string()),
+            // What `repmgr standby follow` runs to restart a standby on its new upstream.
+            ("pg_bindir", format!("'{}'", testbed::bindir().display())),
             ("promote_command", command("promote", "")),
             ("follow_command", command("follow", " --upstream-node-id=%n")),
             ("monitor_interval_secs", self.monitor_interval_secs.to_string()),
@@ -103,7 +108,7 @@ impl Tool for Repmgrd {
 
     fn settings(&self) -> Vec<(String, String)> {
         let placeholders = PerNode {
-            id: "<1 primary, 2 standby>".to_string(),
+            id: "<1 the primary, 2, 3, ... the standbys>".to_string(),
             name: "<node name>".to_string(),
             conninfo: format!("host=<host ip> port=<port> user=postgres dbname=postgres {CONNECT_TIMEOUT}"),
             data: "<node base dir>/data".to_string(),
@@ -115,8 +120,12 @@ impl Tool for Repmgrd {
             .collect()
     }
 
-    fn start(&self) -> Result<Box<dyn Cluster>, String> {
-        Ok(Box::new(self.pair()?))
+    fn supports(&self, nodes: usize) -> bool {
+        nodes >= 2
+    }
+
+    fn start(&self, nodes: usize) -> Result<Box<dyn Cluster>, String> {
+        Ok(Box::new(self.cluster(nodes)?))
     }
 }
 
@@ -125,7 +134,7 @@ impl Repmgrd {
     /// takes to exit after SIGTERM, then the standby's fast shutdown. (pg_promoter's worker is
     /// inside the server: its share is in the server's shutdown.)
     pub fn shutdown_while_frozen(&self) -> Result<(Duration, Duration), String> {
-        let mut pair = self.pair()?;
+        let mut pair = self.cluster(2)?;
         pair.nodes[0].freeze();
         std::thread::sleep(Duration::from_millis(1500));
         let start = Instant::now();
@@ -139,34 +148,58 @@ impl Repmgrd {
         Ok((repmgrd, server))
     }
 
-    fn pair(&self) -> Result<NodePair<Repmgrds>, String> {
+    /// A primary and `nodes - 1` standbys, registered, with repmgrd monitoring every node.
+    fn cluster(&self, nodes: usize) -> Result<Nodes<Repmgrds>, String> {
         let net = Net::new("bench");
-        let (hp, hs) = (net.host("p"), net.host("s"));
+        // The names the two-node cluster always had; then rs1, rs2, ...
+        let names: Vec<String> = (0..nodes)
+            .map(|i| match i {
+                0 => "rp".to_string(),
+                _ if nodes == 2 => "rs".to_string(),
+                _ => format!("rs{i}"),
+            })
+            .collect();
+        let hosts: Vec<Host> = (0..nodes)
+            .map(|i| net.host(if i == 0 { "p" } else { &names[i][1..] }))
+            .collect();
         // Naming a library keeps the test bed from loading pg_promoter. The WAL receiver takes
         // cluster_name as its application_name, by which repmgr finds a standby in
         // pg_stat_replication: it must be the node's name.
-        let pg = |name| [("shared_preload_libraries", "'repmgr'"), ("cluster_name", name)];
-        let primary = Node::primary_on(&hp, "rp", &pg("'rp'"));
-        let conf_p = self.write_conf(1, &primary)?;
-        repmgr(&hp, &conf_p, &["primary", "register"])?;
-        let standby = Node::standby_on(&hs, "rs", &primary, &pg("'rs'"));
-        let conf_s = self.write_conf(2, &standby)?;
-        // repmgrd on the standby reads its own node record, so wait until it has replayed it.
-        repmgr(&hs, &conf_s, &["standby", "register", "--wait-sync=60"])?;
+        let quoted: Vec<String> = names.iter().map(|n| format!("'{n}'")).collect();
+        let pg = |i: usize| {
+            [
+                ("shared_preload_libraries", "'repmgr'"),
+                ("cluster_name", quoted[i].as_str()),
+            ]
+        };
+        let primary = Node::primary_on(&hosts[0], &names[0], &pg(0));
+        let mut confs = vec![self.write_conf(1, &primary)?];
+        repmgr(&hosts[0], &confs[0], &["primary", "register"])?;
+        let mut members = vec![primary];
+        for i in 1..nodes {
+            let standby = Node::standby_on(&hosts[i], &names[i], &members[0], &pg(i));
+            confs.push(self.write_conf(i as u32 + 1, &standby)?);
+            // repmgrd on the standby reads its own node record, so wait until it has replayed it.
+            repmgr(&hosts[i], &confs[i], &["standby", "register", "--wait-sync=60"])?;
+            members.push(standby);
+        }
         let mut daemons = Repmgrds(Vec::new());
-        for (host, conf) in [(&hp, &conf_p), (&hs, &conf_s)] {
+        for (host, conf) in hosts.iter().zip(&confs) {
             daemons.0.push(repmgrd(host, conf)?);
         }
-        for (daemon, sign) in daemons.0.iter().zip([
-            "monitoring cluster primary",
-            "monitoring connection to upstream node",
-        ]) {
+        for (i, daemon) in daemons.0.iter().enumerate() {
+            let sign = if i == 0 {
+                "monitoring cluster primary"
+            } else {
+                "monitoring connection to upstream node"
+            };
             wait_for(daemon, sign)?;
         }
-        Ok(NodePair {
+        Ok(Nodes {
             tool: daemons,
             net,
-            nodes: [primary, standby],
+            nodes: members,
+            client_user: None,
             // repmgr keeps no account of its own that would do: repmgr.events has no event for
             // the decision (it is taken while no node is writable, so repmgrd cannot store one),
             // and standby_promote is stamped when `repmgr standby promote` next checks the node
