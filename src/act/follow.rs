@@ -27,7 +27,9 @@ const CREATE_SLOT: &str = "SELECT pg_catalog.pg_create_physical_replication_slot
     WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_replication_slots WHERE slot_name = $1)";
 
 /// Sets `conninfo` (and `slot`, where members use slots, made on the leader first) as this
-/// standby's upstream and reloads; `Ok(Err(why))` when it could not.
+/// standby's upstream and reloads; `Ok(Err(why))` when it could not. A slot that could not be
+/// made on the leader is named anyway (a new leader makes its followers' slots once promoted),
+/// and said in the note.
 pub fn follow(
     pool: &mut Pool,
     settings: &Settings,
@@ -35,22 +37,17 @@ pub fn follow(
     conninfo: &str,
     slot: Option<&str>,
     stop: &dyn Fn() -> bool,
-) -> Result<Result<(), String>, Interrupted> {
+) -> Result<Result<Option<String>, String>, Interrupted> {
+    let mut note = None;
     if let Some(slot) = slot {
-        let Some(entry) = settings.peers.iter().find(|p| p.name == leader) else {
-            return Ok(Err(format!("\"{leader}\" is no longer in pg_promoter.peers")));
+        let made = match settings.peers.iter().find(|p| p.name == leader) {
+            Some(entry) => run_on(pool, settings, entry, vec![create_slot(slot)], stop)?,
+            None => Err(format!("\"{leader}\" is no longer in pg_promoter.peers")),
         };
-        let made = run_on(
-            pool,
-            settings,
-            entry,
-            vec![(CREATE_SLOT.into(), vec![slot.into()])],
-            stop,
-        )?;
         if let Err(why) = made {
-            return Ok(Err(format!(
-                "could not make replication slot \"{slot}\" on {leader}: {why}"
-            )));
+            note = Some(format!(
+                "replication slot \"{slot}\" could not be made on {leader}: {why}"
+            ));
         }
     }
     let set = |name: &str, value: &str| {
@@ -67,7 +64,11 @@ pub fn follow(
         statements.push(set("primary_slot_name", slot));
     }
     statements.push(("SELECT pg_catalog.pg_reload_conf()".into(), Vec::new()));
-    run_on_self(pool, settings, statements, stop)
+    Ok(run_on_self(pool, settings, statements, stop)?.map(|()| note))
+}
+
+fn create_slot(name: &str) -> Statement {
+    (CREATE_SLOT.to_string(), vec![name.to_string()])
 }
 
 /// Creates the physical replication slots `names` on this server where missing, so followers
@@ -78,11 +79,19 @@ pub fn create_slots(
     names: &[String],
     stop: &dyn Fn() -> bool,
 ) -> Result<Result<(), String>, Interrupted> {
-    let statements = names
-        .iter()
-        .map(|n| (CREATE_SLOT.to_string(), vec![n.clone()]))
-        .collect();
-    run_on_self(pool, settings, statements, stop)
+    // Each on its own: one that fails (a follower made it at the same moment) does not keep
+    // the others from being made.
+    let mut failed = Vec::new();
+    for name in names {
+        if let Err(why) = run_on_self(pool, settings, vec![create_slot(name)], stop)? {
+            failed.push(format!("{name}: {why}"));
+        }
+    }
+    Ok(if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(failed.join("; "))
+    })
 }
 
 /// Runs statements in turn on this server, through its own entry in the peers.

@@ -77,7 +77,9 @@ impl Arbiter for Members<'_> {
             rank.priority.to_string(),
             primary.to_string(),
         ];
-        let answers = ask_others(self.pool, settings, &me, VOTE, &args, stop)?;
+        // Its own vote is in: done once the others' votes make a majority, or cannot.
+        let needed = majority(settings) - 1;
+        let answers = ask_others(self.pool, settings, &me, VOTE, &args, Some(needed), stop)?;
         Ok(Input::Election {
             me,
             term,
@@ -110,8 +112,12 @@ impl Arbiter for Members<'_> {
             me.clone(),
             format!("{} microseconds", duration.as_micros()),
         ];
+        // A standby renewing has just won, and its promotion waits on this lease: done once a
+        // majority granted it. A primary's rounds hear every member out, so that no kept
+        // connection is closed with a question in flight.
+        let needed = local::in_recovery().then(|| majority(settings) - usize::from(own.is_ok()));
         let mut answers = vec![(me.clone(), own)];
-        answers.extend(ask_others(self.pool, settings, &me, LEASE, &args, stop)?);
+        answers.extend(ask_others(self.pool, settings, &me, LEASE, &args, needed, stop)?);
         Ok(Input::Leases {
             term,
             sent_at,
@@ -126,13 +132,20 @@ fn not_found() -> String {
         .into()
 }
 
-/// Asks every member but `me` the same question, within one check's timeout.
+/// How many members make a majority of the configured ones.
+fn majority(settings: &Settings) -> usize {
+    leading::members(settings) / 2 + 1
+}
+
+/// Asks every member but `me` the same question, within one check's timeout; with `needed`,
+/// done as soon as that many granted, or too many refused for that.
 fn ask_others(
     pool: &mut Pool,
     settings: &Settings,
     me: &str,
     sql: &CStr,
     args: &[String],
+    needed: Option<usize>,
     stop: &dyn Fn() -> bool,
 ) -> Result<Answers, Interrupted> {
     let asks: Vec<Ask> = settings
@@ -149,7 +162,15 @@ fn ask_others(
         .collect();
     // A round fits in a renewal period (see `leading::renew_every`).
     let timeout = settings.check_timeout.min(leading::renew_every(settings));
-    let answers = pool.ask_all(&asks, Instant::now() + timeout, stop)?;
+    let others = asks.len();
+    let decided = |results: &[Option<Rows>]| {
+        let Some(needed) = needed else { return false };
+        let answered = results.iter().flatten();
+        let granted = answered.clone().filter(|r| verdict((*r).clone()).is_ok()).count();
+        let refused = answered.count() - granted;
+        granted >= needed || refused > others.saturating_sub(needed)
+    };
+    let answers = pool.ask_until(&asks, Instant::now() + timeout, stop, &decided)?;
     Ok(answers
         .into_iter()
         .map(|(name, rows)| (name, verdict(rows)))

@@ -51,6 +51,19 @@ impl Pool {
         deadline: Instant,
         stop: &dyn Fn() -> bool,
     ) -> Result<Vec<(String, Rows)>, Interrupted> {
+        self.ask_until(asks, deadline, stop, &|_| false)
+    }
+
+    /// As [`Pool::ask_all`], but done as soon as `decided` says the answers so far settle the
+    /// question (an election won or lost): the members not heard from yet are answered "not
+    /// waited for", and their connections, with a question in flight, are closed.
+    pub fn ask_until(
+        &mut self,
+        asks: &[Ask],
+        deadline: Instant,
+        stop: &dyn Fn() -> bool,
+        decided: &dyn Fn(&[Option<Rows>]) -> bool,
+    ) -> Result<Vec<(String, Rows)>, Interrupted> {
         let mut results: Vec<Option<Rows>> = asks.iter().map(|_| None).collect();
         let mut pending: Vec<Option<Pending>> = Vec::with_capacity(asks.len());
         for (i, ask) in asks.iter().enumerate() {
@@ -65,6 +78,15 @@ impl Pool {
         loop {
             let live: Vec<usize> = (0..asks.len()).filter(|i| pending[*i].is_some()).collect();
             if live.is_empty() {
+                break;
+            }
+            if decided(&results) {
+                for i in live {
+                    pending[i] = None;
+                    results[i] = Some(Err(Outcome::Lost(
+                        "not waited for: the outcome was already decided".into(),
+                    )));
+                }
                 break;
             }
             let sockets: Vec<Socket> = live

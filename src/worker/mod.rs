@@ -70,6 +70,8 @@ struct Worker {
     /// The promotion under way, if any, and the claim that keeps requests out meanwhile.
     sequence: Option<Sequence>,
     claim: Option<shmem::PromotionClaim>,
+    /// When this server's name was last looked up among the peers, while it is not known.
+    name_asked: Option<Instant>,
 }
 
 impl Worker {
@@ -103,6 +105,7 @@ impl Worker {
             last_start: None,
             sequence: None,
             claim: None,
+            name_asked: None,
         };
         worker.use_settings(&settings);
         // The leadership state file, read at the start: the quiet period counts from here.
@@ -139,13 +142,19 @@ impl Worker {
                 let settings = guc::snapshot();
                 self.use_settings(&settings);
                 self.feed(Input::Reload(settings));
+                self.name_asked = None;
             }
             let now = local::now();
             let primary = !local::in_recovery();
             if !primary && policy::leading::active(&self.node.settings) {
                 // Its name, while not found yet (peers set after the start, or its own entry
-                // unreachable then): a follower names its own slot by it. Asked only then.
-                let _ = leadership::find_name(&mut self.pool, &self.node.settings, &stop_requested);
+                // unreachable then): a follower names its own slot by it. Asked after a reload,
+                // else once a lease period, so a hung peer does not slow every check.
+                let every = policy::leading::lease_duration(&self.node.settings);
+                if member::name().is_none() && self.name_asked.is_none_or(|at| at.elapsed() >= every) {
+                    self.name_asked = Some(Instant::now());
+                    let _ = leadership::find_name(&mut self.pool, &self.node.settings, &stop_requested);
+                }
                 self.feed(self.leader());
             }
             if primary {
@@ -309,9 +318,9 @@ impl Worker {
                 own_timeline,
             } => {
                 let settings = &self.node.settings;
-                // Timeline 1 has no history file.
+                // Timeline 1 has no history file, and an older primary timeline needs none.
                 let primary = match &self.params {
-                    Ok(_) if timeline == 1 => Ok(String::new()),
+                    Ok(_) if timeline == 1 || timeline < own_timeline => Ok(String::new()),
                     Ok(params) => {
                         let file = format!("pg_wal/{timeline:08X}.history");
                         let deadline = Instant::now() + settings.check_timeout;

@@ -165,10 +165,11 @@ pub enum Input {
     },
     /// How creating the followers' slots went.
     Slots(Result<Vec<String>, String>),
-    /// How re-pointing to a leader went.
+    /// How re-pointing to a leader went: done (with a note on what went wrong on the way, such
+    /// as its slot not made on the leader), or not.
     Followed {
         leader: String,
-        result: Result<(), String>,
+        result: Result<Option<String>, String>,
     },
     /// The members (this server included) answered a lease round of `term` sent at `sent_at`
     /// (the lease clock).
@@ -212,9 +213,9 @@ pub struct Node {
     pub leader_seen: Option<Option<String>>,
     /// The histories of the primary's timeline and this standby's, as last read.
     pub histories: Option<crate::rewind::Histories>,
-    /// The primary timeline whose history could not be read (recorded once; read again at the
-    /// next check).
-    pub history_failed: Option<u32>,
+    /// The primary's timeline and this standby's whose histories could not be read (recorded
+    /// once; read again at each check only while the primary's is newer, which holds promotion).
+    pub history_failed: Option<(u32, u32)>,
     /// The slots this winner creates for its followers once it is promoted.
     pub slots_after_promotion: Vec<String>,
     /// The last re-pointing failed: the next [`Input::Leader`] tries again.
@@ -274,6 +275,11 @@ pub fn step(node: &Node, input: Input, local: &Local) -> Step {
         }
         Input::Reload(settings) => {
             let changes = node.settings.changes(&settings);
+            if settings.primary_conninfo != node.settings.primary_conninfo {
+                // Another primary: its timeline history is read anew.
+                next.histories = None;
+                next.history_failed = None;
+            }
             let detail = if changes.is_empty() {
                 "configuration reloaded: no pg_promoter setting changed".to_string()
             } else {
@@ -441,8 +447,9 @@ pub fn step(node: &Node, input: Input, local: &Local) -> Step {
             Err(why) => {
                 // Read again at the next check, recorded once a timeline: the check's role may
                 // lack the right to read it.
-                let ahead = local.replay_timeline.is_some_and(|mine| timeline > mine);
-                if node.history_failed != Some(timeline) {
+                let mine = local.replay_timeline.unwrap_or(0);
+                let ahead = timeline > mine;
+                if node.history_failed != Some((timeline, mine)) {
                     let held = if ahead {
                         ", and it does not promote until it is known"
                     } else {
@@ -454,7 +461,7 @@ pub fn step(node: &Node, input: Input, local: &Local) -> Step {
                     );
                     events.push(Event::new(now, EventKind::Misconfigured, detail));
                 }
-                next.history_failed = Some(timeline);
+                next.history_failed = Some((timeline, mine));
                 // A primary on a newer timeline certainly forked: promoting without knowing
                 // where could fork a third. On one timeline number a second is rare (two
                 // hand promotions), and no history is needed to follow.
@@ -476,9 +483,12 @@ pub fn step(node: &Node, input: Input, local: &Local) -> Step {
         }
         Input::Followed { leader, result } => {
             let (kind, detail) = match result {
-                Ok(()) => (
+                Ok(note) => (
                     EventKind::Following,
-                    format!("following {leader}: primary_conninfo set to its entry in pg_promoter.peers, and reloaded"),
+                    format!(
+                        "following {leader}: primary_conninfo set to its entry in pg_promoter.peers, and reloaded{}",
+                        note.map(|n| format!(" ({n})")).unwrap_or_default()
+                    ),
                 ),
                 Err(why) => {
                     // Tried again at the next input.
@@ -555,7 +565,8 @@ fn rejoin(
         .as_ref()
         .filter(|h| h.primary_timeline == t && h.timeline == mine);
     let Some(h) = read else {
-        if ask {
+        let given_up = t <= mine && node.history_failed == Some((t, mine));
+        if ask && !given_up {
             actions.push(Action::ReadHistory {
                 timeline: t,
                 own_timeline: mine,
@@ -699,11 +710,13 @@ fn election(
                 node.standby.phase = Phase::Refusing;
                 // Members refused for a live leader's lease: follow it now. This standby may
                 // never learn it as a member, when its own candidacies took it past that
-                // leader's term (it then refuses the leader's leases as stale).
+                // leader's term (it then refuses the leader's leases as stale). Not the leader
+                // it knows already: that is the one whose lease outlives it (its upstream).
+                let known = node.leader_seen.clone().flatten();
                 let holder = answers
                     .iter()
                     .filter_map(|(_, v)| v.as_ref().err()?.lease_holder())
-                    .find(|l| *l != me)
+                    .find(|l| *l != me && known.as_deref() != Some(*l))
                     .and_then(|l| node.settings.peers.iter().find(|p| p.name == l));
                 if let Some(peer) = holder.filter(|p| node.following.as_ref() != Some(&p.name)) {
                     let peer = peer.clone();
@@ -718,6 +731,8 @@ fn election(
 /// Re-points this standby to `leader` (its own slot named after `me`, where members use slots).
 fn follow(node: &mut Node, leader: &Member, me: Option<&str>, local: &Local, actions: &mut Vec<Action>) {
     node.following = Some(leader.name.clone());
+    node.histories = None;
+    node.history_failed = None;
     actions.push(Action::Follow {
         leader: leader.name.clone(),
         conninfo: leader.conninfo.clone(),
@@ -1422,6 +1437,15 @@ mod tests {
             }]
         );
         assert_eq!(lost_to_s1.state.following.as_deref(), Some("s1"));
+        // The leader it knows already holds the lease: that is its dead upstream, not news.
+        let mut knows_s1 = steps[2].state.clone();
+        knows_s1.leader_seen = Some(Some("s1".into()));
+        let remote = crate::leader::Refusal::Remote {
+            code: "lease_held".into(),
+            reason: "its lease to s1 holds for 300 ms more".into(),
+            leader: Some("s1".into()),
+        };
+        assert!(step(&knows_s1, lost(remote), &standby_at(T0)).actions.is_empty());
         // Another refusal names no live leader: nothing to follow.
         let other = crate::leader::Refusal::Remote {
             code: "already_voted".into(),
@@ -1666,7 +1690,7 @@ mod tests {
             .is_empty());
         let done = Input::Followed {
             leader: "s1".into(),
-            result: Ok(()),
+            result: Ok(None),
         };
         assert_eq!(
             kinds(&step(&follow.state, done, &local)),
@@ -1816,6 +1840,37 @@ mod tests {
         let read = step(&retry.state, histories("1\t0/4000000\tx\n"), &local);
         assert_eq!(read.state.standby.rewind_unknown, None);
         assert_eq!(read.state.standby.needs_rewind, None);
+    }
+
+    #[test]
+    fn a_history_of_the_same_timeline_that_could_not_be_read_is_not_asked_again() {
+        let mut local = standby_at(T0);
+        local.replay_timeline = Some(2);
+        let asked = step(&reached(), on_timeline(2), &local);
+        assert!(matches!(
+            asked.actions[..],
+            [Action::ReadHistory {
+                timeline: 2,
+                own_timeline: 2
+            }]
+        ));
+        assert_eq!(
+            asked.state.standby.rewind_unknown, None,
+            "no hold on one timeline"
+        );
+        let failed = Input::History {
+            timeline: 2,
+            read: Err("permission denied for function pg_read_file".into()),
+        };
+        let first = step(&asked.state, failed, &local);
+        assert_eq!(kinds(&first), vec![EventKind::Misconfigured]);
+        let next = step(&first.state, on_timeline(2), &local);
+        assert!(
+            next.actions.is_empty(),
+            "not asked at every check: {:?}",
+            next.actions
+        );
+        assert!(next.state.standby.rewind_unknown.is_none());
     }
 
     #[test]

@@ -55,6 +55,17 @@ fn parting(mine: &[(u32, u64)], theirs: &[(u32, u64)]) -> Option<u64> {
     }
 }
 
+/// Where this standby's own history parts from the primary's record of the same ancestors
+/// (those below this standby's timeline), when it does.
+fn ancestry_parts(h: &Histories) -> Option<u64> {
+    let own = entries(h.own.as_deref()?);
+    let theirs: Vec<(u32, u64)> = entries(&h.primary)
+        .into_iter()
+        .filter(|(tli, _)| *tli < h.timeline)
+        .collect();
+    parting(&own, &theirs)
+}
+
 /// Why a standby at `position` (its furthest WAL, received or replayed) cannot follow the
 /// primary the histories were read from; `None` when it can.
 pub fn diverged(h: &Histories, position: u64) -> Option<String> {
@@ -65,6 +76,14 @@ pub fn diverged(h: &Histories, position: u64) -> Option<String> {
              so it cannot stream from it (is the primary an old one?)"
         )),
         Ordering::Greater => match switchpoint(&h.primary, timeline) {
+            // The primary's ancestors below this standby's timeline must be this standby's
+            // own: PostgreSQL compares only the numbers.
+            Some(_) if ancestry_parts(h).is_some_and(|at| position > at) => Some(format!(
+                "the primary's timeline {primary_timeline} descends from another timeline {timeline} than \
+                 this standby's (their histories part at {}), and this standby's WAL goes up to {}",
+                lsn::format(ancestry_parts(h).unwrap_or(0)),
+                lsn::format(position)
+            )),
             Some(fork) if position > fork => Some(format!(
                 "this standby's WAL on timeline {timeline} goes up to {}, past {}, where the primary's \
                  timeline {primary_timeline} forked off it",
@@ -97,8 +116,12 @@ pub fn diverged(h: &Histories, position: u64) -> Option<String> {
 /// `standby.signal`), and the appended lines put back this server's slot and the check's
 /// conninfo (ALTER SYSTEM's file reads later lines over earlier ones).
 pub fn command(h: &Histories) -> String {
-    let (data_dir, source) = (&h.data_dir, &h.source);
-    let slot = h.slot.as_deref().unwrap_or("");
+    // Inside single quotes for the shell; a single quote itself closes, escapes and reopens.
+    let quoted = |s: &str| s.replace('\'', "'\\''");
+    let (data_dir, source) = (quoted(&h.data_dir), quoted(&h.source));
+    // The slot's value is itself quoted for postgresql.auto.conf (doubled quotes), in a
+    // double-quoted shell word.
+    let slot = quoted(&h.slot.as_deref().unwrap_or("").replace('\'', "''"));
     format!(
         "pg_ctl -D '{data_dir}' stop -m fast && pg_rewind --target-pgdata='{data_dir}' \
          --source-server='{source}' --write-recovery-conf --progress && \
@@ -193,6 +216,34 @@ mod tests {
         assert!(
             cmd.contains(">> '/d/postgresql.auto.conf' && pg_ctl -D '/d' start"),
             "{cmd}"
+        );
+        let mut quoted = read(2, HISTORY, 1, None);
+        quoted.source = "host=a password='********'".into();
+        let cmd = command(&quoted);
+        assert!(
+            cmd.contains(r"--source-server='host=a password='\''********'\'''"),
+            "{cmd}"
+        );
+    }
+
+    #[test]
+    fn a_newer_primary_timeline_must_descend_from_this_standbys_own_history() {
+        // This standby's timeline 2 left timeline 1 at 0/3000000; the primary's timeline 3
+        // descends from another timeline 2, which left timeline 1 at 0/2000000.
+        let own = "1\t0/3000000\tx\n";
+        let theirs = "1\t0/2000000\tx\n2\t0/9000000\tx\n";
+        let why = diverged(&read(3, theirs, 2, Some(own)), 0x2500000).unwrap();
+        assert!(why.contains("descends from another timeline 2"), "{why}");
+        assert_eq!(
+            diverged(&read(3, theirs, 2, Some(own)), 0x2000000),
+            None,
+            "not past the parting"
+        );
+        let same = "1\t0/3000000\tx\n2\t0/9000000\tx\n";
+        assert_eq!(
+            diverged(&read(3, same, 2, Some(own)), 0x5000000),
+            None,
+            "its own ancestry"
         );
     }
 }
