@@ -1,5 +1,6 @@
 //! `cargo run --release -p bench -- [rto|soak|cost|all] [--quick|--smoke] [--trials N] [--soak-secs N]
-//!                                   [--tools a,b] [--nodes 2,3] [--faults kill,freeze,cut] [--out DIR]`
+//!                                   [--tools a,b] [--nodes 2,3] [--faults kill,freeze,cut] [--out DIR]
+//!                                   [--members-only]`
 //! `cargo run --release -p bench -- report --from DIR,DIR… [--out DIR]`
 //!
 //! - rto: failover time of pg_promoter and its peers on the same machine in the same run: every
@@ -10,6 +11,8 @@
 //! - soak: false failovers under pgbench, with a CPU hog, and with short network stalls;
 //! - cost: pg_promoter's connections, CPU and memory while all is well, the primary's throughput
 //!   with and without it, and a standby's shutdown while its primary is frozen (and repmgrd's);
+//!   with three members and leadership, connections, each worker's CPU and the primary's
+//!   throughput (`--members-only`: these alone);
 //! - report: the failover trials of earlier runs (their results.csv) as one table and picture.
 //!
 //! Prints tables and writes results.json, results.csv, rto.svg, soak.txt and cost.txt under the
@@ -46,6 +49,8 @@ struct Args {
     selectors: Option<Vec<Selector>>,
     /// `--nodes`, for selectors without their own.
     nodes: Option<Vec<usize>>,
+    /// `cost --members-only`: the three-member figures alone.
+    members_only: bool,
     faults: Vec<Fault>,
     out: PathBuf,
     from: Vec<PathBuf>,
@@ -60,6 +65,7 @@ fn parse_args() -> Result<Args, String> {
         soak_secs: 600,
         selectors: None,
         nodes: None,
+        members_only: false,
         faults: Fault::ALL.to_vec(),
         out: "results".into(),
         from: Vec::new(),
@@ -93,6 +99,7 @@ fn parse_args() -> Result<Args, String> {
                         .collect::<Result<_, _>>()?,
                 )
             }
+            "--members-only" => args.members_only = true,
             "--nodes" => args.nodes = Some(parse_nodes(&value()?, ',')?),
             "--faults" => {
                 args.faults = value()?
@@ -400,6 +407,8 @@ fn soak_mode(args: &Args, tools: &[Box<dyn Tool>]) -> bool {
 
 /// pg_promoter's cost while all is well.
 fn cost_mode(args: &Args) -> bool {
+    // --members-only: the three-member figures alone (the leadership's cost).
+    let two_nodes = !args.members_only;
     let secs = match (args.smoke, args.quick) {
         (true, _) => 5,
         (false, true) => 30,
@@ -407,16 +416,18 @@ fn cost_mode(args: &Args) -> bool {
     };
     let mut out = String::new();
     let mut failed = false;
-    for keep_alive_ms in [100, 1000] {
-        match cost::worker(keep_alive_ms, Duration::from_secs(secs)) {
-            Ok(c) => out.push_str(&format!(
-                "keep_alive {} ms over {} s: {:.0} new connections/hour on the primary, {:.1} CPU s/hour, \
-                 RSS {} kB ({} kB anonymous)\n",
-                c.keep_alive_ms, c.seconds, c.sessions_per_hour, c.cpu_seconds_per_hour, c.rss_kb, c.anon_kb
-            )),
-            Err(e) => {
-                failed = true;
-                out.push_str(&format!("keep_alive {keep_alive_ms} ms: error: {e}\n"));
+    if two_nodes {
+        for keep_alive_ms in [100, 1000] {
+            match cost::worker(keep_alive_ms, Duration::from_secs(secs)) {
+                Ok(c) => out.push_str(&format!(
+                    "keep_alive {} ms over {} s: {:.0} new connections/hour on the primary, {:.1} CPU s/hour, \
+                     RSS {} kB ({} kB anonymous)\n",
+                    c.keep_alive_ms, c.seconds, c.sessions_per_hour, c.cpu_seconds_per_hour, c.rss_kb, c.anon_kb
+                )),
+                Err(e) => {
+                    failed = true;
+                    out.push_str(&format!("keep_alive {keep_alive_ms} ms: error: {e}\n"));
+                }
             }
         }
     }
@@ -425,17 +436,19 @@ fn cost_mode(args: &Args) -> bool {
         (false, true) => (2, 10),
         (false, false) => (6, 30),
     };
-    match cost::overhead(rounds, each) {
-        Ok(o) => out.push_str(&format!(
-            "primary pgbench TPS, standby worker checking every 100 ms vs no worker, {rounds} interleaved \
-             rounds of {each} s: with {:?}, without {:?}, ratio {:.3}\n",
-            o.with_worker.iter().map(|t| t.round()).collect::<Vec<_>>(),
-            o.without_worker.iter().map(|t| t.round()).collect::<Vec<_>>(),
-            o.ratio()
-        )),
-        Err(e) => {
-            failed = true;
-            out.push_str(&format!("throughput overhead: error: {e}\n"));
+    if two_nodes {
+        match cost::overhead(rounds, each) {
+            Ok(o) => out.push_str(&format!(
+                "primary pgbench TPS, standby worker checking every 100 ms vs no worker, {rounds} interleaved \
+                 rounds of {each} s: with {:?}, without {:?}, ratio {:.3}\n",
+                o.with_worker.iter().map(|t| t.round()).collect::<Vec<_>>(),
+                o.without_worker.iter().map(|t| t.round()).collect::<Vec<_>>(),
+                o.ratio()
+            )),
+            Err(e) => {
+                failed = true;
+                out.push_str(&format!("throughput overhead: error: {e}\n"));
+            }
         }
     }
     // Three members, leadership: the lease rounds and the commit-time lease check.
@@ -470,25 +483,27 @@ fn cost_mode(args: &Args) -> bool {
             out.push_str(&format!("three members throughput overhead: error: {e}\n"));
         }
     }
-    match cost::shutdown_while_frozen() {
-        Ok(d) => out.push_str(&format!(
-            "pg_promoter: standby fast shutdown while the primary is frozen: {} ms\n",
-            d.as_millis()
-        )),
-        Err(e) => {
-            failed = true;
-            out.push_str(&format!("shutdown while frozen: error: {e}\n"));
+    if two_nodes {
+        match cost::shutdown_while_frozen() {
+            Ok(d) => out.push_str(&format!(
+                "pg_promoter: standby fast shutdown while the primary is frozen: {} ms\n",
+                d.as_millis()
+            )),
+            Err(e) => {
+                failed = true;
+                out.push_str(&format!("shutdown while frozen: error: {e}\n"));
+            }
         }
-    }
-    // The same moment with repmgrd at its fast setting: its daemon runs beside the server.
-    match Repmgrd::FAST.shutdown_while_frozen() {
-        Ok((daemon, server)) => out.push_str(&format!(
-            "repmgrd 1s×3: standby's repmgrd exit after SIGTERM while the primary is frozen: {} ms, then \
-             the standby's fast shutdown: {} ms\n",
-            daemon.as_millis(),
-            server.as_millis()
-        )),
-        Err(e) => out.push_str(&format!("repmgrd shutdown while frozen: error: {e}\n")),
+        // The same moment with repmgrd at its fast setting: its daemon runs beside the server.
+        match Repmgrd::FAST.shutdown_while_frozen() {
+            Ok((daemon, server)) => out.push_str(&format!(
+                "repmgrd 1s×3: standby's repmgrd exit after SIGTERM while the primary is frozen: {} ms, then \
+                 the standby's fast shutdown: {} ms\n",
+                daemon.as_millis(),
+                server.as_millis()
+            )),
+            Err(e) => out.push_str(&format!("repmgrd shutdown while frozen: error: {e}\n")),
+        }
     }
     print!("{out}");
     write(args, "cost.txt", &out);
