@@ -156,3 +156,30 @@ fn inserts_every_300ms(node: &Node, ids: std::ops::Range<i32>) {
         );
     }
 }
+
+#[test]
+fn a_standby_promoted_with_members_takes_ordinary_logins_at_once() {
+    // Rounds ten seconds apart, a hold of one second: a login held for the new primary's first
+    // round would be refused.
+    let settings = [
+        ("pg_promoter.keep_alive", "'10s'"),
+        ("pg_promoter.startup_hold_timeout", "'1s'"),
+    ];
+    let (primary, standby) = pair("nohold", &settings, None);
+    primary.query("CREATE ROLE app LOGIN; CREATE TABLE t (x int); GRANT ALL ON t TO app");
+    let peers = format!(
+        "pg_promoter.peers = 'p: {}; s: {}'",
+        primary.conninfo(),
+        standby.conninfo()
+    );
+    for node in [&primary, &standby] {
+        node.append_conf(&peers);
+        node.reload();
+    }
+    wait_until("the role and table reach the standby", LONG, || {
+        standby.psql("SELECT count(*) FROM t").as_deref() == Ok("0")
+    });
+    primary.kill9();
+    assert_eq!(standby.query("SELECT pg_promote()"), "t");
+    psql_as(&standby, "app", "INSERT INTO t VALUES (1)").expect("an ordinary commit at once");
+}

@@ -146,6 +146,12 @@ impl Worker {
             }
             let now = local::now();
             let primary = !local::in_recovery();
+            if !primary {
+                // This server ran as a standby since its start: once promoted, ordinary logins
+                // are not held for a first round (the hold is for a primary's restart; its
+                // commits wait for the lease, where leadership runs).
+                shmem::CHECKED.get().store(true, Ordering::Release);
+            }
             if !primary && policy::leading::active(&self.node.settings) {
                 // Its name, while not found yet (peers set after the start, or its own entry
                 // unreachable then): a follower names its own slot by it. Asked after a reload,
