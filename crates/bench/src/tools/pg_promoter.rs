@@ -9,9 +9,10 @@ use testbed::{Net, Node};
 use super::common::Nodes;
 use crate::cluster::{Cluster, Tool};
 
-/// The ordinary role the benchmark's client commits as when leadership runs: a primary takes
-/// ordinary commits only within its lease, and a fenced one refuses ordinary sessions, while
-/// superusers pass both checks. Two-node clusters keep the superuser, as before.
+/// The ordinary role the benchmark's client commits as, with two nodes or more: a primary takes
+/// ordinary commits only within its lease, holds ordinary logins after a start and refuses them
+/// when fenced, while superusers pass every check (so a superuser client would measure less
+/// than an application sees).
 const CLIENT_ROLE: &str = "bench";
 
 pub struct PgPromoter {
@@ -45,12 +46,12 @@ impl Tool for PgPromoter {
     fn settings(&self) -> Vec<(String, String)> {
         let mut settings: Vec<(String, String)> =
             self.conf().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        settings.push(("client".into(), format!("the ordinary role {CLIENT_ROLE}")));
         settings.push((
             "with 3 nodes or more".into(),
-            format!(
-                "pg_promoter.peers='p: <conninfo>; s1: <conninfo>; s2: <conninfo>' on every node, \
-                 cluster_name=<the node's name>, the client the ordinary role {CLIENT_ROLE}"
-            ),
+            "pg_promoter.peers='p: <conninfo>; s1: <conninfo>; s2: <conninfo>' on every node, \
+             cluster_name=<the node's name>"
+                .into(),
         ));
         settings
     }
@@ -83,11 +84,9 @@ impl Tool for PgPromoter {
         let primary_conf = conf_of(&names[0]);
         let primary = Node::primary_on(&net.host(&names[0]), "bp", &borrow(&primary_conf));
         primary.psql("CREATE EXTENSION pg_promoter")?;
-        if leadership {
-            primary.psql(&format!(
-                "CREATE ROLE {CLIENT_ROLE} LOGIN; GRANT CREATE ON SCHEMA public TO {CLIENT_ROLE}"
-            ))?;
-        }
+        primary.psql(&format!(
+            "CREATE ROLE {CLIENT_ROLE} LOGIN; GRANT CREATE ON SCHEMA public TO {CLIENT_ROLE}"
+        ))?;
         let mut members = vec![primary];
         for name in &names[1..] {
             let standby_conf = conf_of(name);
@@ -147,7 +146,7 @@ impl Tool for PgPromoter {
             tool: (),
             net,
             nodes: members,
-            client_user: leadership.then_some(CLIENT_ROLE),
+            client_user: Some(CLIENT_ROLE),
             reported: events,
         }))
     }
