@@ -13,18 +13,25 @@ use testbed::{wait_until, Net, Node, Writer};
 /// naming them `p`, `s1`, `s2`, ... (and the witness, if any); on loopback, or each on its own
 /// simulated host of `net`. Returns once the primary leads and takes ordinary commits from role
 /// `app`.
+/// FAST, and prepared transactions allowed (a standby takes its primary's setting).
+const SETTINGS: &[(&str, &str)] = &[
+    ("pg_promoter.keep_alive", "'200ms'"),
+    ("pg_promoter.keepalives_count", "3"),
+    ("max_prepared_transactions", "5"),
+];
+
 fn cluster(name: &str, standbys: usize, witness: Option<&Node>, net: Option<&Net>) -> Vec<Node> {
     let primary = match net {
-        Some(net) => Node::primary_on(&net.host("p"), &format!("{name}-p"), FAST),
-        None => Node::primary(&format!("{name}-p"), FAST),
+        Some(net) => Node::primary_on(&net.host("p"), &format!("{name}-p"), SETTINGS),
+        None => Node::primary(&format!("{name}-p"), SETTINGS),
     };
     primary.query("CREATE EXTENSION pg_promoter; CREATE ROLE app LOGIN");
     let mut nodes = vec![primary];
     for i in 1..=standbys {
         let label = format!("{name}-s{i}");
         let standby = match net {
-            Some(net) => Node::standby_on(&net.host(&format!("s{i}")), &label, &nodes[0], FAST),
-            None => Node::standby(&label, &nodes[0], nodes[0].port(), FAST),
+            Some(net) => Node::standby_on(&net.host(&format!("s{i}")), &label, &nodes[0], SETTINGS),
+            None => Node::standby(&label, &nodes[0], nodes[0].port(), SETTINGS),
         };
         nodes.push(standby);
     }
@@ -376,4 +383,74 @@ fn a_frozen_primary_commits_nothing_after_its_lease_even_what_was_in_flight() {
         p.psql("SELECT 1").is_ok()
     });
     assert_eq!(p.query("SELECT count(*) FROM t WHERE id = 999"), "0");
+}
+
+#[test]
+fn commit_prepared_outside_the_lease_is_refused_before_its_commit_record() {
+    let nodes = cluster("el-2pc", 2, None, None);
+    let p = &nodes[0];
+    psql_as(
+        p,
+        "app",
+        "BEGIN; INSERT INTO t VALUES (500); PREPARE TRANSACTION 'x'",
+    )
+    .expect("prepared in the lease");
+    // The worker stops renewing (as if the primary were cut), and the lease runs out; the fence
+    // that would follow is the worker's to raise, so sessions stay open meanwhile.
+    let worker = status(p, "worker_pid");
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill").args([sig, &worker]).status();
+        assert!(ok.expect("kill runs").success(), "kill {sig} {worker}");
+    };
+    signal("-STOP");
+    thread::sleep(Duration::from_secs(1));
+    let refused = psql_as(p, "app", "COMMIT PREPARED 'x'");
+    signal("-CONT");
+    let err = refused.expect_err("COMMIT PREPARED outside the lease");
+    assert!(err.contains("holds no valid pg_promoter lease"), "{err}");
+    assert_eq!(p.query("SELECT count(*) FROM t WHERE id = 500"), "0");
+    assert_eq!(
+        p.query("SELECT count(*) FROM pg_prepared_xacts WHERE gid = 'x'"),
+        "1"
+    );
+    // Once the lease is renewed, the same statement commits.
+    wait_until("COMMIT PREPARED within the lease", LONG, || {
+        psql_as(p, "app", "COMMIT PREPARED 'x'").is_ok()
+    });
+    assert_eq!(p.query("SELECT count(*) FROM t WHERE id = 500"), "1");
+}
+
+#[test]
+fn a_logical_replication_worker_applies_nothing_outside_the_lease() {
+    let publisher = Node::primary("el-pub", &[("wal_level", "logical")]);
+    publisher.query(
+        "CREATE TABLE lr (x int PRIMARY KEY); CREATE PUBLICATION pub FOR TABLE lr; INSERT INTO lr VALUES (1)",
+    );
+    let nodes = cluster("el-lr", 2, None, None);
+    let p = &nodes[0];
+    p.query("CREATE TABLE lr (x int PRIMARY KEY)");
+    // As a superuser, as subscriptions usually are: the exemption must not cover it.
+    p.query(&format!(
+        "CREATE SUBSCRIPTION sub CONNECTION '{}' PUBLICATION pub",
+        publisher.conninfo()
+    ));
+    let count = || p.psql("SELECT count(*) FROM lr").unwrap_or_default();
+    wait_until("the subscription copied the table", LONG, || count() == "1");
+    let worker = status(p, "worker_pid");
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill").args([sig, &worker]).status();
+        assert!(ok.expect("kill runs").success(), "kill {sig} {worker}");
+    };
+    signal("-STOP");
+    thread::sleep(Duration::from_secs(1));
+    publisher.query("INSERT INTO lr VALUES (2)");
+    let applied = testbed::try_wait_until(Duration::from_secs(3), || count() == "2");
+    signal("-CONT");
+    assert!(applied.is_none(), "a row was applied outside the lease");
+    assert!(
+        p.log().contains("holds no valid pg_promoter lease"),
+        "{}",
+        p.log_tail(20)
+    );
+    wait_until("applied once the lease is renewed", LONG, || count() == "2");
 }

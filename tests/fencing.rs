@@ -58,7 +58,21 @@ fn an_old_primary_coming_back_after_a_failover_fences_itself_for_good() {
     wait_until("fenced again at once", LONG, || status(&primary, "fenced") == "t");
     assert!(status(&primary, "fence_reason").contains("fenced by an earlier run"));
     assert!(psql_as(&primary, "app", "SELECT 1").is_err());
-    assert!(primary.data_dir().join("pg_promoter.fenced").exists());
+    let marker = primary.data_dir().join("pg_promoter.fenced");
+    assert!(marker.exists());
+    assert!(
+        std::fs::read_to_string(&marker)
+            .unwrap()
+            .starts_with("system_identifier="),
+        "the marker is bound to this cluster and timeline"
+    );
+
+    // Rejoined as a standby: the marker no longer applies, and is removed.
+    primary.stop_fast();
+    std::fs::write(primary.data_dir().join("standby.signal"), "").unwrap();
+    primary.start();
+    wait_until("the marker is removed", LONG, || !marker.exists());
+    assert!(has_event(&primary, "unfenced", "this server is a standby now"));
 }
 
 #[test]
@@ -182,4 +196,48 @@ fn a_standby_promoted_with_members_takes_ordinary_logins_at_once() {
     primary.kill9();
     assert_eq!(standby.query("SELECT pg_promote()"), "t");
     psql_as(&standby, "app", "INSERT INTO t VALUES (1)").expect("an ordinary commit at once");
+}
+
+#[test]
+fn a_check_login_named_pg_promoter_is_not_held_at_a_restart_and_commits_nothing_before_the_first_round() {
+    // The primary's first round waits five seconds on a witness that never answers, and
+    // ordinary logins are held one second at most: a held check would be refused.
+    let silent = testbed::Proxy::start(testbed::free_port());
+    silent.set_mode(testbed::Mode::Blackhole);
+    let witness = format!("'w: host=127.0.0.1 port={} user=postgres'", silent.port());
+    let settings = [
+        ("pg_promoter.keep_alive", "'5s'"),
+        ("pg_promoter.check_timeout", "'5s'"),
+        ("pg_promoter.startup_hold_timeout", "'1s'"),
+        ("pg_promoter.witness_conninfo", witness.as_str()),
+    ];
+    let primary = Node::primary("unheld-p", &settings);
+    primary.query(
+        "CREATE EXTENSION pg_promoter; CREATE ROLE app LOGIN; CREATE TABLE t (x int); GRANT ALL ON t TO app",
+    );
+    primary.restart();
+    let as_check = |sql: &str| {
+        let out = std::process::Command::new(testbed::bindir().join("psql"))
+            .arg(format!(
+                "{} user=app application_name=pg_promoter connect_timeout=10",
+                primary.conninfo()
+            ))
+            .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .output()
+            .expect("psql runs");
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).to_string())
+        }
+    };
+    assert_eq!(as_check("SELECT pg_is_in_recovery()").as_deref(), Ok("f"));
+    let err = as_check("INSERT INTO t VALUES (1)").unwrap_err();
+    assert!(err.contains("has not yet checked"), "{err}");
+    let err = psql_as(&primary, "app", "SELECT 1").unwrap_err();
+    assert!(
+        err.contains("has not yet checked"),
+        "an ordinary login is still held: {err}"
+    );
+    assert_eq!(primary.query("SELECT count(*) FROM t"), "0");
 }

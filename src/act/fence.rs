@@ -2,9 +2,10 @@
 //! keeps a permanent fence across restarts. `gate` enforces it in every backend.
 
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 
 use pgrx::prelude::*;
-use policy::primary::MARKER;
+use policy::primary::{Marker, MARKER};
 use policy::FenceMode;
 
 use crate::pg::{local, shmem, this_process};
@@ -15,15 +16,21 @@ fn marker_path() -> PathBuf {
     PathBuf::from(local::data_dir()).join(MARKER)
 }
 
-/// The reason of a permanent fence left by an earlier run, if any.
+/// The text of a permanent fence's marker left by an earlier run, if any.
 pub fn read_marker() -> Option<String> {
-    std::fs::read_to_string(marker_path())
-        .ok()
-        .map(|r| r.trim().to_string())
+    std::fs::read_to_string(marker_path()).ok()
 }
 
+/// Writes the marker, bound to this cluster, the timeline this server writes on and the term
+/// it knows (see [`Marker`]).
 pub fn write_marker(reason: &str) {
-    if let Err(e) = std::fs::write(marker_path(), format!("{reason}\n")) {
+    let marker = Marker {
+        system_id: local::system_id(),
+        timeline: local::insert_timeline().unwrap_or(0),
+        term: shmem::MEMBER.share().term,
+        reason: reason.to_string(),
+    };
+    if let Err(e) = std::fs::write(marker_path(), marker.render()) {
         warning!(
             "pg_promoter: could not write file \"{}\": {e}",
             marker_path().display()
@@ -48,10 +55,30 @@ pub fn fence(permanent: bool, reason: &str, mode: FenceMode) -> String {
     match mode {
         FenceMode::RefuseConnections => {
             // Superusers' sessions too: they may reconnect.
+            let superusers = shmem::SUPERUSER_SESSIONS.get().load(Ordering::Acquire);
             let ended = this_process::terminate_client_backends();
-            format!("ordinary connections refused, {ended} session(s) ended")
+            let mut done = format!("ordinary connections refused, {ended} session(s) ended");
+            if superusers > 0 {
+                let warning = format!(
+                    "{superusers} superuser session(s) were connected: superusers are not held by the fence, \
+                     and an application connecting as one may reconnect and commit"
+                );
+                warning!("pg_promoter: {warning}");
+                done.push_str(&format!("; {warning}"));
+            }
+            done
         }
         FenceMode::Shutdown => "fence_action is shutdown: fast shutdown requested".to_string(),
+    }
+}
+
+/// Removes a marker that no longer applies (its event says why).
+pub fn forget_marker() {
+    if let Err(e) = std::fs::remove_file(marker_path()) {
+        warning!(
+            "pg_promoter: could not remove file \"{}\": {e}",
+            marker_path().display()
+        );
     }
 }
 

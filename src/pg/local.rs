@@ -47,6 +47,7 @@ pub fn facts(flags: &super::shmem::Flags, promotion_under_way: bool) -> policy::
         },
         replay_lsn: local.replay_lsn,
         receive_timeline: local.receive_timeline,
+        system_id: system_id(),
     }
 }
 
@@ -146,6 +147,12 @@ pub fn primary_slot_name() -> Option<String> {
     };
     name.map(|n| n.to_string_lossy().into_owned())
         .filter(|n| !n.is_empty())
+}
+
+/// This cluster's system identifier, from `pg_control`.
+pub fn system_id() -> u64 {
+    // SAFETY: reads a value of the control file loaded into shared memory at start.
+    unsafe { pg_sys::GetSystemIdentifier() }
 }
 
 /// The timeline recovery is replaying (the one a promotion leaves).

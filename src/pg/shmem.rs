@@ -204,6 +204,12 @@ pub static CHECKED: PgAtomic<AtomicBool> = unsafe { PgAtomic::new(c"pg_promoter_
 // SAFETY: the name is ours alone.
 pub static LEASE_UNTIL: PgAtomic<AtomicI64> = unsafe { PgAtomic::new(c"pg_promoter_lease_until") };
 
+/// How many client sessions of superusers are connected (counted at login, uncounted at exit):
+/// a fence ends them, but they may come back, and commit.
+// SAFETY: the name is ours alone.
+pub static SUPERUSER_SESSIONS: PgAtomic<AtomicI64> =
+    unsafe { PgAtomic::new(c"pg_promoter_superuser_sessions") };
+
 /// Set in `_PG_init` when loaded by `shared_preload_libraries`, and inherited by every process
 /// the postmaster forks; without it the lock above points nowhere.
 static AVAILABLE: AtomicBool = AtomicBool::new(false);
@@ -214,6 +220,7 @@ pub fn init() {
     pg_shmem_init!(FENCED = AtomicBool::new(false));
     pg_shmem_init!(CHECKED = AtomicBool::new(false));
     pg_shmem_init!(LEASE_UNTIL = AtomicI64::new(first_lease_until()));
+    pg_shmem_init!(SUPERUSER_SESSIONS = AtomicI64::new(0));
     AVAILABLE.store(true, Ordering::Relaxed);
 }
 

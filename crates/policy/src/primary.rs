@@ -125,6 +125,76 @@ pub fn restore(state: &State, marker_reason: &str, now: Micros) -> Transition<St
 /// The file a permanent fence leaves in the data directory.
 pub const MARKER: &str = "pg_promoter.fenced";
 
+/// What a permanent fence's marker is about: this cluster (its system identifier), the
+/// timeline this server wrote on and the term it knew when it was superseded. A server rejoined
+/// since (rewound, rebuilt from a base backup, or promoted again) is on another timeline, and a
+/// base backup of it that becomes a standby is not a primary: the marker no longer applies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Marker {
+    pub system_id: u64,
+    pub timeline: u32,
+    pub term: u64,
+    pub reason: String,
+}
+
+impl Marker {
+    /// The file's text: the facts on the first line, the reason on the second (for the DBA).
+    pub fn render(&self) -> String {
+        format!(
+            "system_identifier={} timeline={} term={}\n{}\n",
+            self.system_id, self.timeline, self.term, self.reason
+        )
+    }
+
+    /// Reads a marker's text; a marker without facts (an older version's) has its whole text as
+    /// the reason, and applies wherever it is found.
+    pub fn parse(text: &str) -> (Option<Marker>, String) {
+        let mut lines = text.lines();
+        let first = lines.next().unwrap_or_default();
+        let facts: Vec<(&str, &str)> = first
+            .split_whitespace()
+            .filter_map(|w| w.split_once('='))
+            .collect();
+        let get = |k: &str| {
+            facts
+                .iter()
+                .find(|(key, _)| *key == k)
+                .and_then(|(_, v)| v.parse::<u64>().ok())
+        };
+        match (get("system_identifier"), get("timeline"), get("term")) {
+            (Some(system_id), Some(timeline), Some(term)) => {
+                let reason = lines.collect::<Vec<_>>().join(" ").trim().to_string();
+                let marker = Marker {
+                    system_id,
+                    timeline: timeline as u32,
+                    term,
+                    reason: reason.clone(),
+                };
+                (Some(marker), reason)
+            }
+            _ => (None, text.trim().to_string()),
+        }
+    }
+
+    /// Why the marker does not apply to this server (its system identifier, the timeline it
+    /// writes on), if it does not.
+    pub fn stale(&self, system_id: u64, timeline: Option<u32>) -> Option<String> {
+        if self.system_id != system_id {
+            return Some(format!(
+                "it was written by another cluster (system identifier {}, this one {system_id})",
+                self.system_id
+            ));
+        }
+        match timeline {
+            Some(t) if t != self.timeline => Some(format!(
+                "it was written on timeline {}, and this server writes on timeline {t} (rejoined or promoted since)",
+                self.timeline
+            )),
+            _ => None,
+        }
+    }
+}
+
 /// Whether `reachable` of `members` (this server included in both) is a strict majority.
 pub fn has_majority(reachable: usize, members: usize) -> bool {
     2 * reachable > members
