@@ -63,6 +63,8 @@ fn a_reloaded_conninfo_is_used_at_the_next_check() {
         "pg_promoter.primary_conninfo = 'host=127.0.0.1 port={} user=postgres password=hunter2'",
         proxy.port()
     ));
+    // A member list holds conninfos too: its reload line is masked as well.
+    standby.append_conf("pg_promoter.witness_conninfo = 'w: host=127.0.0.1 port=1 password=witnesssecret'");
     standby.reload();
     wait_until("checks go through the refusing proxy", LONG, || {
         status(&standby, "last_error").contains("refused") && status(&standby, "consecutive_failures") != "0"
@@ -70,6 +72,28 @@ fn a_reloaded_conninfo_is_used_at_the_next_check() {
     assert!(status(&standby, "primary_conninfo").contains(&format!("port={}", proxy.port())));
     assert!(has_event(&standby, "reload", "primary_conninfo"));
     assert!(!standby.log().contains("hunter2"), "a password reached the log");
+    wait_until("the member list's reload is logged", LONG, || {
+        standby.log().contains(
+            "\"pg_promoter.witness_conninfo\" changed to \"w: host=127.0.0.1 port=1 password=********\"",
+        )
+    });
+    assert!(
+        !standby.log().contains("witnesssecret"),
+        "a member's password reached the log"
+    );
+    // SHOW masks it; pg_settings, whose reset_val would not, does not list it.
+    let shown = standby.query("SHOW pg_promoter.witness_conninfo");
+    assert!(
+        shown.contains("password=********") && !shown.contains("witnesssecret"),
+        "{shown}"
+    );
+    assert_eq!(
+        standby.query(
+            "SELECT count(*) FROM pg_settings WHERE name IN \
+             ('pg_promoter.primary_conninfo', 'pg_promoter.peers', 'pg_promoter.witness_conninfo')"
+        ),
+        "0"
+    );
     // enabled = off: counted and refused, never promoted.
     wait_until("the refusal names the setting", LONG, || {
         has_event(&standby, "refused", "enabled is off")

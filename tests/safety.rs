@@ -232,9 +232,23 @@ fn with_a_witness_that_is_down_a_dead_primary_is_not_failed_over() {
 
 #[test]
 fn with_a_witness_that_cannot_reach_the_primary_either_the_standby_promotes() {
-    let w = witness("witness-ok");
+    // The witness logs every statement: the primary's password must not be among them.
+    let w = Node::primary(
+        "witness-ok",
+        &[("shared_preload_libraries", "''"), ("log_statement", "'all'")],
+    );
+    w.query("CREATE EXTENSION pg_promoter");
     let settings = with(&[("pg_promoter.witness_conninfo", format!("'w1: {}'", w.conninfo()))]);
     let (primary, standby) = pair("witnessed", &as_refs(&settings), None);
+    // Trust authentication ignores the password; the check sends it all the same.
+    standby.append_conf(&format!(
+        "pg_promoter.primary_conninfo = '{} password=witnesssecret'",
+        primary.conninfo()
+    ));
+    standby.reload();
+    wait_until("the check uses the conninfo with a password", LONG, || {
+        status(&standby, "primary_conninfo").contains("password=********")
+    });
     primary.kill9();
     wait_promoted(&standby);
     assert!(has_event(
@@ -243,6 +257,15 @@ fn with_a_witness_that_cannot_reach_the_primary_either_the_standby_promotes() {
         "witness w1: cannot reach the primary either"
     ));
     assert!(has_event(&standby, "decided", "2 of 3 members agree"));
+    let log = w.log();
+    assert!(
+        log.contains("pg_promoter_probe"),
+        "the witness logged its statements"
+    );
+    assert!(
+        !log.contains("witnesssecret"),
+        "the primary's password reached the witness's log"
+    );
 }
 
 #[test]

@@ -30,6 +30,11 @@ static POST_PROMOTE_COMMAND: GucSetting<Option<CString>> = GucSetting::<Option<C
 static COMMAND_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(30_000);
 static PRIORITY: GucSetting<i32> = GucSetting::<i32>::new(1);
 
+/// A setting that holds conninfos: readable by superusers (and pg_read_all_settings) only, as
+/// primary_conninfo is, and out of `SHOW ALL` and `pg_settings`, whose `reset_val` and
+/// `boot_val` would show the file's value, password included, past the show hook.
+const CONNINFO_FLAGS: GucFlags = GucFlags::SUPERUSER_ONLY.union(GucFlags::NO_SHOW_ALL);
+
 pub fn init() {
     // SAFETY: the hooks below follow PostgreSQL's GUC hook contracts.
     unsafe {
@@ -41,7 +46,7 @@ pub fn init() {
               dbname defaults to postgres.",
             &PRIMARY_CONNINFO,
             GucContext::Sighup,
-            GucFlags::SUPERUSER_ONLY,
+            CONNINFO_FLAGS,
             Some(check_conninfo),
             None,
             Some(show_conninfo),
@@ -106,7 +111,7 @@ pub fn init() {
               be used on every node: a node recognises and skips its own entry.",
             &PEERS,
             GucContext::Sighup,
-            GucFlags::SUPERUSER_ONLY,
+            CONNINFO_FLAGS,
             Some(check_peers),
             None,
             Some(show_peers),
@@ -118,7 +123,7 @@ pub fn init() {
               witnesses says the primary is gone. A witness needs the extension created, nothing else.",
             &WITNESS_CONNINFO,
             GucContext::Sighup,
-            GucFlags::SUPERUSER_ONLY,
+            CONNINFO_FLAGS,
             Some(check_witnesses),
             None,
             Some(show_witnesses),
@@ -374,7 +379,7 @@ fn show(masked: String) -> *const c_char {
     })
 }
 
-/// SHOW and pg_settings display conninfos with their passwords masked.
+/// SHOW displays conninfos with their passwords masked.
 #[pgrx::pg_guard]
 unsafe extern "C-unwind" fn show_conninfo() -> *const c_char {
     show(conninfo::mask_password(&text(&PRIMARY_CONNINFO)))

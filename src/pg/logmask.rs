@@ -1,12 +1,14 @@
 //! Keeps passwords out of the server log. PostgreSQL logs a reloaded setting's new value as
-//! written (`parameter "pg_promoter.primary_conninfo" changed to "…password=…"`), for its own
-//! primary_conninfo too; this `emit_log_hook` masks the password in those messages.
+//! written (`parameter "pg_promoter.peers" changed to "…password=…"`), for its own
+//! primary_conninfo too; this `emit_log_hook` masks the passwords in those messages, found by
+//! their untranslated format (`message_id`) and the setting's name, so a translated
+//! `lc_messages` is masked as well.
 #![allow(unsafe_code)]
 
 use std::ffi::{CStr, CString};
 
 use pgrx::pg_sys;
-use policy::conninfo::mask_reload_message;
+use policy::conninfo::mask_reload;
 
 static mut PREVIOUS: pg_sys::emit_log_hook_type = None;
 
@@ -24,10 +26,11 @@ unsafe extern "C-unwind" fn mask(edata: *mut pg_sys::ErrorData) {
     // SAFETY: PostgreSQL passes the error being emitted; its message lives in ErrorContext, where
     // the replacement is allocated too.
     unsafe {
-        let message = (*edata).message;
-        if !message.is_null() {
+        let (message, id) = ((*edata).message, (*edata).message_id);
+        if !message.is_null() && !id.is_null() {
             let text = CStr::from_ptr(message).to_string_lossy();
-            if let Some(masked) = mask_reload_message(&text).and_then(|m| CString::new(m).ok()) {
+            let id = CStr::from_ptr(id).to_string_lossy();
+            if let Some(masked) = mask_reload(&id, &text).and_then(|m| CString::new(m).ok()) {
                 (*edata).message = pg_sys::MemoryContextStrdup(pg_sys::ErrorContext, masked.as_ptr());
             }
         }

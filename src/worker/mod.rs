@@ -283,6 +283,7 @@ impl Worker {
                 }
                 Action::RestoreFence(reason) => fence::restore(reason),
                 Action::Unfence => fence::unfence(),
+                Action::ForgetMarker => fence::forget_marker(),
                 _ => continue,
             }
             let now = local::now();
@@ -305,9 +306,10 @@ impl Worker {
         match action {
             Action::AskWitnesses => {
                 let settings = &self.node.settings;
+                // Without its password: a query's parameters may reach the witness's log.
                 witness::ask(
                     &settings.witnesses,
-                    &settings.primary_conninfo,
+                    &policy::conninfo::without_password(&settings.primary_conninfo),
                     settings.check_timeout,
                     &stop_requested,
                 )
@@ -399,6 +401,10 @@ impl Worker {
                 Ok(result.map(Input::Promotion))
             }
             Action::SignalPromotion | Action::AwaitWritable | Action::PostPromoteCommand => {
+                // Recovery that ended after the wait for it: its post-promote command is owed.
+                if action == Action::PostPromoteCommand && self.sequence.is_none() {
+                    self.sequence = Some(Sequence::new(&self.node.settings));
+                }
                 let Some(sequence) = self.sequence.as_mut() else {
                     return Ok(None);
                 };
@@ -407,7 +413,9 @@ impl Worker {
                     .map(Input::Promotion))
             }
             // Carried out before their events were recorded (`record_fencing`).
-            Action::Fence { .. } | Action::RestoreFence(_) | Action::Unfence => Ok(None),
+            Action::Fence { .. } | Action::RestoreFence(_) | Action::Unfence | Action::ForgetMarker => {
+                Ok(None)
+            }
             // Only a request is rejected (`pg_promoter_promote()`), never the worker's own step.
             Action::Reject(_) => Ok(None),
         }

@@ -15,6 +15,12 @@ pub fn mask_password(conninfo: &str) -> String {
 }
 
 fn mask_keywords(s: &str) -> String {
+    rewrite_keywords(s, Some(MASK))
+}
+
+/// Copies `key=value` pairs byte for byte, with the password's value replaced by `password`, or
+/// the whole pair left out when `None`.
+fn rewrite_keywords(s: &str, password: Option<&str>) -> String {
     let b = s.as_bytes();
     let mut out = String::with_capacity(s.len());
     let mut i = 0;
@@ -30,39 +36,46 @@ fn mask_keywords(s: &str) -> String {
             i += 1;
         }
         let key = &s[key_start..i];
-        out.push_str(key);
         // White space around `=` is allowed by libpq.
-        while i < b.len() && b[i].is_ascii_whitespace() {
-            out.push(b[i] as char);
-            i += 1;
+        let mut j = i;
+        while j < b.len() && b[j].is_ascii_whitespace() {
+            j += 1;
         }
-        if i >= b.len() || b[i] != b'=' {
+        if j >= b.len() || b[j] != b'=' {
+            out.push_str(key);
             continue;
         }
-        out.push('=');
-        i += 1;
-        while i < b.len() && b[i].is_ascii_whitespace() {
-            out.push(b[i] as char);
-            i += 1;
+        j += 1;
+        while j < b.len() && b[j].is_ascii_whitespace() {
+            j += 1;
         }
-        let value_start = i;
-        if i < b.len() && b[i] == b'\'' {
-            i += 1;
-            while i < b.len() && b[i] != b'\'' {
-                i += if b[i] == b'\\' { 2 } else { 1 };
+        let value_start = j;
+        if j < b.len() && b[j] == b'\'' {
+            j += 1;
+            while j < b.len() && b[j] != b'\'' {
+                j += if b[j] == b'\\' { 2 } else { 1 };
             }
-            i = (i + 1).min(b.len());
+            j = (j + 1).min(b.len());
         } else {
-            while i < b.len() && !b[i].is_ascii_whitespace() {
-                i += if b[i] == b'\\' { 2 } else { 1 };
+            while j < b.len() && !b[j].is_ascii_whitespace() {
+                j += if b[j] == b'\\' { 2 } else { 1 };
             }
-            i = i.min(b.len());
+            j = j.min(b.len());
         }
-        if key == "password" {
-            out.push_str(MASK);
-        } else {
-            out.push_str(&s[value_start..i]);
+        match (key == "password", password) {
+            (false, _) => out.push_str(&s[key_start..j]),
+            (true, Some(mask)) => {
+                out.push_str(&s[key_start..value_start]);
+                out.push_str(mask);
+            }
+            (true, None) => {
+                // The white space after it goes too.
+                while j < b.len() && b[j].is_ascii_whitespace() {
+                    j += 1;
+                }
+            }
         }
+        i = j;
     }
     out
 }
@@ -100,20 +113,105 @@ fn mask_uri(s: &str) -> String {
     format!("{head}{authority}{tail}")
 }
 
-/// PostgreSQL logs a reloaded setting's new value verbatim (`parameter "primary_conninfo"
-/// changed to "… password=…"`). For any setting whose name ends in `conninfo`, returns the same
-/// message with the password masked; `None` for every other message.
-pub fn mask_reload_message(message: &str) -> Option<String> {
-    let rest = message.strip_prefix("parameter \"")?;
-    let (name, rest) = rest.split_once('"')?;
-    let value = rest.strip_prefix(" changed to \"")?.strip_suffix('"')?;
-    if !name.ends_with("conninfo") {
-        return None;
+/// `conninfo` with its password left out (not masked: the result is connected with), in both
+/// libpq forms. A witness gets the primary's conninfo this way, since a query's parameters may
+/// reach its log (`log_statement`); it authenticates with its own passfile.
+pub fn without_password(conninfo: &str) -> String {
+    let trimmed = conninfo.trim_start();
+    if trimmed.starts_with("postgresql://") || trimmed.starts_with("postgres://") {
+        mask_uri(conninfo)
+            .replacen(&format!(":{MASK}@"), "@", 1)
+            .replace(&format!("?password={MASK}&"), "?")
+            .replace(&format!("?password={MASK}"), "")
+            .replace(&format!("&password={MASK}"), "")
+    } else {
+        rewrite_keywords(conninfo, None).trim_end().to_string()
     }
-    Some(format!(
-        "parameter \"{name}\" changed to \"{}\"",
-        mask_password(value)
-    ))
+}
+
+/// The settings whose values hold conninfos: their reloaded values are masked in the log.
+pub const CONNINFO_SETTINGS: [&str; 4] = [
+    "primary_conninfo",
+    "pg_promoter.primary_conninfo",
+    "pg_promoter.peers",
+    "pg_promoter.witness_conninfo",
+];
+
+/// PostgreSQL's untranslated format of the message that logs a reloaded value (its
+/// `message_id`, the same whatever `lc_messages` translates the message into).
+pub const RELOAD_MESSAGE_ID: &str = "parameter \"%s\" changed to \"%s\"";
+
+/// The reload message of a setting that holds conninfos (found by its untranslated format and
+/// the setting's name, never by the translated words), with every password in it masked;
+/// `None` for every other message.
+pub fn mask_reload(message_id: &str, message: &str) -> Option<String> {
+    (message_id == RELOAD_MESSAGE_ID && CONNINFO_SETTINGS.iter().any(|name| message.contains(name)))
+        .then(|| mask_text(message))
+}
+
+/// Masks every password in free text: `password = value` (quoted or not, ending at white space
+/// or a quotation mark of the surrounding message) and a URI's `user:password@`.
+fn mask_text(text: &str) -> String {
+    let b = text.as_bytes();
+    let ends_value = |c: u8| c.is_ascii_whitespace() || matches!(c, b'"' | b';' | b'&');
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < b.len() {
+        let rest = &text[i..];
+        let word_start = i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_');
+        if word_start && rest.len() >= 8 && rest.as_bytes()[..8].eq_ignore_ascii_case(b"password") {
+            let mut j = i + 8;
+            while j < b.len() && b[j].is_ascii_whitespace() {
+                j += 1;
+            }
+            if j < b.len() && b[j] == b'=' {
+                j += 1;
+                while j < b.len() && b[j].is_ascii_whitespace() {
+                    j += 1;
+                }
+                out.push_str(&text[i..j]);
+                out.push_str(MASK);
+                if j < b.len() && b[j] == b'\'' {
+                    j += 1;
+                    while j < b.len() && b[j] != b'\'' {
+                        j += if b[j] == b'\\' { 2 } else { 1 };
+                    }
+                    j += 1;
+                } else {
+                    while j < b.len() && !ends_value(b[j]) {
+                        j += if b[j] == b'\\' { 2 } else { 1 };
+                    }
+                }
+                i = j.min(b.len());
+                continue;
+            }
+        }
+        if let Some(auth) = rest.strip_prefix("://") {
+            // The authority ends at a path, a query, or the end of the value.
+            let end = auth
+                .find(|c: char| matches!(c, '/' | '?' | '"' | '\'') || c.is_whitespace())
+                .unwrap_or(auth.len());
+            let authority = &auth[..end];
+            out.push_str("://");
+            match authority
+                .rfind('@')
+                .and_then(|at| authority[..at].find(':').map(|colon| (colon, at)))
+            {
+                Some((colon, at)) => {
+                    out.push_str(&authority[..=colon]);
+                    out.push_str(MASK);
+                    out.push_str(&authority[at..]);
+                }
+                None => out.push_str(authority),
+            }
+            i += 3 + end;
+            continue;
+        }
+        let c = rest.chars().next().unwrap_or_default();
+        out.push(c);
+        i += c.len_utf8();
+    }
+    out
 }
 
 /// The name the check shows in the primary's `pg_stat_activity`.
@@ -140,6 +238,56 @@ pub fn check_params(parsed: &[(String, String)]) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_conninfo_without_its_password_keeps_everything_else() {
+        assert_eq!(without_password("host=a password=s3cret user=u"), "host=a user=u");
+        assert_eq!(without_password("host=a password='x y' port=1"), "host=a port=1");
+        assert_eq!(
+            without_password("host=a password = 'x y' port=1"),
+            "host=a port=1"
+        );
+        assert_eq!(without_password("host=a"), "host=a");
+        assert_eq!(
+            without_password("postgresql://u:s3cret@h:5432/db?password=x&sslmode=disable"),
+            "postgresql://u@h:5432/db?sslmode=disable"
+        );
+        assert_eq!(
+            without_password("postgresql://u:s3cret@h/db"),
+            "postgresql://u@h/db"
+        );
+    }
+
+    #[test]
+    fn reload_messages_of_conninfo_settings_are_masked_in_any_language() {
+        let id = RELOAD_MESSAGE_ID;
+        let peers = "parameter \"pg_promoter.peers\" changed to \"p: host=a password=s3cret; s: host=b password='x y'\"";
+        let masked = mask_reload(id, peers).unwrap();
+        assert!(!masked.contains("s3cret") && !masked.contains("x y"), "{masked}");
+        assert!(
+            masked.contains("p: host=a password=******** ; s:") || masked.contains("password=********;"),
+            "{masked}"
+        );
+        // A translated message: the same format id, other words and quotation marks.
+        let french =
+            "le paramètre « pg_promoter.witness_conninfo » a été modifié en « host=w PASSWORD = 'sec ret' »";
+        let masked = mask_reload(id, french).unwrap();
+        assert!(
+            !masked.contains("sec ret") && masked.contains("le paramètre «"),
+            "{masked}"
+        );
+        let uri =
+            "parameter \"primary_conninfo\" changed to \"postgresql://rep:pw0rd@h:5432/db?password=pw1\"";
+        let masked = mask_reload(id, uri).unwrap();
+        assert!(!masked.contains("pw0rd") && !masked.contains("pw1"), "{masked}");
+        assert!(masked.contains("postgresql://rep:********@h:5432/db"), "{masked}");
+        // Another setting, or another message: untouched.
+        assert_eq!(
+            mask_reload(id, "parameter \"work_mem\" changed to \"64MB\""),
+            None
+        );
+        assert_eq!(mask_reload("%s", "primary_conninfo password=x"), None);
+    }
 
     #[test]
     fn masks_keyword_passwords_in_every_quoting() {
@@ -193,19 +341,26 @@ mod tests {
     fn masks_reload_messages_of_conninfo_settings_only() {
         let msg = r#"parameter "pg_promoter.primary_conninfo" changed to "host=a password=hunter2""#;
         assert_eq!(
-            mask_reload_message(msg).as_deref(),
+            mask_reload(RELOAD_MESSAGE_ID, msg).as_deref(),
             Some(r#"parameter "pg_promoter.primary_conninfo" changed to "host=a password=********""#)
         );
         let core = r#"parameter "primary_conninfo" changed to "postgresql://u:hunter2@h/db""#;
-        assert!(!mask_reload_message(core).unwrap().contains("hunter2"));
+        assert!(!mask_reload(RELOAD_MESSAGE_ID, core).unwrap().contains("hunter2"));
         for other in [
             r#"parameter "work_mem" changed to "password=x""#,
             "received SIGHUP, reloading configuration files",
-            r#"parameter "primary_conninfo" cannot be changed"#,
             "",
         ] {
-            assert_eq!(mask_reload_message(other), None, "{other}");
+            assert_eq!(mask_reload(RELOAD_MESSAGE_ID, other), None, "{other}");
         }
+        let refused = r#"parameter "primary_conninfo" cannot be changed without restarting the server"#;
+        assert_eq!(
+            mask_reload(
+                "parameter \"%s\" cannot be changed without restarting the server",
+                refused
+            ),
+            None
+        );
     }
 
     fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {

@@ -73,6 +73,8 @@ pub enum Action {
     },
     /// Put back in force, without acting again, the permanent fence an earlier run left.
     RestoreFence(String),
+    /// Remove the marker of a permanent fence that no longer applies.
+    ForgetMarker,
     Unfence,
 }
 
@@ -115,6 +117,8 @@ pub struct Local {
     /// This server streams through a replication slot (`primary_slot_name` is set): the
     /// members use slots.
     pub uses_slots: bool,
+    /// This cluster's system identifier (`pg_control`).
+    pub system_id: u64,
     /// The timeline this standby replays, and how far.
     pub replay_timeline: Option<u32>,
     pub replay_lsn: Option<u64>,
@@ -266,11 +270,29 @@ pub fn step(node: &Node, input: Input, local: &Local) -> Step {
                 node.settings.describe()
             );
             events.push(Event::new(now, EventKind::Start, detail));
-            if let Some(reason) = marker.filter(|_| !local.in_recovery) {
-                let t = primary::restore(&node.primary, &reason, now);
-                next.primary = t.state;
-                actions.extend(t.actions);
-                events.extend(t.events);
+            if let Some(text) = marker {
+                let (facts, reason) = primary::Marker::parse(&text);
+                let stale = if local.in_recovery {
+                    Some("this server is a standby now".to_string())
+                } else {
+                    facts.and_then(|m| m.stale(local.system_id, local.timeline))
+                };
+                match stale {
+                    Some(why) => {
+                        actions.push(Action::ForgetMarker);
+                        let detail = format!(
+                            "the permanent fence an earlier run left ({}) no longer applies, and is removed: {why}",
+                            primary::MARKER
+                        );
+                        events.push(Event::new(now, EventKind::Unfenced, detail));
+                    }
+                    None => {
+                        let t = primary::restore(&node.primary, &reason, now);
+                        next.primary = t.state;
+                        actions.extend(t.actions);
+                        events.extend(t.events);
+                    }
+                }
             }
         }
         Input::Reload(settings) => {
@@ -1061,10 +1083,9 @@ mod tests {
         assert_eq!(kinds(&steps[3]), vec![EventKind::PromoteRequested]);
         assert_eq!(steps[3].actions, vec![Action::AwaitWritable]);
         assert_eq!(steps[3].state.standby.phase, Phase::Promoting);
-        assert_eq!(
-            steps[4].events[0].detail,
-            "recovery had not ended 60 s after the request"
-        );
+        assert!(steps[4].events[0]
+            .detail
+            .starts_with("recovery had not ended 60 s after the request"));
         assert_eq!(steps[4].state.standby.phase, Phase::Refusing);
     }
 
@@ -1374,7 +1395,7 @@ mod tests {
             .detail
             .starts_with("worker started on a primary (PID 5): keep_alive 1000 ms"));
         assert!(matches!(start.actions[..], [Action::RestoreFence(_)]));
-        // A standby ignores a marker: it is rejoined.
+        // A standby removes a marker: it was rejoined.
         let standby = step(
             &node,
             Input::Start {
@@ -1384,8 +1405,51 @@ mod tests {
             },
             &standby_at(T0),
         );
-        assert!(standby.actions.is_empty());
-        assert_eq!(kinds(&standby), vec![EventKind::Start]);
+        assert_eq!(standby.actions, vec![Action::ForgetMarker]);
+        assert_eq!(kinds(&standby), vec![EventKind::Start, EventKind::Unfenced]);
+        assert!(standby.events[1].detail.contains("this server is a standby now"));
+    }
+
+    #[test]
+    fn a_fence_marker_applies_only_to_the_cluster_and_timeline_it_was_written_on() {
+        let marker = primary::Marker {
+            system_id: 7,
+            timeline: 1,
+            term: 3,
+            reason: "s1 leads term 4, newer than this server's".into(),
+        };
+        let start = |local: &Local| {
+            step(
+                &reached(),
+                Input::Start {
+                    pid: 5,
+                    marker: Some(marker.render()),
+                    leads: None,
+                },
+                local,
+            )
+        };
+        let on = |system_id: u64, timeline: u32| Local {
+            in_recovery: false,
+            system_id,
+            timeline: Some(timeline),
+            ..standby_at(T0)
+        };
+        let same = start(&on(7, 1));
+        assert!(matches!(same.actions[..], [Action::RestoreFence(ref r)] if r.contains("s1 leads term 4")));
+        // Promoted again since (a base backup of it, or it was rewound and later elected).
+        let later = start(&on(7, 3));
+        assert_eq!(later.actions, vec![Action::ForgetMarker]);
+        assert!(later.events[1]
+            .detail
+            .contains("written on timeline 1, and this server writes on timeline 3"));
+        let other = start(&on(8, 1));
+        assert_eq!(other.actions, vec![Action::ForgetMarker]);
+        assert!(other.events[1].detail.contains("another cluster"));
+        // An older version's marker, reason only: it applies.
+        let (facts, reason) = primary::Marker::parse("s1 is a primary on timeline 2\n");
+        assert_eq!((facts, reason.as_str()), (None, "s1 is a primary on timeline 2"));
+        assert_eq!(primary::Marker::parse(&marker.render()).0, Some(marker.clone()));
     }
 
     fn three_members() -> Settings {

@@ -123,6 +123,8 @@ pub enum Guard {
     /// The primary was reached, but its WAL position is not known: the data-loss bound
     /// cannot be checked.
     LagUnknown,
+    /// A promotion was requested and recovery has not ended yet.
+    PromotionPending,
 }
 
 impl Guard {
@@ -150,6 +152,9 @@ impl Guard {
                 settings.max_lag_bytes.unwrap_or(0)
             ),
             Guard::NeverStands => "pg_promoter.priority is 0: this standby never promotes on its own".into(),
+            Guard::PromotionPending => "a promotion was requested, and recovery has not ended yet: it is not \
+                                        requested again (nor is pre_promote_command run again)"
+                .into(),
             Guard::LagUnknown => "the primary's WAL position is not known, so pg_promoter.max_lag_on_failover \
                                   cannot be checked"
                 .into(),
@@ -196,6 +201,8 @@ pub struct State {
     pub refused_by: Vec<Guard>,
     /// When a misconfigured primary was last warned about in the log.
     pub warned_at: Option<Micros>,
+    /// Since when the primary has answered the check only with refusals.
+    pub refusing_since: Option<Micros>,
     /// After a failed attempt (the pre-promote command refused), no new one before this.
     pub retry_at: Option<Micros>,
     /// The primary's WAL position at the last check that reached it, and when (both outlive a
@@ -211,6 +218,9 @@ pub struct State {
     pub needs_rewind: Option<String>,
     /// Why that is not known while the primary is on a newer timeline (its history unread).
     pub rewind_unknown: Option<String>,
+    /// The postmaster was asked to end recovery and it has not yet: the post-promote command
+    /// is owed for when it does, and no new promotion starts meanwhile.
+    pub signalled: bool,
 }
 
 impl State {
@@ -224,6 +234,7 @@ impl State {
             started_at,
             refused_by: Vec::new(),
             warned_at: None,
+            refusing_since: None,
             retry_at: None,
             primary_lsn: None,
             primary_lsn_at: None,
@@ -231,6 +242,7 @@ impl State {
             upstream_is_standby: false,
             needs_rewind: None,
             rewind_unknown: None,
+            signalled: false,
         }
     }
 }
@@ -246,6 +258,7 @@ pub fn guards(state: &State, facts: &Facts, settings: &Settings) -> Vec<Guard> {
     let walrcv_alive = facts.walrcv_last_msg.is_some_and(|at| facts.now - at < window);
     [
         (facts.promotion_under_way, Guard::PromotionUnderWay),
+        (state.signalled, Guard::PromotionPending),
         (!settings.enabled, Guard::Disabled),
         (settings.priority == 0, Guard::NeverStands),
         (facts.paused, Guard::Paused),
@@ -334,11 +347,19 @@ pub fn decide(state: &State, verdict: Option<&Verdict>, facts: &Facts, settings:
                 "this server is a primary: nothing to watch"
             } else if facts.promoted_by_request {
                 "recovery has ended (pg_promoter_promote()): this server is now a primary"
+            } else if s.signalled {
+                "recovery has ended, after the wait for it: this server is now a primary, and \
+                 post_promote_command runs now"
             } else {
                 "recovery has ended without pg_promoter: this server is now a primary"
             };
             event(EventKind::RoleChanged, detail.into());
             s.phase = Phase::Primary;
+            if s.signalled {
+                // Exactly once, whenever recovery ends.
+                actions.push(Action::PostPromoteCommand);
+                s.signalled = false;
+            }
         }
         return Decision {
             state: s,
@@ -375,6 +396,7 @@ pub fn decide(state: &State, verdict: Option<&Verdict>, facts: &Facts, settings:
             s.first_failure_at = None;
             s.refused_by.clear();
             s.warned_at = None;
+            s.refusing_since = None;
             s.phase = Phase::Watching;
         }
         Some(Verdict::Misconfigured(reason)) => {
@@ -384,9 +406,15 @@ pub fn decide(state: &State, verdict: Option<&Verdict>, facts: &Facts, settings:
                     format!("the primary is alive but refuses the check: {reason}"),
                 );
             }
+            // A refusal is a sign of life, but one that may last (no free connection slot on a
+            // hung primary): say for how long.
+            let since = *s.refusing_since.get_or_insert(now);
             if s.warned_at.is_none_or(|at| now - at >= WARN_EVERY) || s.last_error.as_deref() != Some(reason)
             {
-                actions.push(Action::Warn(reason.clone()));
+                actions.push(Action::Warn(format!(
+                    "{reason} (it has answered the check only with refusals for {} s)",
+                    (now - since) / SEC
+                )));
                 s.warned_at = Some(now);
             }
             s.failures = 0;
@@ -396,6 +424,7 @@ pub fn decide(state: &State, verdict: Option<&Verdict>, facts: &Facts, settings:
             s.phase = Phase::Misconfigured;
         }
         Some(Verdict::Down(reason)) => {
+            s.refusing_since = None;
             s.failures += 1;
             let since = *s.first_failure_at.get_or_insert(now);
             let count = settings.keepalives_count.max(1);
@@ -513,6 +542,7 @@ pub fn promotion(state: &State, step: &Promotion, now: Micros, settings: &Settin
             (EventKind::PromoteFailed, why.clone())
         }
         Promotion::Requested { took } => {
+            s.signalled = true;
             actions.push(Action::AwaitWritable);
             (
                 EventKind::PromoteRequested,
@@ -520,6 +550,7 @@ pub fn promotion(state: &State, step: &Promotion, now: Micros, settings: &Settin
             )
         }
         Promotion::Writable { waited, total } => {
+            s.signalled = false;
             actions.push(Action::PostPromoteCommand);
             let from = if s.manual { "request" } else { "decision" };
             let promoted = format!(
@@ -546,7 +577,11 @@ pub fn promotion(state: &State, step: &Promotion, now: Micros, settings: &Settin
             s.phase = Phase::Refusing;
             (
                 EventKind::PromoteFailed,
-                format!("recovery had not ended {} s after the request", waited.as_secs()),
+                format!(
+                    "recovery had not ended {} s after the request: no new request meanwhile, and \
+                     post_promote_command runs when it ends",
+                    waited.as_secs()
+                ),
             )
         }
     };
@@ -726,8 +761,20 @@ mod tests {
             .flat_map(|d| &d.actions)
             .filter(|a| matches!(a, Action::Warn(_)))
             .count();
-        // 198 s of refusals: a warning at once, then one a minute.
+        // 198 s of refusals: a warning at once, then one a minute, each saying for how long.
         assert_eq!(warnings, 4);
+        let warned: Vec<String> = ds
+            .iter()
+            .flat_map(|d| &d.actions)
+            .filter_map(|a| match a {
+                Action::Warn(w) => Some(w.clone()),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            warned[3].contains("answered the check only with refusals for 180 s"),
+            "the last warning says how long: {warned:?}"
+        );
         let misconfigured_events = ds
             .iter()
             .flat_map(kinds)
@@ -910,6 +957,58 @@ mod tests {
         assert!(ds[1].events[0]
             .detail
             .starts_with("check 2 of 3 failed: timed out"));
+    }
+
+    #[test]
+    fn recovery_that_ends_after_the_wait_runs_the_post_promote_command_once_and_is_not_requested_again() {
+        let promoting = State {
+            phase: Phase::Promoting,
+            ..failing(3)
+        };
+        let requested = promotion(
+            &promoting,
+            &Promotion::Requested { took: Duration::ZERO },
+            T0,
+            &SETTINGS,
+        );
+        let late = promotion(
+            &requested.state,
+            &Promotion::NotWritable {
+                waited: Duration::from_secs(60),
+            },
+            T0,
+            &SETTINGS,
+        );
+        assert!(late.events[0]
+            .detail
+            .contains("post_promote_command runs when it ends"));
+        // Still in recovery, primary still down: no new promotion, its pre-command included.
+        let again = decide(&late.state, Some(&down()), &facts(T0 + SEC), &SETTINGS);
+        assert!(again.actions.is_empty(), "{:?}", again.actions);
+        assert!(again.state.refused_by.contains(&Guard::PromotionPending));
+        // Recovery ends: the post-promote command, once.
+        let primary = Facts {
+            in_recovery: false,
+            ..facts(T0 + 2 * SEC)
+        };
+        let ended = decide(&again.state, None, &primary, &SETTINGS);
+        assert_eq!(ended.actions, vec![Action::PostPromoteCommand]);
+        assert!(ended.events[0].detail.contains("post_promote_command runs now"));
+        assert!(decide(&ended.state, None, &primary, &SETTINGS).actions.is_empty());
+        // In time: the command runs with the promotion, not again at the role change.
+        let writable = promotion(
+            &requested.state,
+            &Promotion::Writable {
+                waited: Duration::ZERO,
+                total: Duration::ZERO,
+            },
+            T0,
+            &SETTINGS,
+        );
+        assert_eq!(writable.actions, vec![Action::PostPromoteCommand]);
+        assert!(decide(&writable.state, None, &primary, &SETTINGS)
+            .actions
+            .is_empty());
     }
 
     #[test]

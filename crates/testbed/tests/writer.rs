@@ -64,7 +64,7 @@ fn writer_counts_acknowledged_commits_across_lost_sessions_and_a_restart() {
 #[test]
 fn writer_commits_as_its_role_or_not_at_all() {
     let node = Node::primary("writer_role", PLAIN);
-    node.query("CREATE ROLE app");
+    node.query("CREATE ROLE app LOGIN");
     let writer = Writer::start_as(&node, "app", "load", Duration::from_millis(10));
     wait_until("ordinary commits flow", LONG, || writer.acked() >= 20);
 
