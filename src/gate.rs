@@ -74,10 +74,13 @@ unsafe extern "C-unwind" fn on_authenticated(port: *mut pg_sys::libpq::be::Port,
     if is_superuser(role) {
         // Counted while connected, so a fence can say that superusers are not held; not the
         // members' workers, which name themselves.
-        if !ours {
-            shmem::SUPERUSER_SESSIONS.get().fetch_add(1, Ordering::AcqRel);
+        // SAFETY: a plain value of this process, set before authentication.
+        let walsender = unsafe { pg_sys::MyBackendType } == pg_sys::BackendType::B_WAL_SENDER;
+        if !ours && !walsender {
+            // The callback first: its registration may fail, and then nothing was counted.
             // SAFETY: registers a callback of this backend's exit, with no argument.
             unsafe { pg_sys::before_shmem_exit(Some(superuser_left), pg_sys::Datum::from(0)) };
+            shmem::SUPERUSER_SESSIONS.get().fetch_add(1, Ordering::AcqRel);
         }
         return;
     }
@@ -212,7 +215,9 @@ fn refuse_commit_prepared(pstmt: *mut pg_sys::PlannedStmt) {
     }
     let fenced = shmem::FENCED.get().load(Ordering::Acquire);
     let until = shmem::LEASE_UNTIL.get().load(Ordering::Acquire);
-    let lease_out = until != i64::MAX && local::lease_clock() >= until;
+    // A session let in during the startup hold counts as outside the lease until the first round.
+    let unheld = UNHELD.load(Ordering::Relaxed) && !shmem::CHECKED.get().load(Ordering::Acquire);
+    let lease_out = unheld || (until != i64::MAX && local::lease_clock() >= until);
     // SAFETY: the current role of this backend, inside the statement's transaction.
     if !(fenced || lease_out) || is_superuser(unsafe { pg_sys::GetUserId() }) {
         return;

@@ -7,7 +7,12 @@ use testbed::{wait_until, Node};
 
 #[test]
 fn an_old_primary_coming_back_after_a_failover_fences_itself_for_good() {
-    let (primary, standby) = pair("return", FAST, None);
+    let settings = [
+        ("pg_promoter.keep_alive", "'200ms'"),
+        ("pg_promoter.keepalives_count", "3"),
+        ("max_prepared_transactions", "5"),
+    ];
+    let (primary, standby) = pair("return", &settings, None);
     primary.query("CREATE ROLE app LOGIN; CREATE TABLE t (x int); GRANT ALL ON t TO app");
     wait_until("the role reaches the standby", LONG, || {
         standby
@@ -15,6 +20,13 @@ fn an_old_primary_coming_back_after_a_failover_fences_itself_for_good() {
             .as_deref()
             == Ok("1")
     });
+    // Prepared before the failover, to be committed on the old primary once it is fenced.
+    psql_as(
+        &primary,
+        "app",
+        "BEGIN; INSERT INTO t VALUES (7); PREPARE TRANSACTION 'p1'",
+    )
+    .expect("prepared");
     primary.kill9();
     wait_promoted(&standby);
 
@@ -50,6 +62,12 @@ fn an_old_primary_coming_back_after_a_failover_fences_itself_for_good() {
         .psql("SET ROLE app; INSERT INTO t VALUES (2)")
         .unwrap_err();
     assert!(err.contains("this server is fenced"), "{err}");
+    // COMMIT PREPARED writes its commit record before any pre-commit check: refused at its start.
+    let err = primary.psql("SET ROLE app; COMMIT PREPARED 'p1'").unwrap_err();
+    assert!(
+        err.contains("cannot commit a prepared transaction: this server is fenced"),
+        "{err}"
+    );
     assert_eq!(primary.query("SELECT count(*) FROM t"), "0");
 
     // For good: a restart stays fenced, even with the new primary out of reach.

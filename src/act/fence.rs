@@ -30,7 +30,7 @@ pub fn write_marker(reason: &str) {
         term: shmem::MEMBER.share().term,
         reason: reason.to_string(),
     };
-    if let Err(e) = std::fs::write(marker_path(), marker.render()) {
+    if let Err(e) = write_durably(&marker_path(), &marker.render()) {
         warning!(
             "pg_promoter: could not write file \"{}\": {e}",
             marker_path().display()
@@ -69,6 +69,18 @@ pub fn fence(permanent: bool, reason: &str, mode: FenceMode) -> String {
             done
         }
         FenceMode::Shutdown => "fence_action is shutdown: fast shutdown requested".to_string(),
+    }
+}
+
+/// Writes `text` to `path` and fsyncs it and its directory: the fence outlives a power loss.
+fn write_durably(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    match path.parent() {
+        Some(dir) => std::fs::File::open(dir)?.sync_all(),
+        None => Ok(()),
     }
 }
 

@@ -14,7 +14,7 @@ use policy::Settings;
 use policy::{Event, EventKind};
 
 use crate::pg::shmem::{self, MemberShared};
-use crate::pg::{local, state_file, this_process};
+use crate::pg::{local, state_file};
 
 /// An answer: granted or refused (with why), and the member's term and leader afterwards.
 pub struct Answer {
@@ -167,13 +167,7 @@ fn answer(settings: &Settings, rule: impl FnOnce(&Member, i64) -> leader::Answer
         // Under the lock: no other answer can be given from the state before this one.
         state_file::write(shared.name.as_str(), &a.member.durable)?;
     }
-    let new_leader = a.member.durable.leader.as_deref().unwrap_or("") != shared.leader.as_str();
     store(&mut shared, &a.member);
-    drop(shared);
-    if new_leader {
-        // A standby re-points to a new leader at once, not at its next check.
-        this_process::wake_worker();
-    }
     Ok(Answer {
         verdict: a.verdict,
         term: a.member.durable.term,

@@ -60,16 +60,6 @@ pub fn signal_postmaster_promote() -> Result<(), String> {
     signal_postmaster(libc::SIGUSR1)
 }
 
-/// Wakes this server's pg_promoter worker from its wait (SIGUSR1 sets a background worker's
-/// latch), when one runs.
-pub fn wake_worker() {
-    let pid = super::shmem::read_status().worker_pid;
-    if pid > 0 {
-        // SAFETY: kill has no memory effects; a worker that just ended ignores nothing harmful.
-        unsafe { libc::kill(pid, libc::SIGUSR1) };
-    }
-}
-
 /// `pg_ctl stop -m fast`: SIGINT to the postmaster.
 pub fn request_fast_shutdown() -> Result<(), String> {
     signal_postmaster(libc::SIGINT)

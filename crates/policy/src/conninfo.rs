@@ -62,7 +62,7 @@ fn rewrite_keywords(s: &str, password: Option<&str>) -> String {
             }
             j = j.min(b.len());
         }
-        match (key == "password", password) {
+        match (key == "password" || key == "sslpassword", password) {
             (false, _) => out.push_str(&s[key_start..j]),
             (true, Some(mask)) => {
                 out.push_str(&s[key_start..value_start]);
@@ -153,14 +153,21 @@ pub fn mask_reload(message_id: &str, message: &str) -> Option<String> {
 /// or a quotation mark of the surrounding message) and a URI's `user:password@`.
 fn mask_text(text: &str) -> String {
     let b = text.as_bytes();
-    let ends_value = |c: u8| c.is_ascii_whitespace() || matches!(c, b'"' | b';' | b'&');
+    // A value ends at white space or the message's quotation mark; at `&` only in a URI's
+    // query, where the key follows `?` or `&`.
+    let ends_value = |c: u8, in_query: bool| c.is_ascii_whitespace() || c == b'"' || (in_query && c == b'&');
     let mut out = String::with_capacity(text.len());
     let mut i = 0;
     while i < b.len() {
         let rest = &text[i..];
         let word_start = i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_');
-        if word_start && rest.len() >= 8 && rest.as_bytes()[..8].eq_ignore_ascii_case(b"password") {
-            let mut j = i + 8;
+        let key_len = [11, 8].into_iter().find(|&n| {
+            let key: &[u8] = if n == 11 { b"sslpassword" } else { b"password" };
+            rest.len() >= n && rest.as_bytes()[..n].eq_ignore_ascii_case(key)
+        });
+        if let (true, Some(n)) = (word_start, key_len) {
+            let in_query = i > 0 && matches!(b[i - 1], b'?' | b'&');
+            let mut j = i + n;
             while j < b.len() && b[j].is_ascii_whitespace() {
                 j += 1;
             }
@@ -178,7 +185,7 @@ fn mask_text(text: &str) -> String {
                     }
                     j += 1;
                 } else {
-                    while j < b.len() && !ends_value(b[j]) {
+                    while j < b.len() && !ends_value(b[j], in_query) {
                         j += if b[j] == b'\\' { 2 } else { 1 };
                     }
                 }
@@ -265,7 +272,7 @@ mod tests {
         let masked = mask_reload(id, peers).unwrap();
         assert!(!masked.contains("s3cret") && !masked.contains("x y"), "{masked}");
         assert!(
-            masked.contains("p: host=a password=******** ; s:") || masked.contains("password=********;"),
+            masked.contains("p: host=a password=********") && masked.contains("s: host=b password=********"),
             "{masked}"
         );
         // A translated message: the same format id, other words and quotation marks.
@@ -287,6 +294,17 @@ mod tests {
             None
         );
         assert_eq!(mask_reload("%s", "primary_conninfo password=x"), None);
+        // Characters a keyword value may hold, and sslpassword.
+        let odd = "parameter \"primary_conninfo\" changed to \"host=a password=ab&cd;ef sslpassword=kk\"";
+        let masked = mask_reload(id, odd).unwrap();
+        assert!(
+            !masked.contains("cd") && !masked.contains("ef") && !masked.contains("kk"),
+            "{masked}"
+        );
+        assert_eq!(
+            mask_password("host=a sslpassword=kk"),
+            "host=a sslpassword=********"
+        );
     }
 
     #[test]

@@ -186,7 +186,8 @@ impl Marker {
             ));
         }
         match timeline {
-            Some(t) if t != self.timeline => Some(format!(
+            // 0: the timeline was not known when it was written; it applies on any.
+            Some(t) if self.timeline != 0 && t != self.timeline => Some(format!(
                 "it was written on timeline {}, and this server writes on timeline {t} (rejoined or promoted since)",
                 self.timeline
             )),
