@@ -397,11 +397,7 @@ fn commit_prepared_outside_the_lease_is_refused_before_its_commit_record() {
     .expect("prepared in the lease");
     // The worker stops renewing (as if the primary were cut), and the lease runs out; the fence
     // that would follow is the worker's to raise, so sessions stay open meanwhile.
-    let worker = status(p, "worker_pid");
-    let signal = |sig: &str| {
-        let ok = std::process::Command::new("kill").args([sig, &worker]).status();
-        assert!(ok.expect("kill runs").success(), "kill {sig} {worker}");
-    };
+    let signal = |sig: &str| signal_worker(p, sig);
     signal("-STOP");
     thread::sleep(Duration::from_secs(1));
     let refused = psql_as(p, "app", "COMMIT PREPARED 'x'");
@@ -436,11 +432,7 @@ fn a_logical_replication_worker_applies_nothing_outside_the_lease() {
     ));
     let count = || p.psql("SELECT count(*) FROM lr").unwrap_or_default();
     wait_until("the subscription copied the table", LONG, || count() == "1");
-    let worker = status(p, "worker_pid");
-    let signal = |sig: &str| {
-        let ok = std::process::Command::new("kill").args([sig, &worker]).status();
-        assert!(ok.expect("kill runs").success(), "kill {sig} {worker}");
-    };
+    let signal = |sig: &str| signal_worker(p, sig);
     signal("-STOP");
     thread::sleep(Duration::from_secs(1));
     publisher.query("INSERT INTO lr VALUES (2)");

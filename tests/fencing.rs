@@ -234,21 +234,7 @@ fn a_check_login_named_pg_promoter_is_not_held_at_a_restart_and_commits_nothing_
         "CREATE EXTENSION pg_promoter; CREATE ROLE app LOGIN; CREATE TABLE t (x int); GRANT ALL ON t TO app",
     );
     primary.restart();
-    let as_check = |sql: &str| {
-        let out = std::process::Command::new(testbed::bindir().join("psql"))
-            .arg(format!(
-                "{} user=app application_name=pg_promoter connect_timeout=10",
-                primary.conninfo()
-            ))
-            .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql])
-            .output()
-            .expect("psql runs");
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).to_string())
-        }
-    };
+    let as_check = |sql: &str| psql_with(&primary, "user=app application_name=pg_promoter", sql);
     assert_eq!(as_check("SELECT pg_is_in_recovery()").as_deref(), Ok("f"));
     let err = as_check("INSERT INTO t VALUES (1)").unwrap_err();
     assert!(err.contains("has not yet checked"), "{err}");

@@ -90,8 +90,13 @@ pub fn wait_new_worker(node: &Node, old_pid: &str) {
 
 /// psql as another login role (trust authentication in the test bed); Ok(stdout) or Err(stderr).
 pub fn psql_as(node: &Node, user: &str, sql: &str) -> Result<String, String> {
+    psql_with(node, &format!("user={user}"), sql)
+}
+
+/// psql with more connection parameters (`key=value ...`); Ok(stdout) or Err(stderr).
+pub fn psql_with(node: &Node, params: &str, sql: &str) -> Result<String, String> {
     let out = std::process::Command::new(testbed::bindir().join("psql"))
-        .arg(format!("{} user={user} connect_timeout=10", node.conninfo()))
+        .arg(format!("{} {params} connect_timeout=10", node.conninfo()))
         .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql])
         .output()
         .expect("psql runs");
@@ -130,4 +135,11 @@ pub fn start_after_crash(node: &Node) {
         .expect("the socket directory holds the data directory");
     let _ = std::fs::remove_file(sockets.join(format!(".s.PGSQL.{}.lock", node.port())));
     node.start();
+}
+
+/// Sends `sig` (`-STOP`, `-CONT`) to `node`'s pg_promoter worker.
+pub fn signal_worker(node: &Node, sig: &str) {
+    let worker = status(node, "worker_pid");
+    let ok = std::process::Command::new("kill").args([sig, &worker]).status();
+    assert!(ok.expect("kill runs").success(), "kill {sig} {worker}");
 }
