@@ -65,7 +65,6 @@ fn pg_promoter_status() -> TableIterator<
         name!(primary_conninfo, String),
         name!(keep_alive_ms, i32),
         name!(keepalives_count, i32),
-        name!(check_timeout_ms, i32),
         name!(consecutive_failures, i64),
         name!(primary_reached, bool),
         name!(last_check_at, Option<TimestampWithTimeZone>),
@@ -73,6 +72,7 @@ fn pg_promoter_status() -> TableIterator<
         name!(last_check_ms, Option<f64>),
         name!(longest_check_ms, Option<f64>),
         name!(last_error, Option<String>),
+        name!(refusing_since, Option<TimestampWithTimeZone>),
         name!(primary_in_recovery, Option<bool>),
         name!(primary_lsn, Option<Lsn>),
         name!(receive_lsn, Option<Lsn>),
@@ -126,7 +126,6 @@ fn pg_promoter_status() -> TableIterator<
         conninfo,
         int4(settings.keep_alive_ms),
         int4(settings.keepalives_count),
-        int4(settings.check_timeout_ms),
         i64::from(st.failures),
         st.ever_reached,
         ts(st.last_check_at),
@@ -134,6 +133,7 @@ fn pg_promoter_status() -> TableIterator<
         st.last_check_us.map(|us| us as f64 / 1000.0),
         st.longest_check_us.map(|us| us as f64 / 1000.0),
         (!error.is_empty()).then(|| error.to_string()),
+        ts(st.refusing_since),
         st.primary_in_recovery,
         st.primary_lsn.map(Lsn),
         local.receive_lsn.map(Lsn),
@@ -436,7 +436,7 @@ fn pg_promoter_probe(
 ) -> TableIterator<
     'static,
     (
-        name!(reachable, bool),
+        name!(reachable, Option<bool>),
         name!(role, Option<String>),
         name!(timeline, Option<i32>),
         name!(lsn, Option<Lsn>),
@@ -482,15 +482,17 @@ fn pg_promoter_probe(
             },
             _,
         ) => (
-            true,
+            Some(true),
             Some(if *in_recovery { "standby" } else { "primary" }.to_string()),
             timeline.map(|t| t as i32),
             lsn.map(Lsn),
             None,
             elapsed_ms,
         ),
-        (_, Verdict::Misconfigured(reason)) => (true, None, None, None, Some(reason), elapsed_ms),
-        (_, Verdict::Down(reason)) => (false, None, None, None, Some(reason), elapsed_ms),
+        (_, Verdict::Misconfigured(reason)) => (Some(true), None, None, None, Some(reason), elapsed_ms),
+        (_, Verdict::Down(reason)) => (Some(false), None, None, None, Some(reason), elapsed_ms),
+        // Its name did not resolve: nothing was tried, so nothing is known.
+        (_, Verdict::Unknown(reason)) => (None, None, None, None, Some(reason), elapsed_ms),
         (_, Verdict::Alive) => unreachable!("only an answer is alive"),
     };
     TableIterator::once(row)

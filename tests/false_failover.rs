@@ -110,6 +110,12 @@ fn a_wrong_password_means_alive_but_misconfigured_and_never_promotes() {
     });
     assert!(status(&standby, "last_error").contains("password authentication failed"));
     assert_eq!(status(&standby, "consecutive_failures"), "0");
+    // How long it has only refused is shown, and it grows.
+    let since = "SELECT (now() - refusing_since) > interval '1 second' FROM pg_promoter_status";
+    assert!(!status(&standby, "refusing_since").is_empty());
+    wait_until("refusing_since stays put while checks go on", LONG, || {
+        standby.query(since) == "t"
+    });
     assert!(status(&standby, "primary_conninfo").contains("password=********"));
     assert!(has_event(
         &standby,

@@ -158,6 +158,59 @@ fn the_post_promote_command_runs_once_with_its_placeholders_filled() {
 }
 
 #[test]
+fn a_manual_promotion_whose_recovery_ends_after_the_wait_gets_its_post_promote_command_once() {
+    let settings = with(&[
+        (
+            "pg_promoter.pre_promote_command",
+            "'echo pre >> %d/pre.out'".into(),
+        ),
+        (
+            "pg_promoter.post_promote_command",
+            "'echo post >> %d/post.out'".into(),
+        ),
+        ("pg_promoter.enabled", "off".into()),
+    ]);
+    let (_primary, standby) = pair("latemanual", &as_refs(&settings), None);
+    // A startup process that cannot run: the promotion is requested but recovery cannot end.
+    let startup = standby.query("SELECT pid FROM pg_stat_activity WHERE backend_type = 'startup'");
+    let kill = |sig: &str| {
+        let ok = std::process::Command::new("kill").args([sig, &startup]).status();
+        assert!(ok.expect("kill runs").success(), "kill {sig} {startup}");
+    };
+    kill("-STOP");
+    // The call waits for recovery to end, gives up after its wait (60 s), and says so.
+    let waited = psql_with(&standby, "", "SELECT pg_promoter_promote()");
+    if waited.as_deref() != Ok("f") {
+        kill("-CONT");
+        panic!("the request should give up waiting: {waited:?}");
+    }
+    assert!(has_event(
+        &standby,
+        "promote_failed",
+        "post_promote_command runs when it ends"
+    ));
+    // A second request would run the pre-promote command again: refused unless forced.
+    let again = standby.psql("SELECT pg_promoter_promote()");
+    kill("-CONT");
+    let err = again.unwrap_err();
+    assert!(err.contains("recovery has not ended"), "{err}");
+    wait_until("recovery ends", LONG, || standby.in_recovery() == Some(false));
+    let post = standby.data_dir().join("post.out");
+    wait_until("the worker runs the post-promote command", LONG, || post.exists());
+    assert!(has_event(
+        &standby,
+        "role_changed",
+        "post_promote_command runs now"
+    ));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(fs::read_to_string(&post).unwrap(), "post\n");
+    assert_eq!(
+        fs::read_to_string(standby.data_dir().join("pre.out")).unwrap(),
+        "pre\n"
+    );
+}
+
+#[test]
 fn a_manual_promotion_runs_the_same_hooks_and_a_failing_pre_command_stops_it() {
     let settings = with(&[
         (

@@ -57,15 +57,22 @@ impl Sequence {
                     _ => Some(Promotion::Ready),
                 }
             }
-            Action::SignalPromotion => Some(match signal() {
-                Ok(()) => {
-                    self.requested = Instant::now();
-                    Promotion::Requested {
-                        took: self.decided.elapsed(),
+            Action::SignalPromotion => {
+                // Owed from before the signal, so that recovery ending at once finds it owed.
+                shmem::update(|s| s.promotion_pending = true);
+                Some(match signal() {
+                    Ok(()) => {
+                        self.requested = Instant::now();
+                        Promotion::Requested {
+                            took: self.decided.elapsed(),
+                        }
                     }
-                }
-                Err(e) => Promotion::SignalFailed(e),
-            }),
+                    Err(e) => {
+                        shmem::update(|s| s.promotion_pending = false);
+                        Promotion::SignalFailed(e)
+                    }
+                })
+            }
             Action::AwaitWritable => Some(if wait_until_writable(stop)? {
                 shmem::update(|s| s.status.promoted_at = Some(local::now()));
                 Promotion::Writable {
@@ -78,9 +85,12 @@ impl Sequence {
                 }
             }),
             Action::PostPromoteCommand => {
-                let template = &self.hooks.post_promote_command;
-                self.hooks
-                    .run("post_promote_command", template, local::insert_timeline(), stop);
+                // Once per promotion, whoever saw recovery end.
+                if shmem::take_post_promote() {
+                    let template = &self.hooks.post_promote_command;
+                    self.hooks
+                        .run("post_promote_command", template, local::insert_timeline(), stop);
+                }
                 None
             }
             _ => None,

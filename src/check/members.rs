@@ -10,7 +10,7 @@ use std::time::Instant;
 use policy::primary::Answer;
 use policy::{Outcome, Settings};
 
-use super::probe::{self, Attempt, Rows, Stage, CHECK_QUERY};
+use super::probe::{self, Attempt, Rows, CHECK_QUERY};
 use crate::pg::latch::{wait_any, Interrupted, Socket};
 use crate::pg::libpq::Conn;
 
@@ -96,8 +96,7 @@ impl Pool {
             let Some(k) = wait_any(&sockets, deadline, stop)? else {
                 for i in live {
                     if let Some(p) = pending[i].take() {
-                        let connecting = p.attempt.stage == Stage::Connecting;
-                        results[i] = Some(Err(Outcome::TimedOut { connecting }));
+                        results[i] = Some(Err(p.attempt.timed_out()));
                     }
                 }
                 break;
@@ -107,8 +106,8 @@ impl Pool {
             match p.attempt.advance() {
                 None => {}
                 Some(Ok(rows)) => {
-                    if let Some(p) = pending[i].take() {
-                        self.kept.insert(asks[i].name.to_string(), p.attempt.conn);
+                    if let Some(conn) = pending[i].take().and_then(|p| p.attempt.conn) {
+                        self.kept.insert(asks[i].name.to_string(), conn);
                     }
                     results[i] = Some(Ok(rows));
                 }

@@ -3,4 +3,5 @@
 
 pub mod members;
 pub mod probe;
+pub mod resolve;
 pub mod witness;

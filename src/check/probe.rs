@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use policy::schedule::{self, Path};
 use policy::{conninfo, lsn, Outcome};
 
+use super::resolve::{self, Prepared};
 use crate::pg::latch::{wait, wait_any, Interrupted, Socket};
 use crate::pg::libpq::{self, Conn, PgResult, Poll, Progress};
 
@@ -60,7 +61,7 @@ impl Probe {
         // Set when an attempt could not even start (out of descriptors, say): no more of them.
         let mut no_more = false;
         loop {
-            let paths: Vec<Path> = attempts.iter().map(|a| path(&a.conn)).collect();
+            let paths: Vec<Path> = attempts.iter().map(Attempt::path).collect();
             let due = (!no_more)
                 .then(|| schedule::next_attempt(timeout, &paths, newest.elapsed().as_micros() as i64))
                 .flatten();
@@ -87,13 +88,17 @@ impl Probe {
                 if Instant::now() < deadline {
                     continue;
                 }
+                // Attempts of one check share their names: one still resolving speaks for all.
+                if let Some(a) = attempts.iter().find(|a| a.stage == Stage::Resolving) {
+                    return Ok(a.timed_out());
+                }
                 let connecting = attempts.iter().all(|a| a.stage == Stage::Connecting);
                 return Ok(Outcome::TimedOut { connecting });
             };
             match attempts[i].advance() {
                 None => {}
                 Some(Ok(rows)) => {
-                    self.conn = Some(attempts.swap_remove(i).conn);
+                    self.conn = attempts.swap_remove(i).conn;
                     return Ok(answered(&rows));
                 }
                 // A kept connection can break while the primary is fine (it restarted, or an idle
@@ -139,8 +144,7 @@ pub fn ask(
     };
     loop {
         if !wait(attempt.socket, deadline, stop)? {
-            let connecting = attempt.stage == Stage::Connecting;
-            return Ok(Err(Outcome::TimedOut { connecting }));
+            return Ok(Err(attempt.timed_out()));
         }
         if let Some(rows) = attempt.advance() {
             return Ok(rows);
@@ -150,6 +154,8 @@ pub fn ask(
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Stage {
+    /// Waiting for a host name's lookup; no connection yet.
+    Resolving,
     Connecting,
     /// Connected, the query not sent yet (a kept connection, writable at once).
     Idle,
@@ -160,53 +166,82 @@ pub(crate) enum Stage {
 /// One connection asking one query, moved forward each time its socket is ready and never
 /// blocking in between.
 pub(crate) struct Attempt {
-    pub(crate) conn: Conn,
+    /// `None` only while resolving.
+    pub(crate) conn: Option<Conn>,
     pub(crate) stage: Stage,
     /// What to wait for before the next `advance`.
     pub(crate) socket: Socket,
     /// On a kept connection, as opposed to a fresh one.
     pub(crate) reused: bool,
+    /// What a fresh connection connects with, its names not resolved yet.
+    params: Vec<(String, String)>,
     sql: CString,
     args: Vec<CString>,
     first: Option<PgResult>,
 }
 
 impl Attempt {
+    /// A fresh connection: at once when its host names have addresses, else once their lookups
+    /// end (`Stage::Resolving`).
     pub(crate) fn fresh(params: &[(String, String)], sql: &CStr, args: &[&CStr]) -> Result<Attempt, Outcome> {
-        let conn = Conn::start(params).map_err(Outcome::ConnectFailed)?;
-        // libpq's protocol: after PQconnectStartParams, act as if polling asked to write.
-        let socket = Socket::Writable(conn.socket());
-        Ok(Attempt::new(conn, Stage::Connecting, socket, false, sql, args))
+        let mut attempt = Attempt {
+            conn: None,
+            stage: Stage::Resolving,
+            socket: Socket::Readable(-1),
+            reused: false,
+            params: params.to_vec(),
+            sql: sql.to_owned(),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            first: None,
+        };
+        match attempt.resolve() {
+            None => Ok(attempt),
+            Some(Err(outcome)) => Err(outcome),
+            Some(Ok(_)) => unreachable!("resolving never ends with rows"),
+        }
     }
 
     /// The query goes out at the first `advance`, so that even an answer that arrives at once
     /// goes the one way every answer goes.
     pub(crate) fn reuse(conn: Conn, sql: &CStr, args: &[&CStr]) -> Attempt {
-        let socket = Socket::Writable(conn.socket());
-        Attempt::new(conn, Stage::Idle, socket, true, sql, args)
-    }
-
-    fn new(conn: Conn, stage: Stage, socket: Socket, reused: bool, sql: &CStr, args: &[&CStr]) -> Attempt {
         Attempt {
-            conn,
-            stage,
-            socket,
-            reused,
+            socket: Socket::Writable(conn.socket()),
+            conn: Some(conn),
+            stage: Stage::Idle,
+            reused: true,
+            params: Vec::new(),
             sql: sql.to_owned(),
             args: args.iter().map(|a| (*a).to_owned()).collect(),
             first: None,
         }
     }
 
+    /// Why the attempt got nowhere by its deadline.
+    pub(crate) fn timed_out(&self) -> Outcome {
+        match self.stage {
+            Stage::Resolving => Outcome::Unresolved(resolve::unfinished(&self.params)),
+            stage => Outcome::TimedOut {
+                connecting: stage == Stage::Connecting,
+            },
+        }
+    }
+
+    /// How far what the attempt sent has got, as the schedule reads it; nothing is sent while
+    /// resolving.
+    fn path(&self) -> Path {
+        self.conn.as_ref().map_or(Path::Local, path)
+    }
+
     /// Goes as far as it can now that its socket is ready: `None` to wait again, or the end.
     pub(crate) fn advance(&mut self) -> Option<Rows> {
         match self.stage {
-            Stage::Connecting => match self.conn.poll() {
+            Stage::Resolving => self.resolve(),
+            Stage::Connecting => match self.conn().poll() {
                 // The socket can change between polls when several hosts are tried.
-                Poll::Read => self.wait_for(Socket::Readable(self.conn.socket())),
-                Poll::Write => self.wait_for(Socket::Writable(self.conn.socket())),
+                Poll::Read => self.wait_readable(),
+                Poll::Write => self.wait_writable(),
                 Poll::Ready => self.send(),
-                Poll::Failed => Some(Err(Outcome::ConnectFailed(self.conn.error_message()))),
+                Poll::Failed => Some(Err(Outcome::ConnectFailed(self.conn().error_message()))),
             },
             Stage::Idle => self.send(),
             Stage::Sending => self.flush(),
@@ -214,10 +249,39 @@ impl Attempt {
         }
     }
 
+    /// Connects once every host name has its addresses, or waits for their lookups.
+    fn resolve(&mut self) -> Option<Rows> {
+        match resolve::prepare(&self.params) {
+            Prepared::Wait(fd) => self.wait_for(Socket::Readable(fd)),
+            Prepared::Unresolved(why) => Some(Err(Outcome::Unresolved(why))),
+            Prepared::Ready(params) => match Conn::start(&params) {
+                Ok(conn) => {
+                    // libpq's protocol: after PQconnectStartParams, act as if polling asked to
+                    // write.
+                    self.socket = Socket::Writable(conn.socket());
+                    self.conn = Some(conn);
+                    self.stage = Stage::Connecting;
+                    None
+                }
+                Err(e) => Some(Err(Outcome::ConnectFailed(e))),
+            },
+        }
+    }
+
+    /// The connection, there from the connecting stage on.
+    fn conn(&mut self) -> &mut Conn {
+        self.conn
+            .as_mut()
+            .expect("an attempt past resolving has its connection")
+    }
+
     /// Queues the query, then pushes it out.
     fn send(&mut self) -> Option<Rows> {
         let args: Vec<&CStr> = self.args.iter().map(|a| a.as_c_str()).collect();
-        if let Err(msg) = self.conn.send_query(&self.sql, &args) {
+        let Some(conn) = self.conn.as_mut() else {
+            return Some(Err(Outcome::Lost("no connection".into())));
+        };
+        if let Err(msg) = conn.send_query(&self.sql, &args) {
             return Some(Err(Outcome::Lost(msg)));
         }
         self.stage = Stage::Sending;
@@ -225,12 +289,12 @@ impl Attempt {
     }
 
     fn flush(&mut self) -> Option<Rows> {
-        match self.conn.flush() {
+        match self.conn().flush() {
             Ok(false) => {
                 self.stage = Stage::Reading;
                 self.read()
             }
-            Ok(true) => self.wait_for(Socket::Writable(self.conn.socket())),
+            Ok(true) => self.wait_writable(),
             Err(msg) => Some(Err(Outcome::Lost(msg))),
         }
     }
@@ -239,16 +303,16 @@ impl Attempt {
     /// (PQgetResult on an incomplete result would block).
     fn read(&mut self) -> Option<Rows> {
         loop {
-            match self.conn.consume() {
-                Ok(true) => return self.wait_for(Socket::Readable(self.conn.socket())),
+            match self.conn().consume() {
+                Ok(true) => return self.wait_readable(),
                 Ok(false) => {}
                 Err(msg) => return Some(Err(Outcome::Lost(msg))),
             }
-            match self.conn.next_result() {
+            match self.conn().next_result() {
                 Some(result) => {
                     self.first.get_or_insert(result);
                 }
-                None => return Some(rows(self.first.take(), &self.conn)),
+                None => return Some(rows(self.first.take(), self.conn())),
             }
         }
     }
@@ -256,6 +320,16 @@ impl Attempt {
     fn wait_for(&mut self, socket: Socket) -> Option<Rows> {
         self.socket = socket;
         None
+    }
+
+    fn wait_readable(&mut self) -> Option<Rows> {
+        let fd = self.conn().socket();
+        self.wait_for(Socket::Readable(fd))
+    }
+
+    fn wait_writable(&mut self) -> Option<Rows> {
+        let fd = self.conn().socket();
+        self.wait_for(Socket::Writable(fd))
     }
 }
 
@@ -293,7 +367,7 @@ fn rows(first: Option<PgResult>, conn: &Conn) -> Rows {
 /// Why a question got no rows, in a sentence fragment.
 pub fn reason(outcome: &Outcome) -> String {
     match policy::classify(outcome) {
-        policy::Verdict::Down(r) | policy::Verdict::Misconfigured(r) => r,
+        policy::Verdict::Down(r) | policy::Verdict::Misconfigured(r) | policy::Verdict::Unknown(r) => r,
         policy::Verdict::Alive => "unexpected answer".into(),
     }
 }

@@ -37,6 +37,8 @@ pub fn ask(
                                 format!("cannot reach the primary either: {}", error.unwrap_or_default()),
                             ),
                             Some((Some(_), _)) => (Some(false), "still reaches the primary".to_string()),
+                            // Its lookup of the primary's name failed too: no vote either way.
+                            Some((None, Some(error))) => (None, format!("cannot tell: {error}")),
                             _ => (None, "gave no answer".to_string()),
                         },
                         Err(outcome) => (None, format!("cannot ask it: {}", probe::reason(&outcome))),

@@ -36,6 +36,7 @@ pub fn facts(flags: &super::shmem::Flags, promotion_under_way: bool) -> policy::
         started_unix_us: started_unix_us(),
         promoted_by_request: flags.promoted_by_request,
         promotion_under_way,
+        promotion_pending: flags.promotion_pending,
         lease_clock: lease_clock(),
         term: super::shmem::MEMBER.share().term,
         random: random(),

@@ -27,6 +27,8 @@ pub struct Status {
     /// The longest check since the worker started.
     pub longest_check_us: Option<i64>,
     pub last_error: FixedText<256>,
+    /// Since when the primary has answered the check only with refusals.
+    pub refusing_since: Option<i64>,
     pub primary_in_recovery: Option<bool>,
     pub primary_lsn: Option<u64>,
     /// When `primary_lsn` was seen (it outlives a worker restart, as `ever_reached` does).
@@ -46,7 +48,6 @@ pub struct Running {
     pub published: bool,
     pub keep_alive_ms: i64,
     pub keepalives_count: i64,
-    pub check_timeout_ms: i64,
     pub enabled: bool,
     /// -1 when off.
     pub max_lag_bytes: i64,
@@ -60,7 +61,6 @@ impl Running {
             published: false,
             keep_alive_ms: 0,
             keepalives_count: 0,
-            check_timeout_ms: 0,
             enabled: false,
             max_lag_bytes: -1,
             has_members: false,
@@ -74,7 +74,6 @@ impl Running {
             published: true,
             keep_alive_ms: ms(settings.keep_alive),
             keepalives_count: settings.keepalives_count.into(),
-            check_timeout_ms: ms(settings.check_timeout),
             enabled: settings.enabled,
             max_lag_bytes: settings
                 .max_lag_bytes
@@ -93,6 +92,9 @@ pub struct Shared {
     pub promoting: bool,
     /// `pg_promoter_promote()` promoted this server.
     pub promoted_by_request: bool,
+    /// The postmaster was asked to end recovery and the post-promote command has not run yet
+    /// (see [`take_post_promote`]).
+    pub promotion_pending: bool,
     pub paused: bool,
     /// Why this server is fenced (`FENCED` says whether), and whether for good.
     pub fence_reason: FixedText<256>,
@@ -116,6 +118,7 @@ impl Status {
             last_check_us: None,
             longest_check_us: None,
             last_error: FixedText::empty(),
+            refusing_since: None,
             primary_in_recovery: None,
             primary_lsn: None,
             primary_lsn_at: None,
@@ -133,6 +136,7 @@ impl Shared {
             running: Running::new(),
             promoting: false,
             promoted_by_request: false,
+            promotion_pending: false,
             paused: false,
             fence_reason: FixedText::empty(),
             fence_permanent: false,
@@ -257,6 +261,7 @@ pub struct Flags {
     pub paused: bool,
     pub promoting: bool,
     pub promoted_by_request: bool,
+    pub promotion_pending: bool,
 }
 
 pub fn flags() -> Flags {
@@ -265,7 +270,14 @@ pub fn flags() -> Flags {
         paused: s.paused,
         promoting: s.promoting,
         promoted_by_request: s.promoted_by_request,
+        promotion_pending: s.promotion_pending,
     }
+}
+
+/// Whether the post-promote command is owed, saying it is no longer: true for one caller only,
+/// whichever process sees recovery end first (a request's wait, or the worker after it).
+pub fn take_post_promote() -> bool {
+    update(|s| std::mem::replace(&mut s.promotion_pending, false))
 }
 
 /// The right to carry out a promotion sequence, held by one process at a time and given back on

@@ -104,3 +104,23 @@ pub fn terminate_client_backends() -> usize {
     }
     ended
 }
+
+/// Starts a thread that runs `f` with every signal blocked, so that PostgreSQL's handlers only
+/// ever run on the process's own thread. The thread must not call into PostgreSQL.
+pub fn spawn_without_signals<F: FnOnce() + Send + 'static>(name: &str, f: F) -> std::io::Result<()> {
+    // SAFETY: sigfillset fills the set it is given; pthread_sigmask changes this thread's mask
+    // only, and the old mask is restored below. The new thread inherits the full mask from its
+    // first instruction, so no signal can reach it in between; one arriving meanwhile waits for
+    // this thread to unblock it.
+    let old = unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        old
+    };
+    let spawned = std::thread::Builder::new().name(name.to_string()).spawn(f);
+    // SAFETY: restores the mask saved above.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+    spawned.map(drop)
+}

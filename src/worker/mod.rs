@@ -458,6 +458,7 @@ impl Worker {
         shmem::update(|s| {
             s.status.phase = st.phase;
             s.status.failures = st.failures;
+            s.status.refusing_since = st.refusing_since;
             s.status.ever_reached = st.ever_reached;
             s.status.primary_lsn = st.primary_lsn;
             s.status.primary_lsn_at = st.primary_lsn_at;

@@ -24,6 +24,9 @@ pub enum Outcome {
     Lost(String),
     /// The deadline passed, while connecting or while waiting for the answer.
     TimedOut { connecting: bool },
+    /// The server's host name could not be resolved (the lookup failed, or had not ended by
+    /// the deadline), and no address of it is known: nothing was tried.
+    Unresolved(String),
 }
 
 /// The meaning of an outcome.
@@ -34,6 +37,9 @@ pub enum Verdict {
     Down(String),
     /// Alive but refusing us: never counts toward promotion, shown and warned about.
     Misconfigured(String),
+    /// Nothing learnt of the server (its name did not resolve): neither a sign of life nor of
+    /// death, shown and warned about.
+    Unknown(String),
 }
 
 /// Server states in which the primary is not serving, whatever it says (libpq's and the server's
@@ -64,6 +70,7 @@ pub fn classify(outcome: &Outcome) -> Verdict {
         Outcome::TimedOut { connecting: false } => Verdict::Down("timed out waiting for the answer".into()),
         Outcome::Lost(message) => Verdict::Down(format!("connection lost: {}", first_line(message))),
         Outcome::ConnectFailed(message) => classify_connect_error(message),
+        Outcome::Unresolved(why) => Verdict::Unknown(why.clone()),
         Outcome::QueryFailed { sqlstate, message } => {
             // Class 08 (connection exception) and 57P01-03 (shutdown, crash, cannot connect now).
             let text = first_line(message);
@@ -133,10 +140,15 @@ mod tests {
             let first = reason.lines().next().unwrap();
             assert_eq!(v, Verdict::Down(first.into()), "{reason}");
         }
-        assert!(matches!(
-            connect("could not translate host name \"db\" to address"),
-            Verdict::Down(_)
-        ));
+    }
+
+    #[test]
+    fn a_name_that_does_not_resolve_says_nothing_of_the_server() {
+        let why = "could not resolve host name \"db\": Temporary failure in name resolution";
+        assert_eq!(
+            classify(&Outcome::Unresolved(why.into())),
+            Verdict::Unknown(why.into())
+        );
     }
 
     #[test]

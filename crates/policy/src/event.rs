@@ -54,6 +54,7 @@ kinds! {
     Following = "following",
     FollowFailed = "follow_failed",
     NeedsRewind = "needs_rewind",
+    CheckUnknown = "check_unknown",
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -16,6 +16,7 @@ pub mod lsn;
 pub mod machine;
 pub mod members;
 pub mod primary;
+pub mod resolve;
 pub mod rewind;
 pub mod ring;
 pub mod schedule;

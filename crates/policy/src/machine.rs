@@ -108,6 +108,8 @@ pub struct Local {
     /// A promotion is being carried out elsewhere: by `pg_promoter_promote()` for the worker, by
     /// the worker for a request.
     pub promotion_under_way: bool,
+    /// A promotion was signalled and its post-promote command has not run yet (shared memory).
+    pub promotion_pending: bool,
     /// The lease clock (monotonic, counting suspended time): every lease is counted on it.
     pub lease_clock: Micros,
     /// This member's term, from its state file.
@@ -880,6 +882,7 @@ fn standby_facts(node: &Node, local: &Local, votes: Option<Votes>) -> standby::F
         votes,
         promoted_by_request: local.promoted_by_request,
         promotion_under_way: local.promotion_under_way,
+        promotion_pending: local.promotion_pending,
         stand_wait: node
             .leading
             .wait_to_stand(local.lease_clock)

@@ -93,7 +93,7 @@ pub fn views(answers: &[Answer], me: Option<&str>) -> Vec<View> {
         .map(|a| View {
             name: a.name.clone(),
             peer: a.peer,
-            answered: !matches!(classify(&a.outcome), Verdict::Down(_)),
+            answered: matches!(classify(&a.outcome), Verdict::Alive | Verdict::Misconfigured(_)),
             primary_timeline: match a.outcome {
                 Outcome::Answered {
                     in_recovery: false,

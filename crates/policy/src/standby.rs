@@ -31,6 +31,9 @@ pub struct Facts {
     pub promoted_by_request: bool,
     /// A promotion is being carried out, by the worker or by `pg_promoter_promote()`.
     pub promotion_under_way: bool,
+    /// The postmaster was asked to end recovery (by either) and the post-promote command has
+    /// not run yet: it is owed for when recovery ends, and no new promotion starts meanwhile.
+    pub promotion_pending: bool,
     /// With leadership, how long an election lost a moment ago still holds standing back.
     pub stand_wait: Option<Micros>,
 }
@@ -218,9 +221,6 @@ pub struct State {
     pub needs_rewind: Option<String>,
     /// Why that is not known while the primary is on a newer timeline (its history unread).
     pub rewind_unknown: Option<String>,
-    /// The postmaster was asked to end recovery and it has not yet: the post-promote command
-    /// is owed for when it does, and no new promotion starts meanwhile.
-    pub signalled: bool,
 }
 
 impl State {
@@ -242,7 +242,6 @@ impl State {
             upstream_is_standby: false,
             needs_rewind: None,
             rewind_unknown: None,
-            signalled: false,
         }
     }
 }
@@ -258,7 +257,7 @@ pub fn guards(state: &State, facts: &Facts, settings: &Settings) -> Vec<Guard> {
     let walrcv_alive = facts.walrcv_last_msg.is_some_and(|at| facts.now - at < window);
     [
         (facts.promotion_under_way, Guard::PromotionUnderWay),
-        (state.signalled, Guard::PromotionPending),
+        (facts.promotion_pending, Guard::PromotionPending),
         (!settings.enabled, Guard::Disabled),
         (settings.priority == 0, Guard::NeverStands),
         (facts.paused, Guard::Paused),
@@ -314,6 +313,9 @@ pub fn manual_guards(force: bool, facts: &Facts, settings: &Settings, ever_reach
     if !facts.in_recovery {
         held.push(Guard::NotInRecovery);
     }
+    if !force && facts.promotion_pending {
+        held.push(Guard::PromotionPending);
+    }
     if !force && !ever_reached {
         held.push(Guard::NeverReached);
     }
@@ -340,6 +342,9 @@ pub fn decide(state: &State, verdict: Option<&Verdict>, facts: &Facts, settings:
     let mut event = |kind, detail: String| events.push(Event::new(now, kind, detail));
 
     if !facts.in_recovery {
+        // Owed by a promotion whose wait for recovery ended first, by the worker's or a
+        // request's: at every step until the shell has taken it, which it does once.
+        let owed = facts.promotion_pending && !facts.promotion_under_way;
         if s.phase != Phase::Primary {
             let detail = if s.phase == Phase::Promoting {
                 "recovery has ended: this server is now a primary"
@@ -347,19 +352,19 @@ pub fn decide(state: &State, verdict: Option<&Verdict>, facts: &Facts, settings:
                 "this server is a primary: nothing to watch"
             } else if facts.promoted_by_request {
                 "recovery has ended (pg_promoter_promote()): this server is now a primary"
-            } else if s.signalled {
-                "recovery has ended, after the wait for it: this server is now a primary, and \
-                 post_promote_command runs now"
             } else {
                 "recovery has ended without pg_promoter: this server is now a primary"
             };
-            event(EventKind::RoleChanged, detail.into());
+            let detail = if owed {
+                format!("{detail}, after the wait for it: post_promote_command runs now")
+            } else {
+                detail.to_string()
+            };
+            event(EventKind::RoleChanged, detail);
             s.phase = Phase::Primary;
-            if s.signalled {
-                // Exactly once, whenever recovery ends.
-                actions.push(Action::PostPromoteCommand);
-                s.signalled = false;
-            }
+        }
+        if owed {
+            actions.push(Action::PostPromoteCommand);
         }
         return Decision {
             state: s,
@@ -422,6 +427,19 @@ pub fn decide(state: &State, verdict: Option<&Verdict>, facts: &Facts, settings:
             s.refused_by.clear();
             s.last_error = Some(reason.clone());
             s.phase = Phase::Misconfigured;
+        }
+        Some(Verdict::Unknown(reason)) => {
+            // Not counted either way: the failed checks so far stay as they are.
+            if s.last_error.as_deref() != Some(reason) {
+                event(
+                    EventKind::CheckUnknown,
+                    format!(
+                        "the check could not tell (not counted; {} failed check(s) stand): {reason}",
+                        s.failures
+                    ),
+                );
+            }
+            s.last_error = Some(reason.clone());
         }
         Some(Verdict::Down(reason)) => {
             s.refusing_since = None;
@@ -542,7 +560,6 @@ pub fn promotion(state: &State, step: &Promotion, now: Micros, settings: &Settin
             (EventKind::PromoteFailed, why.clone())
         }
         Promotion::Requested { took } => {
-            s.signalled = true;
             actions.push(Action::AwaitWritable);
             (
                 EventKind::PromoteRequested,
@@ -550,7 +567,6 @@ pub fn promotion(state: &State, step: &Promotion, now: Micros, settings: &Settin
             )
         }
         Promotion::Writable { waited, total } => {
-            s.signalled = false;
             actions.push(Action::PostPromoteCommand);
             let from = if s.manual { "request" } else { "decision" };
             let promoted = format!(
@@ -982,19 +998,55 @@ mod tests {
         assert!(late.events[0]
             .detail
             .contains("post_promote_command runs when it ends"));
-        // Still in recovery, primary still down: no new promotion, its pre-command included.
-        let again = decide(&late.state, Some(&down()), &facts(T0 + SEC), &SETTINGS);
+        // Still in recovery (the shell keeps the request pending), primary still down: no new
+        // promotion, its pre-command included.
+        let pending = Facts {
+            promotion_pending: true,
+            ..facts(T0 + SEC)
+        };
+        let again = decide(&late.state, Some(&down()), &pending, &SETTINGS);
         assert!(again.actions.is_empty(), "{:?}", again.actions);
         assert!(again.state.refused_by.contains(&Guard::PromotionPending));
-        // Recovery ends: the post-promote command, once.
+        // Nor by hand, unless forced.
+        let refused = manual(&again.state, false, &pending, &SETTINGS);
+        assert!(
+            matches!(&refused.actions[..], [Action::Reject(why)] if why.contains("recovery has not ended"))
+        );
+        assert_eq!(
+            manual(&again.state, true, &pending, &SETTINGS).actions,
+            vec![Action::Promote]
+        );
+        // Recovery ends: the post-promote command, until the shell has taken it (once).
         let primary = Facts {
             in_recovery: false,
+            promotion_pending: true,
             ..facts(T0 + 2 * SEC)
         };
         let ended = decide(&again.state, None, &primary, &SETTINGS);
         assert_eq!(ended.actions, vec![Action::PostPromoteCommand]);
         assert!(ended.events[0].detail.contains("post_promote_command runs now"));
-        assert!(decide(&ended.state, None, &primary, &SETTINGS).actions.is_empty());
+        let taken = Facts {
+            promotion_pending: false,
+            ..primary
+        };
+        assert!(decide(&ended.state, None, &taken, &SETTINGS).actions.is_empty());
+        // A request's wait that ended first, and recovery ending while the request still holds
+        // the sequence: nothing until it lets go, then the command, with no second role change.
+        let by_request = Facts {
+            promoted_by_request: true,
+            promotion_under_way: true,
+            ..primary
+        };
+        let changed = decide(&again.state, None, &by_request, &SETTINGS);
+        assert!(changed.actions.is_empty());
+        assert_eq!(kinds(&changed), vec![EventKind::RoleChanged]);
+        let released = Facts {
+            promotion_under_way: false,
+            ..by_request
+        };
+        let owed = decide(&changed.state, None, &released, &SETTINGS);
+        assert_eq!(owed.actions, vec![Action::PostPromoteCommand]);
+        assert!(owed.events.is_empty());
         // In time: the command runs with the promotion, not again at the role change.
         let writable = promotion(
             &requested.state,
@@ -1006,7 +1058,7 @@ mod tests {
             &SETTINGS,
         );
         assert_eq!(writable.actions, vec![Action::PostPromoteCommand]);
-        assert!(decide(&writable.state, None, &primary, &SETTINGS)
+        assert!(decide(&writable.state, None, &taken, &SETTINGS)
             .actions
             .is_empty());
     }

@@ -12,7 +12,7 @@ mod proxy;
 mod wait;
 
 pub use load::Writer;
-pub use net::{Host, Net};
+pub use net::{Host, Net, Resolver};
 pub use node::Node;
 pub use pg::{bindir, free_port, psql_at, run, Output};
 pub use proxy::{Mode, Proxy};

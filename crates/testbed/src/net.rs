@@ -30,6 +30,22 @@ const CUT_PROTO: &str = "231";
 const SINK: &str = "sink";
 const SINK_PEER: &str = "sinkpeer";
 
+/// Where `ip netns exec` finds a namespace's own /etc files, which it mounts
+/// over /etc for whatever it starts.
+const NETNS_ETC: &str = "/etc/netns";
+
+/// How host-name lookups behave on a host (see [`Net::set_resolver`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resolver {
+    /// The names given are in /etc/hosts.
+    Works,
+    /// No name resolves: the name server refuses at once.
+    Fails,
+    /// No name resolves, and every lookup hangs for minutes: the name server's
+    /// packets vanish.
+    Hangs,
+}
+
 /// A private network 10.231.N.0/24: a bridge in the root namespace holding
 /// 10.231.N.254 (the "admin" path, over which the test process reaches every
 /// host and which cuts never touch) and one namespace per [`Host`]. Dropping
@@ -193,6 +209,63 @@ impl Net {
         }
     }
 
+    /// Gives `host` resolver files of its own (/etc/hosts, resolv.conf and
+    /// nsswitch.conf, which `ip netns exec` mounts over /etc): `names` resolve
+    /// while the resolver [`Resolver::Works`], nothing resolves otherwise.
+    /// The first call must come before any process starts on the host; later
+    /// calls rewrite the files in place, and running processes see them (glibc
+    /// rereads them when they change).
+    pub fn set_resolver(&self, host: &Host, names: &[(&str, Ipv4Addr)], resolver: Resolver) {
+        self.check_host(host);
+        // The name server: loopback, where nothing listens (refused at once),
+        // or an address whose route leads into the sink (no answer, ever).
+        let lost = Ipv4Addr::new(10, 231, self.id, 250);
+        let (server, options) = match resolver {
+            Resolver::Works | Resolver::Fails => (Ipv4Addr::LOCALHOST, "timeout:1 attempts:1"),
+            Resolver::Hangs => (lost, "timeout:30 attempts:5"),
+        };
+        if resolver == Resolver::Hangs {
+            let dst = format!("{lost}/32");
+            self.ip(&[
+                "-n",
+                &host.netns,
+                "route",
+                "replace",
+                "unicast",
+                &dst,
+                "dev",
+                SINK,
+            ]);
+        }
+        let mut hosts = String::from("127.0.0.1 localhost\n");
+        if resolver == Resolver::Works {
+            for (name, ip) in names {
+                hosts.push_str(&format!("{ip} {name}\n"));
+            }
+        }
+        let dir = Path::new(NETNS_ETC).join(&host.netns);
+        fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        let files = [
+            ("hosts", hosts),
+            ("resolv.conf", format!("nameserver {server}\noptions {options}\n")),
+            (
+                "nsswitch.conf",
+                "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n".to_string(),
+            ),
+        ];
+        for (file, text) in files {
+            // In place: a bind mount holds the file itself, not its name.
+            let path = dir.join(file);
+            let written = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()));
+            written.unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+        }
+    }
+
     /// Undoes every cut.
     pub fn heal_all(&self) {
         for host in self.hosts().iter() {
@@ -250,16 +323,14 @@ impl Net {
     }
 
     fn check_pair(&self, a: &Host, b: &Host) {
-        let hosts = self.hosts();
-        for h in [a, b] {
-            assert!(
-                hosts.contains(h),
-                "net {}: {} is not one of its hosts",
-                self.name,
-                h.name
-            );
-        }
+        self.check_host(a);
+        self.check_host(b);
         assert_ne!(a, b, "net {}: a host cannot be cut from itself", self.name);
+    }
+
+    fn check_host(&self, h: &Host) {
+        let known = self.hosts().contains(h);
+        assert!(known, "net {}: {} is not one of its hosts", self.name, h.name);
     }
 
     fn hosts(&self) -> MutexGuard<'_, Vec<Host>> {
@@ -319,6 +390,14 @@ fn remove_pieces(id: u8) -> Result<(), String> {
         } else {
             ip(&["link", "delete", &name])
         };
+    }
+    // Resolver files (`Net::set_resolver`).
+    if let Ok(dirs) = fs::read_dir(NETNS_ETC) {
+        for dir in dirs.flatten() {
+            if dir.file_name().to_string_lossy().starts_with(&netns) {
+                let _ = fs::remove_dir_all(dir.path());
+            }
+        }
     }
     match ours()? {
         left if left.is_empty() => Ok(()),
