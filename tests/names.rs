@@ -126,3 +126,65 @@ fn a_name_that_does_not_resolve_is_not_a_dead_primary_and_checks_resume_when_it_
     primary.kill9();
     wait_promoted(&standby);
 }
+
+#[test]
+fn three_members_named_by_host_names_lead_follow_and_fail_over() {
+    let net = Net::new("dnspeers");
+    let labels = ["p", "s1", "s2"];
+    let hosts: Vec<_> = labels.iter().map(|l| net.host(l)).collect();
+    let names: Vec<String> = labels.iter().map(|l| format!("db-{l}")).collect();
+    let table: Vec<(&str, std::net::Ipv4Addr)> = names
+        .iter()
+        .zip(&hosts)
+        .map(|(n, h)| (n.as_str(), h.ip()))
+        .collect();
+    for h in &hosts {
+        net.set_resolver(h, &table, Resolver::Works);
+    }
+    let primary = Node::primary_on(&hosts[0], "dnspeers-p", FAST);
+    primary.query("CREATE EXTENSION pg_promoter; CREATE ROLE app LOGIN; CREATE TABLE t (id int)");
+    primary.query("GRANT ALL ON t TO app");
+    let mut nodes = vec![primary];
+    for i in 1..3 {
+        let standby = Node::standby_on(&hosts[i], &format!("dnspeers-{}", labels[i]), &nodes[0], FAST);
+        nodes.push(standby);
+    }
+    // Every member by its name: the member rounds, votes and leases all go through lookups.
+    let peers: Vec<String> = labels
+        .iter()
+        .zip(&names)
+        .zip(&nodes)
+        .map(|((l, name), n)| format!("{l}: host={name} port={} user=postgres dbname=postgres", n.port()))
+        .collect();
+    for node in &nodes {
+        node.append_conf(&format!("pg_promoter.peers = '{}'", peers.join("; ")));
+        node.reload();
+    }
+    wait_until("the primary leads", LONG, || status(&nodes[0], "leader") == "p");
+    wait_until("an ordinary commit succeeds on it", LONG, || {
+        psql_as(&nodes[0], "app", "INSERT INTO t VALUES (1)").is_ok()
+    });
+    for s in &nodes[1..] {
+        wait_until("the standbys watch", LONG, || state(s) == "watching");
+    }
+    nodes[0].kill9();
+    let winner = testbed::try_wait_until(LONG, || nodes[1..].iter().any(|s| s.in_recovery() == Some(false)));
+    assert!(
+        winner.is_some(),
+        "no standby was promoted: {:#?}",
+        events(&nodes[1])
+    );
+    let (new, other, new_name) = if nodes[1].in_recovery() == Some(false) {
+        (&nodes[1], &nodes[2], &names[1])
+    } else {
+        (&nodes[2], &nodes[1], &names[2])
+    };
+    wait_until("the new primary takes ordinary commits", LONG, || {
+        psql_as(new, "app", "INSERT INTO t VALUES (2)").is_ok()
+    });
+    // Re-pointed with the winner's conninfo from peers: by its name.
+    let sender = "SELECT sender_host FROM pg_stat_wal_receiver WHERE status = 'streaming'";
+    wait_until("the other standby follows it", LONG, || {
+        other.query(sender) == *new_name
+    });
+}

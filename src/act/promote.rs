@@ -58,8 +58,9 @@ impl Sequence {
                 }
             }
             Action::SignalPromotion => {
-                // Owed from before the signal, so that recovery ending at once finds it owed.
-                shmem::update(|s| s.promotion_pending = true);
+                // Owed from before the signal, so that recovery ending at once finds it owed; an
+                // earlier promotion's, still pending (a forced request), stays owed if this fails.
+                let earlier = shmem::update(|s| std::mem::replace(&mut s.promotion_pending, true));
                 Some(match signal() {
                     Ok(()) => {
                         self.requested = Instant::now();
@@ -68,7 +69,7 @@ impl Sequence {
                         }
                     }
                     Err(e) => {
-                        shmem::update(|s| s.promotion_pending = false);
+                        shmem::update(|s| s.promotion_pending = earlier);
                         Promotion::SignalFailed(e)
                     }
                 })

@@ -6,6 +6,7 @@
 //! fresh one.
 
 use std::ffi::{CStr, CString};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use policy::schedule::{self, Path};
@@ -88,11 +89,12 @@ impl Probe {
                 if Instant::now() < deadline {
                     continue;
                 }
-                // Attempts of one check share their names: one still resolving speaks for all.
-                if let Some(a) = attempts.iter().find(|a| a.stage == Stage::Resolving) {
+                // Only when no attempt got as far as connecting is the lookup to blame.
+                let tried: Vec<&Attempt> = attempts.iter().filter(|a| a.stage != Stage::Resolving).collect();
+                if let (true, Some(a)) = (tried.is_empty(), attempts.first()) {
                     return Ok(a.timed_out());
                 }
-                let connecting = attempts.iter().all(|a| a.stage == Stage::Connecting);
+                let connecting = tried.iter().all(|a| a.stage == Stage::Connecting);
                 return Ok(Outcome::TimedOut { connecting });
             };
             match attempts[i].advance() {
@@ -175,6 +177,8 @@ pub(crate) struct Attempt {
     pub(crate) reused: bool,
     /// What a fresh connection connects with, its names not resolved yet.
     params: Vec<(String, String)>,
+    /// While resolving: the descriptor `socket` names, held open.
+    lookup: Option<OwnedFd>,
     sql: CString,
     args: Vec<CString>,
     first: Option<PgResult>,
@@ -190,6 +194,7 @@ impl Attempt {
             socket: Socket::Readable(-1),
             reused: false,
             params: params.to_vec(),
+            lookup: None,
             sql: sql.to_owned(),
             args: args.iter().map(|a| (*a).to_owned()).collect(),
             first: None,
@@ -210,6 +215,7 @@ impl Attempt {
             stage: Stage::Idle,
             reused: true,
             params: Vec::new(),
+            lookup: None,
             sql: sql.to_owned(),
             args: args.iter().map(|a| (*a).to_owned()).collect(),
             first: None,
@@ -252,10 +258,15 @@ impl Attempt {
     /// Connects once every host name has its addresses, or waits for their lookups.
     fn resolve(&mut self) -> Option<Rows> {
         match resolve::prepare(&self.params) {
-            Prepared::Wait(fd) => self.wait_for(Socket::Readable(fd)),
+            Prepared::Wait(fd) => {
+                let waited = self.wait_for(Socket::Readable(fd.as_raw_fd()));
+                self.lookup = Some(fd);
+                waited
+            }
             Prepared::Unresolved(why) => Some(Err(Outcome::Unresolved(why))),
             Prepared::Ready(params) => match Conn::start(&params) {
                 Ok(conn) => {
+                    self.lookup = None;
                     // libpq's protocol: after PQconnectStartParams, act as if polling asked to
                     // write.
                     self.socket = Socket::Writable(conn.socket());

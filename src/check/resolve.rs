@@ -7,7 +7,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io::{PipeReader, Write};
 use std::net::{IpAddr, ToSocketAddrs};
-use std::os::fd::AsRawFd;
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 
 use pgrx::prelude::*;
@@ -22,8 +22,9 @@ const MAX_LOOKUPS: usize = 16;
 pub enum Prepared {
     /// Connect with these parameters: every name has its addresses.
     Ready(Vec<(String, String)>),
-    /// Wait for this descriptor to be readable (a lookup ended), then prepare again.
-    Wait(i32),
+    /// Wait for this descriptor to be readable (a lookup ended), then prepare again. The
+    /// waiter's own (a duplicate), so it stays open and alone in a wait set whatever else waits.
+    Wait(OwnedFd),
     /// No address to try: the server cannot be checked (not a sign of its death).
     Unresolved(String),
 }
@@ -31,11 +32,19 @@ pub enum Prepared {
 /// Prepares a connection's parameters: the addresses of its names as `hostaddr`, looked up on a
 /// thread when due.
 pub fn prepare(params: &[(String, String)]) -> Prepared {
-    let names = resolve::names(params);
-    if names.is_empty() {
-        return Prepared::Ready(params.to_vec());
+    let mut params = params.to_vec();
+    // With no host given, libpq would take PGHOST from the environment, and resolve it.
+    let given = |key: &str| params.iter().any(|(k, _)| k == key);
+    if !given("host") && !given("hostaddr") {
+        if let Some(host) = std::env::var("PGHOST").ok().filter(|h| !h.is_empty()) {
+            params.push(("host".into(), host));
+        }
     }
-    RESOLVER.with_borrow_mut(|r| r.prepare(params, &names))
+    let names = resolve::names(&params);
+    if names.is_empty() {
+        return Prepared::Ready(params);
+    }
+    RESOLVER.with_borrow_mut(|r| r.prepare(&params, &names))
 }
 
 /// Why a connection still waiting for its names at its deadline got nowhere.
@@ -64,6 +73,8 @@ struct Resolver {
 }
 
 impl Resolver {
+    /// Starts every lookup that is due, then connects to what has addresses, waits when nothing
+    /// has yet and a lookup is under way, or gives up with the first failure.
     fn prepare(&mut self, params: &[(String, String)], names: &[String]) -> Prepared {
         self.collect();
         let now = local::lease_clock();
@@ -71,20 +82,22 @@ impl Resolver {
         let mut failed = None;
         for name in names {
             let (lookup, ask) = self.cache.lookup(name, now);
-            let started = if ask { self.start(name, now) } else { Ok(()) };
+            let started = if ask { self.start(name) } else { Ok(()) };
             match (lookup, started) {
                 (Lookup::Use(a), _) => {
                     addrs.insert(name.clone(), a);
                 }
-                (Lookup::Wait, Ok(())) => match self.jobs.get(name) {
-                    Some(job) => return Prepared::Wait(job.done.as_raw_fd()),
-                    None => failed = failed.or(Some(resolve_failed(name, "the lookup was lost"))),
-                },
+                (Lookup::Wait, Ok(())) => {}
                 (Lookup::Wait, Err(why)) | (Lookup::Failed(why), _) => failed = failed.or(Some(why)),
             }
         }
-        match resolve::with_addresses(params, &addrs) {
-            Some(params) => Prepared::Ready(params),
+        if let Some(ready) = resolve::with_addresses(params, &addrs) {
+            return Prepared::Ready(ready);
+        }
+        let waiting = names.iter().filter_map(|n| self.jobs.get(n)).next();
+        match waiting.map(|job| job.done.try_clone()) {
+            Some(Ok(fd)) => Prepared::Wait(fd.into()),
+            Some(Err(e)) => Prepared::Unresolved(format!("could not wait for a host name lookup: {e}")),
             None => Prepared::Unresolved(failed.unwrap_or_else(|| unfinished(params))),
         }
     }
@@ -94,7 +107,8 @@ impl Resolver {
         let ended: Vec<String> = self
             .jobs
             .iter()
-            .filter(|(_, job)| job.result.lock().map_or(true, |r| r.is_some()))
+            // Done, or its thread is gone without a word (it panicked).
+            .filter(|(_, job)| Arc::strong_count(job) == 1 || job.result.lock().map_or(true, |r| r.is_some()))
             .map(|(name, _)| name.clone())
             .collect();
         for name in ended {
@@ -104,7 +118,7 @@ impl Resolver {
             let result = job.result.lock().ok().and_then(|mut r| r.take());
             let result = result.unwrap_or_else(|| Err(resolve_failed(&name, "the lookup failed")));
             let failed = result.is_err();
-            if let Some(line) = self.cache.answered(&name, result) {
+            if let Some(line) = self.cache.answered(&name, result, local::lease_clock()) {
                 if failed {
                     warning!("pg_promoter: {line}");
                 } else {
@@ -115,7 +129,7 @@ impl Resolver {
     }
 
     /// Starts looking `name` up on a thread.
-    fn start(&mut self, name: &str, now: i64) -> Result<(), String> {
+    fn start(&mut self, name: &str) -> Result<(), String> {
         if self.jobs.len() >= MAX_LOOKUPS {
             let why = format!("{MAX_LOOKUPS} lookups are under way already");
             return Err(resolve_failed(name, &why));
@@ -139,7 +153,7 @@ impl Resolver {
         })
         .map_err(|e| resolve_failed(name, &format!("could not start a thread: {e}")))?;
         self.jobs.insert(name.to_string(), job);
-        self.cache.asked(name, now);
+        self.cache.asked(name);
         Ok(())
     }
 }

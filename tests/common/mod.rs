@@ -109,32 +109,15 @@ pub fn psql_with(node: &Node, params: &str, sql: &str) -> Result<String, String>
 
 /// Waits until no process of `node`'s server is left (after kill -9 of the postmaster, its
 /// children exit on their own, and a restart must wait for them: they hold shared memory).
-/// Every PostgreSQL process runs in its data directory.
 pub fn wait_all_exited(node: &Node) {
-    let dir = node.data_dir().canonicalize().expect("data directory exists");
     wait_until("every process of the old server exits", LONG, || {
-        let procs = std::fs::read_dir("/proc").expect("/proc");
-        !procs.flatten().any(|p| {
-            let alive = std::fs::read_to_string(p.path().join("stat"))
-                .map(|s| !s.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')))
-                .unwrap_or(false);
-            alive && std::fs::read_link(p.path().join("cwd")).is_ok_and(|cwd| cwd == dir)
-        })
+        node.processes().is_empty()
     });
 }
 
-/// Starts a node again after kill -9 of its postmaster: once its processes are gone, the stale
-/// lock file goes too (the dead postmaster can linger as a zombie, which PostgreSQL's lock-file
-/// check would take for a running server).
+/// Starts a node again after kill -9 of its postmaster.
 pub fn start_after_crash(node: &Node) {
-    wait_all_exited(node);
-    let _ = std::fs::remove_file(node.data_dir().join("postmaster.pid"));
-    let sockets = node
-        .data_dir()
-        .parent()
-        .expect("the socket directory holds the data directory");
-    let _ = std::fs::remove_file(sockets.join(format!(".s.PGSQL.{}.lock", node.port())));
-    node.start();
+    node.start_after_kill();
 }
 
 /// Sends `sig` (`-STOP`, `-CONT`) to `node`'s pg_promoter worker.

@@ -6,22 +6,24 @@
 //! resolver again, keeping the last good addresses while it fails.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 
 use crate::time::{Micros, SEC};
 
-/// How often a name is looked up again, at most: at each fresh connection past this, so a name
-/// that moves is followed within a check or so.
+/// How often a name is looked up again, at most, counted from the end of the last lookup: at each
+/// fresh connection past this, so a name that moves is followed within a check or so.
 pub const REFRESH: Micros = SEC;
 
 /// Whether a `host` entry is a name for the resolver: not empty (libpq's default socket), not a
-/// socket directory (`/...`, or `@...` for an abstract socket), not an address.
+/// socket directory (`/...`, or `@...` for an abstract socket), not an address (an IPv6 one may
+/// carry a `%zone`). Anything else is looked up, even a malformed name: libpq would too.
 pub fn is_name(host: &str) -> bool {
     let host = host.trim();
-    !host.is_empty()
-        && !host.starts_with(['/', '@'])
-        && !host.contains(':')
-        && host.parse::<IpAddr>().is_err()
+    let zoned_v6 = host
+        .split('%')
+        .next()
+        .is_some_and(|a| a.parse::<Ipv6Addr>().is_ok());
+    !host.is_empty() && !host.starts_with(['/', '@']) && host.parse::<IpAddr>().is_err() && !zoned_v6
 }
 
 /// One host libpq will try: its name, address (empty: libpq's own) and port (empty: the default).
@@ -125,8 +127,8 @@ struct Known {
     addrs: Vec<IpAddr>,
     /// Why the last lookup failed, if it did.
     failed: Option<String>,
-    /// When the last lookup started, and whether it is still under way.
-    asked_at: Option<Micros>,
+    /// When the last lookup ended, and whether one is under way.
+    ended_at: Option<Micros>,
     asking: bool,
 }
 
@@ -149,10 +151,10 @@ pub enum Lookup {
 
 impl Cache {
     /// What to do for `name` now, and whether to start a lookup first (none is under way and the
-    /// last one is older than [`REFRESH`]).
+    /// last one ended [`REFRESH`] ago or more).
     pub fn lookup(&self, name: &str, now: Micros) -> (Lookup, bool) {
         let known = self.names.get(name).cloned().unwrap_or_default();
-        let ask = !known.asking && known.asked_at.is_none_or(|at| now - at >= REFRESH);
+        let ask = !known.asking && known.ended_at.is_none_or(|at| now - at >= REFRESH);
         let lookup = if !known.addrs.is_empty() {
             Lookup::Use(known.addrs)
         } else if known.asking || ask {
@@ -168,18 +170,22 @@ impl Cache {
     }
 
     /// A lookup of `name` started.
-    pub fn asked(&mut self, name: &str, now: Micros) {
-        let known = self.names.entry(name.to_string()).or_default();
-        known.asked_at = Some(now);
-        known.asking = true;
+    pub fn asked(&mut self, name: &str) {
+        self.names.entry(name.to_string()).or_default().asking = true;
     }
 
     /// A lookup of `name` ended. A failure keeps the last good addresses. Returns a line for
     /// the log when the name's fate changed: it failed where it had worked (or never had), or
     /// worked again.
-    pub fn answered(&mut self, name: &str, result: Result<Vec<IpAddr>, String>) -> Option<String> {
+    pub fn answered(
+        &mut self,
+        name: &str,
+        result: Result<Vec<IpAddr>, String>,
+        now: Micros,
+    ) -> Option<String> {
         let known = self.names.entry(name.to_string()).or_default();
         known.asking = false;
+        known.ended_at = Some(now);
         match result {
             Ok(addrs) if !addrs.is_empty() => {
                 let back = known.failed.take().map(|_| {
@@ -229,6 +235,9 @@ mod tests {
     fn only_names_need_the_resolver() {
         for name in ["db1", "db1.example.com", " db-1 "] {
             assert!(is_name(name), "{name}");
+        }
+        for name in ["db1:5432", "[db1]"] {
+            assert!(is_name(name), "{name}: malformed, but libpq would look it up");
         }
         for not in [
             "",
@@ -304,68 +313,60 @@ mod tests {
     fn the_first_lookup_is_waited_for_and_a_failure_is_not_an_address() {
         let mut cache = Cache::default();
         assert_eq!(cache.lookup("db1", 0), (Lookup::Wait, true));
-        cache.asked("db1", 0);
+        cache.asked("db1");
         assert_eq!(cache.lookup("db1", 10), (Lookup::Wait, false));
-        // Still under way past the refresh: no second lookup alongside (one thread per name).
+        // Still under way long after: no second lookup alongside (one thread per name).
         assert_eq!(cache.lookup("db1", 5 * SEC), (Lookup::Wait, false));
-        let said = cache.answered(
-            "db1",
-            Err("could not resolve host name \"db1\": timed out".into()),
-        );
+        let why = "could not resolve host name \"db1\": timed out";
+        let said = cache.answered("db1", Err(why.into()), 5 * SEC);
         assert!(said.unwrap().contains("cannot tell"));
-        // Failed a moment ago (the lookup started less than REFRESH ago): the check cannot tell,
-        // and does not ask again at once; later, it asks and waits again.
-        cache.asked("db1", 5 * SEC);
-        assert_eq!(cache.answered("db1", Err("again".into())), None, "said once");
+        // Failed a moment ago (less than REFRESH since it ended, however long it took): the
+        // check cannot tell, with the lookup's own reason, and does not ask again at once.
         assert_eq!(
             cache.lookup("db1", 5 * SEC + 1),
+            (Lookup::Failed(why.into()), false)
+        );
+        // Later, it asks and waits again; a second failure is not said again.
+        assert_eq!(cache.lookup("db1", 6 * SEC), (Lookup::Wait, true));
+        cache.asked("db1");
+        assert_eq!(
+            cache.answered("db1", Err("again".into()), 6 * SEC),
+            None,
+            "said once"
+        );
+        assert_eq!(
+            cache.lookup("db1", 6 * SEC + 1),
             (Lookup::Failed("again".into()), false)
         );
-        assert_eq!(cache.lookup("db1", 6 * SEC), (Lookup::Wait, true));
-        assert!(cache
-            .answered("db1", Ok(vec![ip("10.0.0.1")]))
-            .unwrap()
-            .contains("resolves again"));
+        let back = cache.answered("db1", Ok(vec![ip("10.0.0.1")]), 7 * SEC);
+        assert!(back.unwrap().contains("resolves again, to 10.0.0.1"));
         assert_eq!(
-            cache.lookup("db1", 5 * SEC + 2),
+            cache.lookup("db1", 7 * SEC + 2),
             (Lookup::Use(vec![ip("10.0.0.1")]), false)
         );
     }
 
     #[test]
     fn the_last_good_addresses_outlive_a_failing_or_hanging_resolver_and_follow_a_move() {
+        let one = |a: &str| Lookup::Use(vec![ip(a)]);
         let mut cache = Cache::default();
-        cache.asked("db1", 0);
-        assert_eq!(cache.answered("db1", Ok(vec![ip("10.0.0.1")])), None);
+        cache.asked("db1");
+        assert_eq!(cache.answered("db1", Ok(vec![ip("10.0.0.1")]), 0), None);
         // Fresh: used without a new lookup; past REFRESH: used, and a lookup starts.
-        assert_eq!(
-            cache.lookup("db1", REFRESH - 1),
-            (Lookup::Use(vec![ip("10.0.0.1")]), false)
-        );
-        assert_eq!(
-            cache.lookup("db1", REFRESH),
-            (Lookup::Use(vec![ip("10.0.0.1")]), true)
-        );
-        cache.asked("db1", REFRESH);
+        assert_eq!(cache.lookup("db1", REFRESH - 1), (one("10.0.0.1"), false));
+        assert_eq!(cache.lookup("db1", REFRESH), (one("10.0.0.1"), true));
+        cache.asked("db1");
         // Hanging: the old address all along.
-        assert_eq!(
-            cache.lookup("db1", 60 * SEC),
-            (Lookup::Use(vec![ip("10.0.0.1")]), false)
-        );
-        let said = cache.answered("db1", Err("could not resolve host name \"db1\": failure".into()));
+        assert_eq!(cache.lookup("db1", 60 * SEC), (one("10.0.0.1"), false));
+        let why = "could not resolve host name \"db1\": failure";
+        let said = cache.answered("db1", Err(why.into()), 60 * SEC);
         assert!(said.unwrap().contains("last known address 10.0.0.1"));
-        assert_eq!(
-            cache.lookup("db1", 61 * SEC),
-            (Lookup::Use(vec![ip("10.0.0.1")]), true)
-        );
-        cache.asked("db1", 61 * SEC);
-        cache.answered("db1", Ok(vec![ip("10.0.0.7")]));
-        assert_eq!(
-            cache.lookup("db1", 61 * SEC),
-            (Lookup::Use(vec![ip("10.0.0.7")]), false)
-        );
+        assert_eq!(cache.lookup("db1", 61 * SEC), (one("10.0.0.1"), true));
+        cache.asked("db1");
+        cache.answered("db1", Ok(vec![ip("10.0.0.7")]), 61 * SEC);
+        assert_eq!(cache.lookup("db1", 61 * SEC), (one("10.0.0.7"), false));
         // An empty answer is a failure, not "no address any more".
-        cache.answered("db1", Ok(Vec::new()));
-        assert!(matches!(cache.lookup("db1", 70 * SEC).0, Lookup::Use(a) if a == vec![ip("10.0.0.7")]));
+        cache.answered("db1", Ok(Vec::new()), 62 * SEC);
+        assert_eq!(cache.lookup("db1", 70 * SEC).0, one("10.0.0.7"));
     }
 }

@@ -180,6 +180,30 @@ impl Net {
         self.set_cut(a, b, &["unreachable"], &[]);
     }
 
+    /// Cuts the way from `from` to `to` only: what `from` sends to `to` is
+    /// lost, what `to` sends arrives (and its replies are lost).
+    pub fn cut_one_way(&self, from: &Host, to: &Host) {
+        self.check_pair(from, to);
+        self.route_cut(from, to, &["unicast"], &["dev", SINK]);
+        self.assert_cut(from, to);
+    }
+
+    /// Splits the hosts in two: `side` on one side, every other host of
+    /// this Net on the other, each pair across cut both ways.
+    pub fn split(&self, side: &[&Host]) {
+        let others: Vec<Host> = self
+            .hosts()
+            .iter()
+            .filter(|h| !side.contains(h))
+            .cloned()
+            .collect();
+        for a in side {
+            for b in &others {
+                self.cut(a, b);
+            }
+        }
+    }
+
     /// Undoes a cut between `a` and `b`; a no-op if there is none.
     pub fn heal(&self, a: &Host, b: &Host) {
         self.check_pair(a, b);

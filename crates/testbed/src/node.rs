@@ -384,6 +384,43 @@ impl Node {
         signal(pid, libc::SIGKILL);
     }
 
+    /// Every live process of the server, with its command line (which shows
+    /// PostgreSQL's process titles): they all run in its data directory.
+    pub fn processes(&self) -> Vec<(i32, String)> {
+        let Ok(dir) = self.data.canonicalize() else {
+            return Vec::new();
+        };
+        let Ok(procs) = fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        procs
+            .flatten()
+            .filter_map(|p| {
+                let pid: i32 = p.file_name().to_str()?.parse().ok()?;
+                let stat = fs::read_to_string(p.path().join("stat")).ok()?;
+                let zombie = stat
+                    .rsplit_once(") ")
+                    .is_some_and(|(_, rest)| rest.starts_with('Z'));
+                let here = fs::read_link(p.path().join("cwd")).is_ok_and(|cwd| cwd == dir);
+                let cmdline = fs::read(p.path().join("cmdline")).ok()?;
+                let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                (here && !zombie).then(|| (pid, cmdline.trim().to_string()))
+            })
+            .collect()
+    }
+
+    /// Starts the server again after kill -9 of its postmaster: once its
+    /// processes are gone (they hold shared memory), the stale lock files go
+    /// too (the dead postmaster can linger as a zombie, which PostgreSQL's
+    /// lock-file check would take for a running server).
+    pub fn start_after_kill(&self) {
+        let gone = crate::try_wait_until(SERVER_TIMEOUT, || self.processes().is_empty());
+        assert!(gone.is_some(), "{}: processes left after kill -9", self.name);
+        let _ = fs::remove_file(self.data.join("postmaster.pid"));
+        let _ = fs::remove_file(self.base.join(format!(".s.PGSQL.{}.lock", self.port)));
+        self.start();
+    }
+
     /// SIGSTOPs the postmaster and all its descendants: the server hangs
     /// while the kernel still completes TCP handshakes for it.
     pub fn freeze(&self) {
