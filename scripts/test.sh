@@ -12,7 +12,8 @@
 #                and stops at the first failure
 #   majors       the build for 13, 14, 16 and 17 (scripts/majors.sh); with integration, it runs
 #                beside the integration tests
-#   bench        one pass of the benchmark through everything: proof it works, not a measurement
+#   bench        one pass of the benchmark through everything, and 3 chaos schedules: proof it
+#                works, not a measurement
 #
 # Stages run in that order whatever the order given; the first that fails ends the run. Logs go to
 # target/test-logs.
@@ -174,7 +175,8 @@ stage_integration() {
 }
 
 stage_bench() {
-  cargo run --quiet --release -p bench -- all --smoke --out target/bench-smoke
+  cargo run --quiet --release -p bench -- all --smoke --out target/bench-smoke &&
+    cargo run --quiet --release -p bench -- chaos --smoke --out target/bench-smoke
 }
 
 passed=()

@@ -2,6 +2,8 @@
 //!                                   [--tools a,b] [--nodes 2,3] [--faults kill,freeze,cut] [--out DIR]
 //!                                   [--members-only]`
 //! `cargo run --release -p bench -- report --from DIR,DIR… [--out DIR]`
+//! `cargo run --release -p bench -- chaos [--smoke] [--schedules N] [--seed S] [--secs N]
+//!                                   [--setups witness+sync,nowitness+async,…] [--out DIR]`
 //!
 //! - rto: failover time of pg_promoter and its peers on the same machine in the same run: every
 //!   tool and setting, at every node count (`--nodes`, a primary and its standbys; counts a tool
@@ -13,7 +15,9 @@
 //!   with and without it, and a standby's shutdown while its primary is frozen (and repmgrd's);
 //!   with three members and leadership, connections, each worker's CPU and the primary's
 //!   throughput (`--members-only`: these alone);
-//! - report: the failover trials of earlier runs (their results.csv) as one table and picture.
+//! - report: the failover trials of earlier runs (their results.csv) as one table and picture;
+//! - chaos: seeded fault schedules against three-node clusters, the invariants checked on the
+//!   clients' history and the final state (see `chaos`); `--smoke` runs 3 schedules of 20 s.
 //!
 //! Prints tables and writes results.json, results.csv, rto.svg, soak.txt and cost.txt under the
 //! results folder, with the settings, versions and machine facts. Nothing here asserts a speed.
@@ -24,6 +28,7 @@
 //! and repmgrd at both its settings with three; an entry without `@` takes `--nodes` (2 unless
 //! given). Soaks run every selected tool and setting with two nodes.
 
+mod chaos;
 mod cluster;
 mod cost;
 mod env;
@@ -54,6 +59,11 @@ struct Args {
     faults: Vec<Fault>,
     out: PathBuf,
     from: Vec<PathBuf>,
+    /// `chaos`: how many schedules, the first seed, each one's length, the setups.
+    schedules: usize,
+    seed: u64,
+    chaos_secs: u64,
+    setups: Vec<chaos::Setup>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -69,12 +79,16 @@ fn parse_args() -> Result<Args, String> {
         faults: Fault::ALL.to_vec(),
         out: "results".into(),
         from: Vec::new(),
+        schedules: 100,
+        seed: 1,
+        chaos_secs: 60,
+        setups: chaos::Setup::ALL.to_vec(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut value = || it.next().ok_or(format!("{arg} needs a value"));
         match arg.as_str() {
-            "rto" | "soak" | "cost" | "all" | "report" => args.mode = arg.clone(),
+            "rto" | "soak" | "cost" | "all" | "report" | "chaos" => args.mode = arg.clone(),
             "--quick" => {
                 args.quick = true;
                 args.trials = 1;
@@ -88,6 +102,27 @@ fn parse_args() -> Result<Args, String> {
                 args.trials = 1;
                 args.soak_secs = 10;
                 args.faults = vec![Fault::Kill];
+                args.schedules = 3;
+                args.chaos_secs = 20;
+            }
+            "--schedules" => args.schedules = value()?.parse().map_err(|_| "--schedules takes a number")?,
+            "--seed" => args.seed = value()?.parse().map_err(|_| "--seed takes a number")?,
+            "--secs" => {
+                args.chaos_secs = value()?.parse().map_err(|_| "--secs takes a number")?;
+                if args.chaos_secs < 10 {
+                    return Err("--secs takes 10 or more".into());
+                }
+            }
+            "--setups" => {
+                let all = chaos::Setup::ALL;
+                args.setups = value()?
+                    .split(',')
+                    .map(|k| {
+                        all.into_iter().find(|s| s.key() == k).ok_or(format!(
+                            "unknown setup {k}: witness+sync, witness+async, nowitness+sync or nowitness+async"
+                        ))
+                    })
+                    .collect::<Result<_, _>>()?
             }
             "--trials" => args.trials = value()?.parse().map_err(|_| "--trials takes a number")?,
             "--soak-secs" => args.soak_secs = value()?.parse().map_err(|_| "--soak-secs takes a number")?,
@@ -229,6 +264,10 @@ fn main() {
     }
     if matches!(args.mode.as_str(), "cost" | "all") {
         failed |= cost_mode(&args);
+    }
+    if args.mode == "chaos" {
+        let length = Duration::from_secs(args.chaos_secs);
+        failed |= chaos::run(args.seed, args.schedules, length, &args.setups, &args.out);
     }
     eprintln!("bench: results in {}", args.out.display());
     if failed {

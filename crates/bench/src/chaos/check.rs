@@ -1,0 +1,292 @@
+//! The invariants, checked on what was recorded: every acknowledged commit of the clients, and
+//! the state of every node at the end.
+
+use std::collections::HashSet;
+
+/// One commit a client saw acknowledged. Times are Unix microseconds on the one clock every
+/// simulated host shares: `began` is `clock_timestamp()` inside the transaction (the commit
+/// came after it), `acked` when the client had the acknowledgement (the commit came before).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ack {
+    pub node: usize,
+    pub key: i64,
+    pub sent: i64,
+    pub began: i64,
+    pub acked: i64,
+}
+
+/// One PostgreSQL node at the end.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeEnd {
+    pub name: String,
+    pub address: String,
+    /// Whether it answered at all.
+    pub reachable: bool,
+    pub in_recovery: bool,
+    /// An ordinary role's commit succeeded on it just now.
+    pub takes_writes: bool,
+    /// A standby: the address its WAL receiver streams from, when streaming.
+    pub streams_from: Option<String>,
+    /// pg_promoter's state (`needs_rewind`, `fenced`, ...).
+    pub state: String,
+    /// The keys of the workload's table, on a node that takes writes.
+    pub keys: Option<HashSet<i64>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Violation {
+    /// Two nodes acknowledged ordinary commits in overlapping intervals.
+    Overlap(String),
+    /// With synchronous replication, an acknowledged key is not on the final primary.
+    Lost(String),
+    /// Without it, more was lost than the data-loss bound allows.
+    LostBeyondBound(String),
+    /// No single primary that every other node follows, by the deadline after the last heal.
+    NotConverged(String),
+}
+
+impl Violation {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Violation::Overlap(_) => "overlapping writes",
+            Violation::Lost(_) => "acknowledged commit lost",
+            Violation::LostBeyondBound(_) => "loss beyond the bound",
+            Violation::NotConverged(_) => "no single primary",
+        }
+    }
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        let detail = match self {
+            Violation::Overlap(d)
+            | Violation::Lost(d)
+            | Violation::LostBeyondBound(d)
+            | Violation::NotConverged(d) => d,
+        };
+        write!(f, "{}: {detail}", self.kind())
+    }
+}
+
+/// No two nodes acknowledge ordinary commits in overlapping intervals. The acknowledgements, in
+/// the order they arrived, form runs of one node each; where one node's run ends and another's
+/// starts, the first commit of the new run must have begun after the last of the old one was
+/// acknowledged. (Checking each boundary suffices: a run's commits all came after the boundary
+/// before it.)
+pub fn overlaps(acks: &[Ack], names: &[String]) -> Vec<Violation> {
+    let mut sorted: Vec<&Ack> = acks.iter().collect();
+    sorted.sort_by_key(|a| (a.acked, a.node));
+    let name = |n: usize| names.get(n).cloned().unwrap_or_else(|| n.to_string());
+    let mut found = Vec::new();
+    for pair in sorted.windows(2) {
+        let (last, first) = (pair[0], pair[1]);
+        if last.node != first.node && first.began < last.acked {
+            found.push(Violation::Overlap(format!(
+                "{} acknowledged key {} at {} µs, and {} had begun key {} at {} µs, {} ms before",
+                name(last.node),
+                last.key,
+                last.acked,
+                name(first.node),
+                first.key,
+                first.began,
+                (last.acked - first.began) as f64 / 1000.0
+            )));
+        }
+    }
+    found
+}
+
+/// The acknowledged keys missing from the final primary's table.
+pub fn lost(acks: &[Ack], keys: &HashSet<i64>) -> Vec<i64> {
+    let mut lost: Vec<i64> = acks.iter().map(|a| a.key).filter(|k| !keys.contains(k)).collect();
+    lost.sort_unstable();
+    lost
+}
+
+/// WAL one of the workload's commits takes at most (a row of two columns, its index entry,
+/// the commit record), for the data-loss bound.
+pub const WAL_PER_COMMIT: u64 = 256;
+
+/// Exactly one node takes writes, and every other node streams from it or cannot follow it
+/// (`needs_rewind`, or an old primary fenced until a DBA rejoins it): `Ok` with the primary's
+/// index, or why not.
+pub fn converged(nodes: &[NodeEnd]) -> Result<usize, String> {
+    let writers: Vec<usize> = (0..nodes.len()).filter(|i| nodes[*i].takes_writes).collect();
+    let [primary] = writers[..] else {
+        let names: Vec<&str> = writers.iter().map(|i| nodes[*i].name.as_str()).collect();
+        return Err(format!("{} nodes take writes: {names:?}", writers.len()));
+    };
+    let address = &nodes[primary].address;
+    let strays: Vec<String> = nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, n)| {
+            *i != primary
+                && n.streams_from.as_ref() != Some(address)
+                && !matches!(n.state.as_str(), "needs_rewind" | "fenced")
+        })
+        .map(|(_, n)| {
+            format!(
+                "{} ({}, {}, streaming from {})",
+                n.name,
+                if !n.reachable {
+                    "unreachable"
+                } else if n.in_recovery {
+                    "standby"
+                } else {
+                    "primary"
+                },
+                n.state,
+                n.streams_from.as_deref().unwrap_or("nothing")
+            )
+        })
+        .collect();
+    if strays.is_empty() {
+        Ok(primary)
+    } else {
+        Err(format!(
+            "{} takes writes, but these neither follow it nor say they cannot: {}",
+            nodes[primary].name,
+            strays.join("; ")
+        ))
+    }
+}
+
+/// Every invariant at once, for a history and the end state (`converged` as [`converged`] said
+/// by the deadline).
+pub fn check(
+    acks: &[Ack],
+    nodes: &[NodeEnd],
+    converged: &Result<usize, String>,
+    synchronous: bool,
+    bound_bytes: u64,
+) -> Vec<Violation> {
+    let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+    let mut found = overlaps(acks, &names);
+    match converged {
+        Err(why) => found.push(Violation::NotConverged(why.clone())),
+        Ok(primary) => {
+            let keys = nodes[*primary].keys.clone().unwrap_or_default();
+            let missing = lost(acks, &keys);
+            let shown: Vec<String> = missing.iter().take(10).map(i64::to_string).collect();
+            if synchronous && !missing.is_empty() {
+                found.push(Violation::Lost(format!(
+                    "{} acknowledged key(s) missing on {}: {}",
+                    missing.len(),
+                    nodes[*primary].name,
+                    shown.join(", ")
+                )));
+            } else if missing.len() as u64 * WAL_PER_COMMIT > bound_bytes {
+                found.push(Violation::LostBeyondBound(format!(
+                    "{} acknowledged key(s) missing on {} (at most {} bytes of WAL each; the bound \
+                     is {bound_bytes} bytes)",
+                    missing.len(),
+                    nodes[*primary].name,
+                    WAL_PER_COMMIT
+                )));
+            }
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ack(node: usize, key: i64, began: i64, acked: i64) -> Ack {
+        Ack {
+            node,
+            key,
+            sent: began - 1,
+            began,
+            acked,
+        }
+    }
+
+    fn names() -> Vec<String> {
+        vec!["p".into(), "s1".into(), "s2".into()]
+    }
+
+    #[test]
+    fn a_clean_handover_has_no_overlap_and_an_old_primary_acking_late_has_one() {
+        let clean = [
+            ack(0, 1, 10, 20),
+            ack(0, 2, 30, 40),
+            ack(1, 3, 50, 60),
+            ack(1, 4, 70, 80),
+        ];
+        assert!(overlaps(&clean, &names()).is_empty());
+        // The old primary acknowledges a commit after the new one began committing.
+        let late = [
+            ack(0, 1, 10, 20),
+            ack(1, 3, 50, 60),
+            ack(0, 2, 30, 70),
+            ack(1, 4, 75, 80),
+        ];
+        let found = overlaps(&late, &names());
+        assert_eq!(found.len(), 1, "{found:?}");
+        let text = found[0].to_string();
+        assert!(
+            text.contains("s1 acknowledged key 3 at 60") && text.contains("p had begun key 2 at 30"),
+            "{text}"
+        );
+        // Back and forth without overlap is no violation (a failover, then another).
+        let twice = [ack(0, 1, 10, 20), ack(1, 2, 30, 40), ack(0, 3, 50, 60)];
+        assert!(overlaps(&twice, &names()).is_empty());
+        // A commit that began before the other node's last acknowledgement overlaps.
+        let tight = [ack(0, 1, 10, 20), ack(1, 2, 19, 25)];
+        assert_eq!(overlaps(&tight, &names()).len(), 1);
+    }
+
+    fn end(name: &str, takes_writes: bool, streams_from: Option<&str>, state: &str) -> NodeEnd {
+        NodeEnd {
+            name: name.into(),
+            address: format!("10.0.0.{}", name.len()),
+            reachable: true,
+            in_recovery: !takes_writes,
+            takes_writes,
+            streams_from: streams_from.map(String::from),
+            state: state.into(),
+            keys: takes_writes.then(|| [1, 2].into_iter().collect()),
+        }
+    }
+
+    #[test]
+    fn convergence_needs_one_writer_followed_by_every_other_node() {
+        let p = end("p", true, None, "primary");
+        let addr = p.address.clone();
+        let s = |name: &str| end(name, false, Some(&addr), "watching");
+        assert_eq!(converged(&[p.clone(), s("s1"), s("s22")]), Ok(0));
+        let rewind = end("s1", false, None, "needs_rewind");
+        let fenced = end("s22", false, None, "fenced");
+        assert_eq!(converged(&[p.clone(), rewind, fenced]), Ok(0));
+        let lost = end("s1", false, None, "watching");
+        let err = converged(&[p.clone(), lost, s("s22")]).unwrap_err();
+        assert!(
+            err.contains("s1 (standby, watching, streaming from nothing)"),
+            "{err}"
+        );
+        let two = converged(&[p.clone(), end("s1", true, None, "primary"), s("s22")]).unwrap_err();
+        assert!(two.starts_with("2 nodes take writes"), "{two}");
+        assert!(converged(&[s("s1"), s("s22")])
+            .unwrap_err()
+            .starts_with("0 nodes"));
+    }
+
+    #[test]
+    fn lost_keys_are_a_violation_with_synchronous_replication_and_beyond_the_bound_without() {
+        let p = end("p", true, None, "primary");
+        let acks = [ack(0, 1, 1, 2), ack(0, 2, 3, 4), ack(0, 3, 5, 6)];
+        let nodes = [p];
+        let sync = check(&acks, &nodes, &Ok(0), true, 16 << 20);
+        assert!(
+            matches!(&sync[..], [Violation::Lost(d)] if d.starts_with("1 acknowledged key(s) missing on p: 3"))
+        );
+        assert!(check(&acks, &nodes, &Ok(0), false, 16 << 20).is_empty());
+        let tight = check(&acks, &nodes, &Ok(0), false, 100);
+        assert!(matches!(&tight[..], [Violation::LostBeyondBound(_)]));
+        let none = check(&acks, &nodes, &Err("0 nodes take writes".into()), false, 100);
+        assert!(matches!(&none[..], [Violation::NotConverged(_)]));
+    }
+}

@@ -1,0 +1,219 @@
+//! The cluster a schedule runs on: three PostgreSQL nodes (p, s1, s2) with pg_promoter and
+//! leadership (every node's `peers` names all three), and a witness on a fourth host when the
+//! setup has one; synchronous replication (`ANY 1` of the others) when it says so.
+
+use std::time::Duration;
+
+use pgwire::Client;
+use testbed::{Host, Net, Node};
+
+use super::check::NodeEnd;
+use super::schedule::Op;
+use super::Setup;
+
+fn refs(c: &[(String, String)]) -> Vec<(&str, &str)> {
+    c.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+/// The role the clients commit as: fencing exempts superusers.
+const CLIENT_ROLE: &str = "app";
+const NAMES: [&str; 3] = ["p", "s1", "s2"];
+/// The data-loss bound in force (`pg_promoter.max_lag_on_failover`, its default).
+pub const BOUND_BYTES: u64 = 16 << 20;
+
+pub struct ChaosCluster {
+    /// Dropped after the nodes (fields drop in order).
+    nodes: Vec<Node>,
+    witness: Option<Node>,
+    hosts: Vec<Host>,
+    net: Net,
+}
+
+impl ChaosCluster {
+    pub fn start(setup: Setup) -> Result<ChaosCluster, String> {
+        let net = Net::new("chaos");
+        let mut hosts: Vec<Host> = NAMES.iter().map(|n| net.host(n)).collect();
+        let witness = setup.witness.then(|| {
+            let host = net.host("w");
+            hosts.push(host.clone());
+            let w = Node::primary_on(&host, "cw", &[]);
+            (w.psql("CREATE EXTENSION pg_promoter"), w)
+        });
+        let witness = match witness {
+            Some((Err(e), _)) => return Err(format!("witness: {e}")),
+            Some((Ok(_), w)) => Some(w),
+            None => None,
+        };
+        let witness_conf = witness.as_ref().map(|w| format!("'w: {}'", w.conninfo()));
+        let conf = |name: &str| -> Vec<(String, String)> {
+            let mut c = vec![
+                ("pg_promoter.keep_alive".to_string(), "'1s'".to_string()),
+                ("pg_promoter.keepalives_count".into(), "3".into()),
+                ("cluster_name".into(), format!("'{name}'")),
+                ("wal_sender_timeout".into(), "'5s'".into()),
+            ];
+            if let Some(w) = &witness_conf {
+                c.push(("pg_promoter.witness_conninfo".into(), w.clone()));
+            }
+            c
+        };
+        let p_conf = conf("p");
+        let primary = Node::primary_on(&hosts[0], "cp", &refs(&p_conf));
+        primary.psql(&format!(
+            "CREATE EXTENSION pg_promoter; CREATE ROLE {CLIENT_ROLE} LOGIN; \
+             CREATE TABLE chaos (k bigint PRIMARY KEY, began timestamptz); \
+             GRANT ALL ON chaos TO {CLIENT_ROLE}"
+        ))?;
+        let mut nodes = vec![primary];
+        for (i, name) in NAMES.iter().enumerate().skip(1) {
+            let c = conf(name);
+            nodes.push(Node::standby_on(
+                &hosts[i],
+                &format!("c{name}"),
+                &nodes[0],
+                &refs(&c),
+            ));
+        }
+        let peers: Vec<String> = NAMES
+            .iter()
+            .zip(&nodes)
+            .map(|(name, n)| format!("{name}: {}", n.conninfo()))
+            .collect();
+        for node in &nodes {
+            node.append_conf(&format!("pg_promoter.peers = '{}'", peers.join("; ")));
+            // Once the standbys stream: before, the setup's own commits would wait for them.
+            if setup.synchronous {
+                node.append_conf("synchronous_standby_names = 'ANY 1 (p, s1, s2)'");
+            }
+            node.reload();
+        }
+        let cluster = ChaosCluster {
+            nodes,
+            witness,
+            hosts,
+            net,
+        };
+        let column = |node: &Node, column: &str| {
+            node.psql(&format!("SELECT {column} FROM pg_promoter_status"))
+                .unwrap_or_default()
+        };
+        let ready = testbed::try_wait_until(Duration::from_secs(60), || {
+            cluster.nodes[1..]
+                .iter()
+                .all(|s| column(s, "state") == "watching")
+                && column(&cluster.nodes[0], "leader") == "p"
+                && column(&cluster.nodes[0], "lease_expires_at IS NOT NULL") == "t"
+        });
+        if ready.is_none() {
+            return Err("the standbys never all watched, or p never held a lease".into());
+        }
+        Ok(cluster)
+    }
+
+    /// How each node's client reaches it, as the ordinary role.
+    pub fn client_conninfos(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| {
+                format!(
+                    "host={} port={} user={CLIENT_ROLE} dbname=postgres",
+                    n.address(),
+                    n.port()
+                )
+            })
+            .collect()
+    }
+
+    /// The server on host `h`: a PostgreSQL node, or the witness after them.
+    fn server(&self, h: usize) -> &Node {
+        self.nodes
+            .get(h)
+            .or(self.witness.as_ref().filter(|_| h == self.nodes.len()))
+            .expect("a host of the schedule")
+    }
+
+    pub fn apply(&self, op: &Op) -> Result<(), String> {
+        match op {
+            Op::Kill(h) => self.server(*h).kill9(),
+            Op::Start(h) => self.server(*h).start_after_kill(),
+            Op::Freeze(h) => self.server(*h).freeze(),
+            Op::Thaw(h) => self.server(*h).thaw(),
+            Op::Restart(h) => self.server(*h).restart(),
+            Op::KillWorker(h) => {
+                let server = self.server(*h);
+                let worker = server
+                    .processes()
+                    .into_iter()
+                    .find(|(_, cmdline)| cmdline.contains("pg_promoter"))
+                    .ok_or("no pg_promoter worker running")?;
+                let pid = worker.0.to_string();
+                let killed = std::process::Command::new("kill").args(["-9", &pid]).status();
+                if !killed.is_ok_and(|s| s.success()) {
+                    return Err(format!("kill -9 {pid} failed"));
+                }
+            }
+            Op::Isolate(h) => self.net.isolate(&self.hosts[*h]),
+            Op::Split(side) => {
+                let side: Vec<&Host> = side.iter().map(|h| &self.hosts[*h]).collect();
+                self.net.split(&side);
+            }
+            Op::OneWay(a, b) => self.net.cut_one_way(&self.hosts[*a], &self.hosts[*b]),
+            Op::Heal => self.net.heal_all(),
+        }
+        Ok(())
+    }
+
+    /// Every fault undone: cuts healed, servers thawed, killed ones started.
+    pub fn undo_all(&self) {
+        self.net.heal_all();
+        let servers = self.nodes.iter().chain(self.witness.as_ref());
+        for server in servers {
+            server.thaw();
+            if !server.is_running() {
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| server.start_after_kill()));
+            }
+        }
+    }
+
+    /// Every PostgreSQL node as it is now; with `keys`, the workload's keys of the nodes that
+    /// take writes.
+    pub fn ends(&self, keys: bool) -> Vec<NodeEnd> {
+        let conninfos = self.client_conninfos();
+        self.nodes
+            .iter()
+            .zip(NAMES)
+            .zip(conninfos)
+            .map(|((node, name), conninfo)| {
+                let state = node.psql(
+                    "SELECT pg_is_in_recovery(), (SELECT state FROM pg_promoter_status), \
+                     (SELECT sender_host FROM pg_stat_wal_receiver WHERE status = 'streaming')",
+                );
+                let mut end = NodeEnd {
+                    name: name.to_string(),
+                    address: node.address(),
+                    ..NodeEnd::default()
+                };
+                if let Ok(row) = state {
+                    let cells: Vec<&str> = row.split('|').collect();
+                    end.reachable = true;
+                    end.in_recovery = cells.first() == Some(&"t");
+                    end.state = cells.get(1).unwrap_or(&"").to_string();
+                    end.streams_from = cells.get(2).filter(|s| !s.is_empty()).map(|s| s.to_string());
+                }
+                // An ordinary commit, as the clients make them (a negative key: not theirs).
+                let probe =
+                    "INSERT INTO chaos VALUES (-1, now()) ON CONFLICT (k) DO UPDATE SET began = now()";
+                end.takes_writes = Client::new(&format!("{conninfo} connect_timeout=2"))
+                    .exec(probe, Duration::from_secs(3))
+                    .is_ok();
+                if keys && end.takes_writes {
+                    end.keys = node
+                        .psql("SELECT k FROM chaos WHERE k > 0")
+                        .ok()
+                        .map(|text| text.lines().filter_map(|l| l.parse().ok()).collect());
+                }
+                end
+            })
+            .collect()
+    }
+}

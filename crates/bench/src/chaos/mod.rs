@@ -1,0 +1,302 @@
+//! The chaos run: clusters of three PostgreSQL nodes (and a witness, in half the setups) on
+//! simulated hosts, put through seeded fault schedules (kills, freezes, restarts, worker kills,
+//! partitions, heals; several per schedule, overlapping) while a client per node commits unique
+//! keys as an ordinary role; then the invariants are checked on the recorded history and the
+//! final state of every node ([`check`]). Every failure prints its seed and timeline, and
+//! `bench chaos --seed S --schedules 1 --setups <its setup>` replays it.
+
+pub mod check;
+mod cluster;
+pub mod schedule;
+mod workload;
+
+use std::fmt::Write as _;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use check::{Ack, Violation};
+use cluster::ChaosCluster;
+use schedule::{Op, Schedule};
+
+/// How long the cluster has, after the last heal, to end with one primary every node follows.
+pub const SETTLE: Duration = Duration::from_secs(60);
+
+/// What a schedule runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Setup {
+    pub witness: bool,
+    pub synchronous: bool,
+}
+
+impl Setup {
+    pub const ALL: [Setup; 4] = [
+        Setup {
+            witness: true,
+            synchronous: false,
+        },
+        Setup {
+            witness: true,
+            synchronous: true,
+        },
+        Setup {
+            witness: false,
+            synchronous: false,
+        },
+        Setup {
+            witness: false,
+            synchronous: true,
+        },
+    ];
+
+    pub fn name(self) -> String {
+        format!(
+            "pg_promoter, {} witness, {} replication",
+            if self.witness { "a" } else { "no" },
+            if self.synchronous {
+                "synchronous"
+            } else {
+                "asynchronous"
+            }
+        )
+    }
+
+    /// `witness+sync`, `nowitness+async`, ...: how `--setups` names it.
+    pub fn key(self) -> String {
+        format!(
+            "{}+{}",
+            if self.witness { "witness" } else { "nowitness" },
+            if self.synchronous { "sync" } else { "async" }
+        )
+    }
+}
+
+/// What one schedule did.
+pub struct Outcome {
+    pub setup: Setup,
+    pub schedule: Schedule,
+    /// Each step as carried out: when (from the start), what, how long it took or why it failed.
+    pub timeline: Vec<String>,
+    /// Every acknowledged commit, in the order recorded.
+    pub acks: Vec<Ack>,
+    pub violations: Vec<Violation>,
+    /// The harness itself failed (a server that would not start): no verdict.
+    pub harness_error: Option<String>,
+    /// How long after the last heal the cluster had one primary every node followed.
+    pub settled: Option<Duration>,
+}
+
+/// Runs one schedule on a fresh cluster of `setup`.
+pub fn run_one(setup: Setup, schedule: Schedule) -> Outcome {
+    let mut outcome = Outcome {
+        setup,
+        schedule,
+        timeline: Vec::new(),
+        acks: Vec::new(),
+        violations: Vec::new(),
+        harness_error: None,
+        settled: None,
+    };
+    let built = catch_unwind(|| ChaosCluster::start(setup));
+    let cluster = match built {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            outcome.harness_error = Some(format!("cluster setup: {e}"));
+            return outcome;
+        }
+        Err(panic) => {
+            outcome.harness_error = Some(format!("cluster setup: {}", panic_text(&panic)));
+            return outcome;
+        }
+    };
+    let load = workload::Load::start(&cluster.client_conninfos());
+    let start = Instant::now();
+    for step in outcome.schedule.steps.clone() {
+        std::thread::sleep((start + step.at).saturating_duration_since(Instant::now()));
+        let began = start.elapsed();
+        let done = catch_unwind(AssertUnwindSafe(|| cluster.apply(&step.op)));
+        let took = start.elapsed() - began;
+        let result = match done {
+            Ok(Ok(())) => format!("done in {} ms", took.as_millis()),
+            Ok(Err(e)) => format!("FAILED after {} ms: {e}", took.as_millis()),
+            Err(panic) => format!("FAILED after {} ms: {}", took.as_millis(), panic_text(&panic)),
+        };
+        if result.starts_with("FAILED") && matches!(step.op, Op::Start(_) | Op::Restart(_)) {
+            outcome
+                .harness_error
+                .get_or_insert(format!("{}: {result}", step.op));
+        }
+        outcome
+            .timeline
+            .push(format!("{:>8.3} s  {}: {result}", began.as_secs_f64(), step.op));
+    }
+    // Whatever failed above, the end is every fault undone.
+    cluster.undo_all();
+    std::thread::sleep((start + outcome.schedule.length).saturating_duration_since(Instant::now()));
+    let healed = Instant::now();
+    outcome.timeline.push(format!(
+        "{:>8.3} s  end of the schedule: every fault undone",
+        start.elapsed().as_secs_f64()
+    ));
+    let mut ends = cluster.ends(false);
+    let mut converged = check::converged(&ends);
+    while converged.is_err() && healed.elapsed() < SETTLE {
+        std::thread::sleep(Duration::from_secs(1));
+        ends = cluster.ends(false);
+        converged = check::converged(&ends);
+    }
+    let acks: Vec<Ack> = load.stop();
+    if converged.is_ok() {
+        outcome.settled = Some(healed.elapsed());
+        // The keys, read once no client writes any more.
+        ends = cluster.ends(true);
+        converged = check::converged(&ends);
+    }
+    outcome.timeline.push(format!(
+        "{:>8.3} s  {}",
+        start.elapsed().as_secs_f64(),
+        match &converged {
+            Ok(p) => format!(
+                "settled: {} takes writes, every other node follows it or says it cannot",
+                ends[*p].name
+            ),
+            Err(why) => format!("not settled {} s after the end: {why}", SETTLE.as_secs()),
+        }
+    ));
+    outcome.violations = check::check(&acks, &ends, &converged, setup.synchronous, cluster::BOUND_BYTES);
+    outcome.acks = acks;
+    outcome
+}
+
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "panicked".into())
+}
+
+/// A schedule's report: its seed, setup, verdict, and on any failure the whole timeline.
+pub fn describe(o: &Outcome) -> String {
+    let mut text = String::new();
+    let verdict = if let Some(e) = &o.harness_error {
+        format!("HARNESS ERROR: {e}")
+    } else if o.violations.is_empty() {
+        "ok".to_string()
+    } else {
+        format!("{} VIOLATION(S)", o.violations.len())
+    };
+    let _ = writeln!(
+        text,
+        "seed {} [{}] {} acknowledged commits, settled {}: {verdict}",
+        o.schedule.seed,
+        o.setup.key(),
+        o.acks.len(),
+        o.settled
+            .map_or("never".to_string(), |d| format!("after {:.1} s", d.as_secs_f64()))
+    );
+    for v in &o.violations {
+        let _ = writeln!(text, "  {v}");
+    }
+    if verdict != "ok" {
+        let _ = writeln!(
+            text,
+            "  replay: bench chaos --seed {} --schedules 1 --secs {} --setups {}",
+            o.schedule.seed,
+            o.schedule.length.as_secs(),
+            o.setup.key()
+        );
+    }
+    for line in &o.timeline {
+        let _ = writeln!(text, "  {line}");
+    }
+    text
+}
+
+/// The table: schedules, violations of each kind per 100 schedules, and harness errors, for
+/// each setup.
+pub fn table(outcomes: &[Outcome]) -> String {
+    let kinds = [
+        "overlapping writes",
+        "acknowledged commit lost",
+        "loss beyond the bound",
+        "no single primary",
+    ];
+    let mut text = String::from(
+        "| setup | schedules | with a violation | overlapping writes | acknowledged commit lost | \
+         loss beyond the bound | no single primary | harness errors |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    for setup in Setup::ALL {
+        let mine: Vec<&Outcome> = outcomes
+            .iter()
+            .filter(|o| o.setup == setup && o.harness_error.is_none())
+            .collect();
+        let errors = outcomes
+            .iter()
+            .filter(|o| o.setup == setup && o.harness_error.is_some())
+            .count();
+        if mine.is_empty() && errors == 0 {
+            continue;
+        }
+        let per100 = |n: usize| {
+            if mine.is_empty() {
+                "-".to_string()
+            } else {
+                format!("{:.0}", n as f64 * 100.0 / mine.len() as f64)
+            }
+        };
+        let failing = mine.iter().filter(|o| !o.violations.is_empty()).count();
+        let _ = write!(
+            text,
+            "| {} | {} | {} |",
+            setup.name(),
+            mine.len(),
+            per100(failing)
+        );
+        for kind in kinds {
+            let n = mine
+                .iter()
+                .flat_map(|o| &o.violations)
+                .filter(|v| v.kind() == kind)
+                .count();
+            let _ = write!(text, " {} |", per100(n));
+        }
+        let _ = writeln!(text, " {errors} |");
+    }
+    text.push_str("\nViolations and schedules with a violation are per 100 schedules that ran.\n");
+    text
+}
+
+/// `bench chaos`: `schedules` schedules of `length`, seeds from `first_seed` on, round-robin over
+/// `setups`; writes chaos.txt (table, then every schedule) under `out`. True when any schedule
+/// found a violation or could not run.
+pub fn run(first_seed: u64, schedules: usize, length: Duration, setups: &[Setup], out: &Path) -> bool {
+    let mut outcomes = Vec::new();
+    let mut log = String::new();
+    for i in 0..schedules {
+        let setup = setups[i % setups.len()];
+        let seed = first_seed + i as u64;
+        let schedule = schedule::generate(seed, length, if setup.witness { 4 } else { 3 });
+        eprintln!("chaos: {}/{schedules}: seed {seed}, {}", i + 1, setup.key());
+        let outcome = run_one(setup, schedule);
+        let text = describe(&outcome);
+        eprint!("{text}");
+        log.push_str(&text);
+        if !outcome.violations.is_empty() {
+            // The history behind the verdict, for a closer look.
+            let mut csv = String::from("node,key,sent_us,began_us,acked_us\n");
+            for a in &outcome.acks {
+                let _ = writeln!(csv, "{},{},{},{},{}", a.node, a.key, a.sent, a.began, a.acked);
+            }
+            let _ = std::fs::write(out.join(format!("chaos-{seed}.csv")), csv);
+        }
+        outcomes.push(outcome);
+        // Written after every schedule: a long run leaves its results behind if stopped.
+        let report = format!("{}\n{log}", table(&outcomes));
+        let _ = std::fs::write(out.join("chaos.txt"), report);
+    }
+    println!("{}", table(&outcomes));
+    outcomes
+        .iter()
+        .any(|o| o.harness_error.is_some() || !o.violations.is_empty())
+}
