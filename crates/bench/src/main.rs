@@ -334,7 +334,11 @@ fn rto_mode(args: &Args, tools: &[Box<dyn Tool>], mut facts: Vec<(String, String
                     trial.label,
                     fault.name(),
                     i + 1,
-                    trial.rto.map_or("-".into(), |r| format!("{r:.2} s")),
+                    match (trial.rto, trial.in_place) {
+                        (Some(r), _) => format!("{r:.2} s"),
+                        (None, Some(p)) => format!("- (not a failover: back in place after {p:.2} s)"),
+                        (None, None) => "-".into(),
+                    },
                     match (trial.follow, &trial.follow_error) {
                         (Some(f), _) => format!(", follow {f:.2} s"),
                         (None, Some(e)) => format!(", follow: {e}"),

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use crate::cluster::{split_label, Fault};
-use crate::rto::Trial;
+use crate::rto::{Kind, Trial};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Stats {
@@ -65,8 +65,22 @@ pub fn table(trials: &[Trial], reference: impl Fn(&str) -> Option<String>) -> St
     let mut out = String::new();
     let _ = write!(
         out,
-        "{:<36} {:<7} {:>3} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>7} {:>6} {:>6}",
-        "tool", "fault", "n", "median", "p90", "min", "max", "detect", "promote", "ratio", "lost", "failed"
+        "{:<36} {:<7} {:>3} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>7} {:>6} {:>6} {:>8} {:>7} {:>7}",
+        "tool",
+        "fault",
+        "n",
+        "median",
+        "p90",
+        "min",
+        "max",
+        "detect",
+        "promote",
+        "ratio",
+        "lost",
+        "failed",
+        "in place",
+        "inject",
+        "old.ack"
     );
     if follows {
         let _ = write!(
@@ -94,11 +108,15 @@ pub fn table(trials: &[Trial], reference: impl Fn(&str) -> Option<String>) -> St
         let promote = field(&group, |t| t.promotion);
         let vs_reference = reference(&label).and_then(|r| Some(rto?.median / median_of(&r, fault)?));
         let lost: u64 = group.iter().filter_map(|t| t.lost).sum();
-        let failed = group.iter().filter(|t| t.rto.is_none()).count();
+        // Not a failover either way: no writes at all, or writes back on the old primary.
+        let failed = group.iter().filter(|t| t.kind == Kind::None).count();
+        let in_place = group.iter().filter(|t| t.kind == Kind::InPlace).count();
+        let injection = field(&group, |t| t.injection);
+        let old_acked: u64 = group.iter().map(|t| t.old_acked_after).sum();
         let s = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
         let _ = write!(
             out,
-            "{:<36} {:<7} {:>3} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>7} {:>6} {:>6}",
+            "{:<36} {:<7} {:>3} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>7} {:>6} {:>6} {:>8} {:>7} {:>7}",
             label,
             fault,
             group.len(),
@@ -110,7 +128,10 @@ pub fn table(trials: &[Trial], reference: impl Fn(&str) -> Option<String>) -> St
             s(promote.map(|r| r.median)),
             ratio(vs_reference),
             lost,
-            failed
+            failed,
+            in_place,
+            s(injection.map(|i| i.median)),
+            old_acked
         );
         if follows {
             let follow = field(&group, |t| t.follow);
@@ -172,7 +193,8 @@ pub fn json(trials: &[Trial], facts: &[(String, String)]) -> String {
                 "    {{\"tool\": {}, \"family\": {}, \"nodes\": {}, \"fault\": {}, \"rto_s\": {}, \
                  \"detection_s\": {}, \"promotion_s\": {}, \"follow_s\": {}, \"follow_error\": {}, \
                  \"lost_commits\": {}, \"acked_before_fault\": {}, \"old_primary_acked_after_fault\": {}, \
-                 \"error\": {}}}",
+                 \"kind\": {}, \"in_place_s\": {}, \"injection_s\": {}, \
+                 \"old_primary_acked_during_injection\": {}, \"error\": {}}}",
                 json_str(&t.label),
                 json_str(&t.family),
                 t.nodes,
@@ -185,6 +207,10 @@ pub fn json(trials: &[Trial], facts: &[(String, String)]) -> String {
                 t.lost.map_or("null".into(), |l| l.to_string()),
                 t.acked_before,
                 t.old_acked_after,
+                json_str(t.kind.name()),
+                json_num(t.in_place),
+                json_num(t.injection),
+                t.old_acked_injecting,
                 t.error.as_deref().map_or("null".into(), json_str)
             )
         })
@@ -196,10 +222,14 @@ pub fn json(trials: &[Trial], facts: &[(String, String)]) -> String {
     )
 }
 
-/// The columns of results.csv; files written before node counts and follow times were
-/// recorded end at `old_primary_acked_after_fault,error`.
+/// The columns of results.csv. Files written before trials were classed and injections timed
+/// lack `kind` to `old_primary_acked_during_injection` ([`CSV_HEADER_V2`]); those written before
+/// node counts and follow times end at `old_primary_acked_after_fault,error`.
 const CSV_HEADER: &str = "tool,family,fault,rto_s,detection_s,promotion_s,lost_commits,\
-                          old_primary_acked_after_fault,nodes,follow_s,follow_error,error";
+                          old_primary_acked_after_fault,nodes,follow_s,kind,in_place_s,injection_s,\
+                          old_primary_acked_during_injection,follow_error,error";
+const CSV_HEADER_V2: &str = "tool,family,fault,rto_s,detection_s,promotion_s,lost_commits,\
+                             old_primary_acked_after_fault,nodes,follow_s,follow_error,error";
 
 /// Text for a quoted CSV field: no quote, no line break.
 fn csv_text(s: Option<&str>) -> String {
@@ -212,7 +242,7 @@ pub fn csv(trials: &[Trial]) -> String {
     for t in trials {
         let _ = writeln!(
             out,
-            "\"{}\",{},{},{},{},{},{},{},{},{},\"{}\",\"{}\"",
+            "\"{}\",{},{},{},{},{},{},{},{},{},{},{},{},{},\"{}\",\"{}\"",
             t.label,
             t.family,
             t.fault.name(),
@@ -223,6 +253,10 @@ pub fn csv(trials: &[Trial]) -> String {
             t.old_acked_after,
             t.nodes,
             n(t.follow),
+            t.kind.name(),
+            n(t.in_place),
+            n(t.injection),
+            t.old_acked_injecting,
             csv_text(t.follow_error.as_deref()),
             csv_text(t.error.as_deref()),
         );
@@ -239,7 +273,9 @@ pub fn parse_csv(text: &str) -> Result<Vec<Trial>, String> {
             .then(|| s.parse().map_err(|_| format!("not a number: {s}")))
             .transpose()
     };
-    let current = text.lines().next().is_some_and(|h| h.trim() == CSV_HEADER);
+    let header = text.lines().next().map(str::trim);
+    let current = header == Some(CSV_HEADER);
+    let v2 = header == Some(CSV_HEADER_V2);
     // Files written before errors were kept on one line: a line that does not start a row
     // continues the error of the row before.
     let mut rows: Vec<String> = Vec::new();
@@ -253,7 +289,13 @@ pub fn parse_csv(text: &str) -> Result<Vec<Trial>, String> {
         }
     }
     // The plain fields between the quoted label and the quoted texts at the end.
-    let plain = if current { 9 } else { 7 };
+    let plain = if current {
+        13
+    } else if v2 {
+        9
+    } else {
+        7
+    };
     let mut trials = Vec::new();
     for (i, line) in rows.iter().enumerate() {
         let bad = || format!("results.csv row {}: {line}", i + 1);
@@ -264,16 +306,29 @@ pub fn parse_csv(text: &str) -> Result<Vec<Trial>, String> {
         if f.len() != plain + 1 {
             return Err(bad());
         }
-        let (nodes, follow, follow_error, error) = if current {
+        let (nodes, follow, follow_error, error) = if current || v2 {
             let texts = f[plain].strip_prefix('"').and_then(|t| t.strip_suffix('"'));
             let (follow_error, error) = texts.and_then(|t| t.split_once("\",\"")).ok_or_else(bad)?;
             (f[7].parse().map_err(|_| bad())?, num(f[8])?, follow_error, error)
         } else {
             (2, None, "", f[plain].trim_matches('"'))
         };
+        let rto = num(f[2])?;
+        // Older files did not class trials: one with a time was counted as a failover.
+        let (kind, in_place, injection, injecting) = if current {
+            (
+                Kind::parse(f[9]).ok_or_else(bad)?,
+                num(f[10])?,
+                num(f[11])?,
+                f[12].parse().map_err(|_| bad())?,
+            )
+        } else {
+            let kind = if rto.is_some() { Kind::Failover } else { Kind::None };
+            (kind, None, None, 0)
+        };
         let text = |s: &str| (!s.is_empty()).then(|| s.to_string());
         trials.push(Trial {
-            label: if current {
+            label: if current || v2 {
                 label.to_string()
             } else {
                 case_label_of(label, nodes)
@@ -281,7 +336,10 @@ pub fn parse_csv(text: &str) -> Result<Vec<Trial>, String> {
             family: f[0].to_string(),
             nodes,
             fault: Fault::parse(f[1]).ok_or_else(bad)?,
-            rto: num(f[2])?,
+            kind,
+            rto,
+            in_place,
+            injection,
             detection: num(f[3])?,
             promotion: num(f[4])?,
             follow,
@@ -289,6 +347,7 @@ pub fn parse_csv(text: &str) -> Result<Vec<Trial>, String> {
             lost: num(f[5])?.map(|l| l as u64),
             acked_before: 0,
             old_acked_after: f[6].parse().map_err(|_| bad())?,
+            old_acked_injecting: injecting,
             error: text(error),
         });
     }
@@ -387,12 +446,15 @@ mod tests {
 
     #[test]
     fn csv_reads_back_what_it_wrote() {
-        let trial = |label: &str, fault, rto, error: Option<&str>| Trial {
+        let trial = |label: &str, fault, rto: Option<f64>, error: Option<&str>| Trial {
             label: label.into(),
             family: "pg_promoter".into(),
             nodes: split_label(label).1,
             fault,
+            kind: if rto.is_some() { Kind::Failover } else { Kind::None },
             rto,
+            in_place: None,
+            injection: Some(0.012),
             detection: rto.map(|r| r - 0.03),
             promotion: rto.map(|_| 0.03),
             follow: rto.filter(|_| split_label(label).1 > 2).map(|r| r / 10.0),
@@ -400,6 +462,7 @@ mod tests {
             lost: rto.map(|_| 3),
             acked_before: 0,
             old_acked_after: 7,
+            old_acked_injecting: 2,
             error: error.map(str::to_string),
         };
         let mut trials = [
@@ -413,12 +476,19 @@ mod tests {
             trial("y, 3 nodes", Fault::Kill, Some(4.0), None),
         ];
         trials[2].follow = None;
+        trials[2].kind = Kind::InPlace;
+        trials[2].in_place = trials[2].rto.take();
         trials[2].follow_error = Some("1 of 2 standbys streaming, \"then\"".into());
         let text = csv(&trials);
         let back = parse_csv(&text).unwrap();
         assert_eq!(csv(&back), text);
         assert_eq!(back[0].nodes, 3);
         assert_eq!(back[0].follow, Some(0.25));
+        assert_eq!((back[0].injection, back[0].old_acked_injecting), (Some(0.012), 2));
+        assert_eq!(
+            (back[2].kind, back[2].rto, back[2].in_place),
+            (Kind::InPlace, None, Some(4.0))
+        );
         assert_eq!(back[1].error.as_deref(), Some("setup: a, b and 'c' \tmore"));
         assert_eq!(back[1].follow_error, None);
         assert_eq!(
@@ -455,7 +525,10 @@ mod tests {
             family: "pg_promoter".into(),
             nodes: split_label(label).1,
             fault: Fault::Kill,
+            kind: Kind::Failover,
             rto: Some(rto),
+            in_place: None,
+            injection: None,
             detection: None,
             promotion: None,
             follow,
@@ -463,6 +536,7 @@ mod tests {
             lost: Some(0),
             acked_before: 0,
             old_acked_after: 0,
+            old_acked_injecting: 0,
             error: None,
         };
         let two = [trial("a, 2 nodes", 2.0, None)];

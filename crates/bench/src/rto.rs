@@ -1,8 +1,10 @@
 //! One failover trial: a client commits a small transaction every 10 ms; the primary is hurt at
-//! a random moment; the recovery time (RTO) runs from the fault to the first commit that a new
-//! primary acknowledges. Acknowledged commits missing on the new primary are the data lost.
-//! With three nodes or more, the follow time runs from that first commit until every other
-//! surviving standby streams from the new primary.
+//! a random moment; the recovery time (RTO) runs from the fault, once in force (the injection's
+//! own time is measured apart), to the first commit that a new primary acknowledges.
+//! Acknowledged commits missing on the new primary are the data lost. A trial where writes came
+//! back on the old primary itself (a tool that restarts PostgreSQL in place) is not a failover
+//! and has no RTO. With three nodes or more, the follow time runs from that first commit until
+//! every other surviving standby streams from the new primary.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,6 +22,33 @@ const COMMIT_TIMEOUT: Duration = Duration::from_millis(1000);
 const FOLLOW_EVERY: Duration = Duration::from_millis(20);
 const FOLLOW_GIVE_UP: Duration = Duration::from_secs(60);
 
+/// What a trial turned out to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Another node took writes: the RTO is a failover time.
+    Failover,
+    /// The old primary took writes again after failing: restarted in place, not a failover.
+    InPlace,
+    /// No node took writes within the trial's limit.
+    None,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Failover => "failover",
+            Kind::InPlace => "in_place",
+            Kind::None => "none",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Kind> {
+        [Kind::Failover, Kind::InPlace, Kind::None]
+            .into_iter()
+            .find(|k| k.name() == s)
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Trial {
     /// Tool, setting and node count ([`case_label`]).
@@ -28,9 +57,15 @@ pub struct Trial {
     /// PostgreSQL nodes at start: the primary and its standbys.
     pub nodes: usize,
     pub fault: Fault,
-    /// Seconds from the fault to the first commit acknowledged by a new primary (or by the old
-    /// one once it failed and came back, for tools that restart PostgreSQL in place).
+    pub kind: Kind,
+    /// Seconds from the fault (in force) to the first commit acknowledged by a new primary; none
+    /// when the trial was not a failover.
     pub rto: Option<f64>,
+    /// For a restart in place, the same time until the old primary took writes again.
+    pub in_place: Option<f64>,
+    /// How long injecting the fault took (the clock starts once it is done); None in files from
+    /// before it was measured.
+    pub injection: Option<f64>,
     /// The tool's own account: fault to decision, and decision to writable.
     pub detection: Option<f64>,
     pub promotion: Option<f64>,
@@ -42,9 +77,11 @@ pub struct Trial {
     /// Commits the old primary acknowledged that the new one does not have.
     pub lost: Option<u64>,
     pub acked_before: u64,
-    /// Commits the old primary acknowledged after the fault (possible only when it was cut off
-    /// but still reachable by clients: the split-brain window).
+    /// Commits the old primary acknowledged after the fault was in force (possible only when it
+    /// was cut off but still reachable by clients: the split-brain window).
     pub old_acked_after: u64,
+    /// Commits it acknowledged while the fault was being injected: the harness's, not the tool's.
+    pub old_acked_injecting: u64,
     pub error: Option<String>,
 }
 
@@ -86,7 +123,10 @@ pub fn run(tool: &dyn Tool, nodes: usize, fault: Fault, rng: &mut Rng, give_up: 
         family: tool.family().to_string(),
         nodes,
         fault,
+        kind: Kind::None,
         rto: None,
+        in_place: None,
+        injection: None,
         detection: None,
         promotion: None,
         follow: None,
@@ -94,6 +134,7 @@ pub fn run(tool: &dyn Tool, nodes: usize, fault: Fault, rng: &mut Rng, give_up: 
         lost: None,
         acked_before: 0,
         old_acked_after: 0,
+        old_acked_injecting: 0,
         error: None,
     };
     let cluster = match tool.start(nodes) {
@@ -131,8 +172,10 @@ pub fn run(tool: &dyn Tool, nodes: usize, fault: Fault, rng: &mut Rng, give_up: 
     // Warm up, then wait a random part of the longest checker period before the fault.
     thread::sleep(Duration::from_secs(2));
     thread::sleep(tool.phase_span().mul_f64(rng.next_f64()));
-    let t0 = now_unix();
+    let injecting = now_unix();
     cluster.inject(fault);
+    let t0 = now_unix();
+    trial.injection = Some(t0 - injecting);
     let deadline = Instant::now() + give_up;
     let first_new = loop {
         // A new primary, or the old one back after it failed (a tool that restarts PostgreSQL
@@ -185,8 +228,14 @@ pub fn run(tool: &dyn Tool, nodes: usize, fault: Fault, rng: &mut Rng, give_up: 
         ));
         return trial;
     };
-    trial.rto = Some(at - t0);
-    if let Some((decided, writable)) = cluster.reported(new) {
+    if new == 0 {
+        trial.kind = Kind::InPlace;
+        trial.in_place = Some(at - t0);
+    } else {
+        trial.kind = Kind::Failover;
+        trial.rto = Some(at - t0);
+    }
+    if let Some((decided, writable)) = cluster.reported(new).filter(|_| new != 0) {
         trial.detection = Some(decided - t0);
         trial.promotion = Some(writable - decided);
     }
@@ -200,7 +249,11 @@ pub fn run(tool: &dyn Tool, nodes: usize, fault: Fault, rng: &mut Rng, give_up: 
         .cloned()
         .collect();
     let on_old: Vec<u64> = acks.iter().filter(|a| a.1 == 0).map(|a| a.0).collect();
-    trial.acked_before = acks.iter().filter(|a| a.1 == 0 && a.2 < t0).count() as u64;
+    trial.acked_before = acks.iter().filter(|a| a.1 == 0 && a.2 < injecting).count() as u64;
+    trial.old_acked_injecting = acks
+        .iter()
+        .filter(|a| a.1 == 0 && a.2 >= injecting && a.2 < t0)
+        .count() as u64;
     trial.old_acked_after = acks.iter().filter(|a| a.1 == 0 && a.2 >= t0).count() as u64;
     let ids = on_old.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
     let mut check = Client::new(&conninfos[new]);
