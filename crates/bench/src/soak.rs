@@ -1,8 +1,10 @@
 //! False failovers: the primary saturated by pgbench for a while, alone, with a CPU hog on the
 //! machine, or with short network stalls (each shorter than the tool's detection budget). A
-//! promotion during a soak is a false failover: the primary never died. A tool may also stop
-//! writes without failing over (a leader that demotes itself during a stall): a client committing
-//! every 100 ms on the primary, over a path no stall cuts, measures the longest write outage.
+//! promotion during a soak is a false failover: the primary never died. The soak then goes on
+//! on a cluster built afresh, until its time is up, so it counts every false failover its time
+//! holds; the time really soaked excludes the rebuilds. A tool may also stop writes without
+//! failing over (a leader that demotes itself during a stall): a client committing every 100 ms
+//! on the primary, over a path no stall cuts, measures the longest write outage.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,8 +39,12 @@ impl Variant {
 pub struct Soak {
     pub label: String,
     pub variant: Variant,
+    /// The time asked for, and the time really soaked (watching a running cluster).
     pub seconds: u64,
+    pub soaked_secs: f64,
     pub failovers: u32,
+    /// Clusters built afresh after a false failover.
+    pub rebuilds: u32,
     pub stalls: u32,
     pub stall_ms: u64,
     /// The longest stall as the harness made it, from the start of the cut to the end of the
@@ -51,7 +57,7 @@ pub struct Soak {
     /// probe's commits failed (each waits at most 1 s).
     pub longest_write_gap_ms: Option<u64>,
     pub failed_commits: u64,
-    /// pg_promoter's own account of a false failover: its decision and the checks before it.
+    /// pg_promoter's own account of each false failover: its decision and the checks before it.
     pub why: Vec<String>,
     pub error: Option<String>,
 }
@@ -126,14 +132,20 @@ fn write_probe(conninfo: &str, stop: &AtomicBool) -> (Duration, u64) {
     (longest.max(last_ack.elapsed()), failed)
 }
 
-/// One tool's soak; the CPU hog, when the variant has one, is the caller's.
+/// Rounds shorter than this are not started: building a cluster takes longer.
+const SHORTEST_ROUND: Duration = Duration::from_secs(15);
+
+/// One tool's soak, round after round until its time is up (a false failover ends a round);
+/// the CPU hog, when the variant has one, is the caller's.
 fn run(tool: &dyn Tool, variant: Variant, duration: Duration, rng: &mut Rng) -> Soak {
     let stall = tool.budget() / 2;
     let mut soak = Soak {
         label: tool.label(),
         variant,
         seconds: duration.as_secs(),
+        soaked_secs: 0.0,
         failovers: 0,
+        rebuilds: 0,
         stalls: 0,
         stall_ms: if variant == Variant::Stalls {
             stall.as_millis() as u64
@@ -148,83 +160,113 @@ fn run(tool: &dyn Tool, variant: Variant, duration: Duration, rng: &mut Rng) -> 
         why: Vec::new(),
         error: None,
     };
-    let cluster = match tool.start(2) {
-        Ok(c) => c,
-        Err(e) => {
-            soak.error = Some(format!("setup: {e}"));
-            return soak;
+    let end = Instant::now() + duration;
+    // pgbench's figure for each round that ran to its end, weighted by its length.
+    let mut tps: Vec<(f64, f64)> = Vec::new();
+    let mut first = true;
+    while first || end.saturating_duration_since(Instant::now()) >= SHORTEST_ROUND {
+        if !first {
+            soak.rebuilds += 1;
         }
-    };
+        first = false;
+        match round(tool, variant, end, rng, &mut soak) {
+            Ok(Some(round_tps)) => tps.push(round_tps),
+            Ok(None) => {}
+            Err(e) => {
+                soak.error = Some(e);
+                break;
+            }
+        }
+        if soak.failovers as usize == soak.rebuilds as usize {
+            // The round ran to the end without a false failover.
+            break;
+        }
+    }
+    let weight: f64 = tps.iter().map(|(_, secs)| secs).sum();
+    soak.tps = (weight > 0.0).then(|| tps.iter().map(|(t, secs)| t * secs).sum::<f64>() / weight);
+    soak
+}
+
+/// One cluster until `end` or a false failover: pgbench, stalls, the write probe. Returns
+/// pgbench's figure and the seconds it ran when it ran to its end.
+fn round(
+    tool: &dyn Tool,
+    variant: Variant,
+    end: Instant,
+    rng: &mut Rng,
+    soak: &mut Soak,
+) -> Result<Option<(f64, f64)>, String> {
+    let cluster = tool.start(2).map_err(|e| format!("setup: {e}"))?;
     let conninfos = cluster.conninfos();
     match pgbench(&conninfos[0], &["-i", "-q", "-s", "10"]).output() {
         Ok(out) if out.status.success() => {}
         Ok(out) => {
-            soak.error = Some(format!(
+            return Err(format!(
                 "pgbench -i: {}",
                 String::from_utf8_lossy(&out.stderr).trim()
-            ));
-            return soak;
+            ))
         }
-        Err(e) => {
-            soak.error = Some(format!("pgbench: {e}"));
-            return soak;
-        }
+        Err(e) => return Err(format!("pgbench: {e}")),
     }
-    let secs = duration.as_secs().to_string();
-    let bench = pgbench(&conninfos[0], &["-c", "8", "-j", "2", "-T", &secs, "-n"])
+    let left = end.saturating_duration_since(Instant::now());
+    let secs = left.as_secs().max(1).to_string();
+    let mut bench = pgbench(&conninfos[0], &["-c", "8", "-j", "2", "-T", &secs, "-n"])
         .stdout(Stdio::piped())
-        .spawn();
-    let bench = match bench {
-        Ok(b) => b,
-        Err(e) => {
-            soak.error = Some(format!("pgbench: {e}"));
-            return soak;
-        }
-    };
+        .spawn()
+        .map_err(|e| format!("pgbench: {e}"))?;
     let stop = AtomicBool::new(false);
     let primary = conninfos[0].clone();
-    let (gap, failed) = thread::scope(|s| {
+    let started = Instant::now();
+    let (promoted, (gap, failed)) = thread::scope(|s| {
         let probe = s.spawn(|| write_probe(&primary, &stop));
-        watch(&*cluster, &conninfos[1], variant, duration, rng, &mut soak);
+        let promoted = watch(&*cluster, &conninfos[1], variant, end, rng, soak);
         stop.store(true, Ordering::Relaxed);
-        probe.join().expect("the write probe")
+        (promoted, probe.join().expect("the write probe"))
     });
-    soak.longest_write_gap_ms = Some(gap.as_millis() as u64);
-    soak.failed_commits = failed;
+    soak.soaked_secs += started.elapsed().as_secs_f64();
+    soak.longest_write_gap_ms = soak.longest_write_gap_ms.max(Some(gap.as_millis() as u64));
+    soak.failed_commits += failed;
     cluster.recover();
-    if let Ok(out) = bench.wait_with_output() {
-        let text = String::from_utf8_lossy(&out.stdout);
-        soak.tps = text
+    if promoted {
+        // Its primary is no longer the one pgbench writes to: the round ends here.
+        let _ = bench.kill();
+    }
+    let out = bench.wait_with_output();
+    let tps = out.ok().filter(|_| !promoted).and_then(|out| {
+        String::from_utf8_lossy(&out.stdout)
             .lines()
             .find(|l| l.starts_with("tps = "))
             .and_then(|l| l.split_whitespace().nth(2))
-            .and_then(|t| t.parse().ok());
-    }
+            .and_then(|t| t.parse::<f64>().ok())
+    });
     if tool.family() == "pg_promoter" {
         let longest = Client::new(&conninfos[1]).exec(
             "SELECT longest_check_ms FROM pg_promoter_status",
             Duration::from_secs(5),
         );
-        soak.longest_check_ms = longest
+        let longest = longest
             .ok()
-            .and_then(|r| r[0][0].as_deref().and_then(|v| v.parse().ok()));
+            .and_then(|r| r[0][0].as_deref().and_then(|v| v.parse::<f64>().ok()));
+        soak.longest_check_ms = match (soak.longest_check_ms, longest) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
     }
-    soak
+    Ok(tps.map(|t| (t, started.elapsed().as_secs_f64())))
 }
 
-/// Until the end of the soak or a promotion: stalls when the variant has them, and a look at
+/// Until `end` or a promotion (then true): stalls when the variant has them, and a look at
 /// the standby every 250 ms.
 fn watch(
     cluster: &dyn Cluster,
     standby: &str,
     variant: Variant,
-    duration: Duration,
+    end: Instant,
     rng: &mut Rng,
     soak: &mut Soak,
-) {
+) -> bool {
     let stall = Duration::from_millis(soak.stall_ms);
     let mut standby = Client::new(standby);
-    let end = Instant::now() + duration;
     let mut next_stall = Instant::now() + Duration::from_secs(2);
     let mut last_stall_ms = None;
     while Instant::now() < end {
@@ -252,25 +294,34 @@ fn watch(
                      ORDER BY seq DESC LIMIT 6",
                     Duration::from_secs(5),
                 );
-                soak.why = events
+                soak.why.push(format!(
+                    "false failover {}, {:.0} s into the soak:",
+                    soak.failovers, soak.soaked_secs
+                ));
+                let lines: Vec<String> = events
                     .map(|rows| rows.into_iter().rev().filter_map(|r| r[0].clone()).collect())
                     .unwrap_or_default();
+                soak.why.extend(lines.into_iter().map(|l| format!("  {l}")));
                 if let Some(ms) = last_stall_ms {
-                    soak.why.push(format!("(the last stall lasted at most {ms} ms)"));
+                    soak.why
+                        .push(format!("  (the last stall lasted at most {ms} ms)"));
                 }
-                break;
+                return true;
             }
         }
     }
+    false
 }
 
 pub fn table(soaks: &[Soak]) -> String {
     let mut out = format!(
-        "{:<24} {:<16} {:>6} {:>9} {:>7} {:>9} {:>9} {:>9} {:>11} {:>12} {:>7}\n",
+        "{:<24} {:<16} {:>6} {:>7} {:>9} {:>8} {:>7} {:>9} {:>9} {:>9} {:>11} {:>12} {:>7}\n",
         "tool",
         "load",
         "secs",
+        "soaked",
         "failovers",
+        "rebuilds",
         "stalls",
         "stall ms",
         "max stall",
@@ -281,11 +332,13 @@ pub fn table(soaks: &[Soak]) -> String {
     );
     for s in soaks {
         out.push_str(&format!(
-            "{:<24} {:<16} {:>6} {:>9} {:>7} {:>9} {:>9} {:>9} {:>11} {:>12} {:>7}{}\n",
+            "{:<24} {:<16} {:>6} {:>7.0} {:>9} {:>8} {:>7} {:>9} {:>9} {:>9} {:>11} {:>12} {:>7}{}\n",
             s.label,
             s.variant.name(),
             s.seconds,
+            s.soaked_secs,
             s.failovers,
+            s.rebuilds,
             s.stalls,
             s.stall_ms,
             s.longest_stall_ms.map_or("-".into(), |m| m.to_string()),
