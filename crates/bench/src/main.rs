@@ -370,7 +370,23 @@ fn report_mode(args: &Args, tools: &[Box<dyn Tool>], mut facts: Vec<(String, Str
         fact.0 = "report_commit".into();
     }
     let mut trials = Vec::new();
+    let mut first: Option<(&PathBuf, Vec<(String, String)>)> = None;
     for dir in &args.from {
+        // Figures from different machines are not comparable: such runs are not merged.
+        let json = std::fs::read_to_string(dir.join("results.json")).unwrap_or_default();
+        let machine = report::machine(&json);
+        match &first {
+            None => first = Some((dir, machine)),
+            Some((other, theirs)) if *theirs != machine => {
+                eprintln!(
+                    "bench: {} ran on {machine:?}, {} on {theirs:?}: runs from different machines are not merged",
+                    dir.display(),
+                    other.display()
+                );
+                return true;
+            }
+            Some(_) => {}
+        }
         let path = dir.join("results.csv");
         let read = std::fs::read_to_string(&path).map_err(|e| e.to_string());
         match read.and_then(|text| report::parse_csv(&text)) {

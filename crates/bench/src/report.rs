@@ -180,6 +180,24 @@ fn json_num(v: Option<f64>) -> String {
     v.map_or("null".into(), |v| format!("{v:.4}"))
 }
 
+/// The machine a run's results.json names (its `cpu`, `cores` and `memory_kb` facts): runs are
+/// merged only when theirs are the same.
+pub fn machine(json: &str) -> Vec<(String, String)> {
+    ["cpu", "cores", "memory_kb"]
+        .iter()
+        .map(|k| {
+            let key = format!("\"{k}\": ");
+            let value = json
+                .lines()
+                .find_map(|l| l.trim().strip_prefix(key.as_str()))
+                .map_or("unknown".to_string(), |v| {
+                    v.trim_end_matches(',').trim_matches('"').to_string()
+                });
+            (k.to_string(), value)
+        })
+        .collect()
+}
+
 /// Every trial plus the run's facts, as JSON.
 pub fn json(trials: &[Trial], facts: &[(String, String)]) -> String {
     let facts: Vec<String> = facts
@@ -194,7 +212,7 @@ pub fn json(trials: &[Trial], facts: &[(String, String)]) -> String {
                  \"detection_s\": {}, \"promotion_s\": {}, \"follow_s\": {}, \"follow_error\": {}, \
                  \"lost_commits\": {}, \"acked_before_fault\": {}, \"old_primary_acked_after_fault\": {}, \
                  \"kind\": {}, \"in_place_s\": {}, \"injection_s\": {}, \
-                 \"old_primary_acked_during_injection\": {}, \"error\": {}}}",
+                 \"old_primary_acked_during_injection\": {}, \"load_1m\": {}, \"error\": {}}}",
                 json_str(&t.label),
                 json_str(&t.family),
                 t.nodes,
@@ -211,6 +229,7 @@ pub fn json(trials: &[Trial], facts: &[(String, String)]) -> String {
                 json_num(t.in_place),
                 json_num(t.injection),
                 t.old_acked_injecting,
+                json_num(t.load),
                 t.error.as_deref().map_or("null".into(), json_str)
             )
         })
@@ -227,7 +246,7 @@ pub fn json(trials: &[Trial], facts: &[(String, String)]) -> String {
 /// node counts and follow times end at `old_primary_acked_after_fault,error`.
 const CSV_HEADER: &str = "tool,family,fault,rto_s,detection_s,promotion_s,lost_commits,\
                           old_primary_acked_after_fault,nodes,follow_s,kind,in_place_s,injection_s,\
-                          old_primary_acked_during_injection,follow_error,error";
+                          old_primary_acked_during_injection,load_1m,follow_error,error";
 const CSV_HEADER_V2: &str = "tool,family,fault,rto_s,detection_s,promotion_s,lost_commits,\
                              old_primary_acked_after_fault,nodes,follow_s,follow_error,error";
 
@@ -242,7 +261,7 @@ pub fn csv(trials: &[Trial]) -> String {
     for t in trials {
         let _ = writeln!(
             out,
-            "\"{}\",{},{},{},{},{},{},{},{},{},{},{},{},{},\"{}\",\"{}\"",
+            "\"{}\",{},{},{},{},{},{},{},{},{},{},{},{},{},{},\"{}\",\"{}\"",
             t.label,
             t.family,
             t.fault.name(),
@@ -257,6 +276,7 @@ pub fn csv(trials: &[Trial]) -> String {
             n(t.in_place),
             n(t.injection),
             t.old_acked_injecting,
+            t.load.map_or(String::new(), |l| format!("{l:.2}")),
             csv_text(t.follow_error.as_deref()),
             csv_text(t.error.as_deref()),
         );
@@ -290,7 +310,7 @@ pub fn parse_csv(text: &str) -> Result<Vec<Trial>, String> {
     }
     // The plain fields between the quoted label and the quoted texts at the end.
     let plain = if current {
-        13
+        14
     } else if v2 {
         9
     } else {
@@ -315,16 +335,17 @@ pub fn parse_csv(text: &str) -> Result<Vec<Trial>, String> {
         };
         let rto = num(f[2])?;
         // Older files did not class trials: one with a time was counted as a failover.
-        let (kind, in_place, injection, injecting) = if current {
+        let (kind, in_place, injection, injecting, load) = if current {
             (
                 Kind::parse(f[9]).ok_or_else(bad)?,
                 num(f[10])?,
                 num(f[11])?,
                 f[12].parse().map_err(|_| bad())?,
+                num(f[13])?,
             )
         } else {
             let kind = if rto.is_some() { Kind::Failover } else { Kind::None };
-            (kind, None, None, 0)
+            (kind, None, None, 0, None)
         };
         let text = |s: &str| (!s.is_empty()).then(|| s.to_string());
         trials.push(Trial {
@@ -340,6 +361,7 @@ pub fn parse_csv(text: &str) -> Result<Vec<Trial>, String> {
             rto,
             in_place,
             injection,
+            load,
             detection: num(f[3])?,
             promotion: num(f[4])?,
             follow,
@@ -455,6 +477,7 @@ mod tests {
             rto,
             in_place: None,
             injection: Some(0.012),
+            load: Some(1.5),
             detection: rto.map(|r| r - 0.03),
             promotion: rto.map(|_| 0.03),
             follow: rto.filter(|_| split_label(label).1 > 2).map(|r| r / 10.0),
@@ -529,6 +552,7 @@ mod tests {
             rto: Some(rto),
             in_place: None,
             injection: None,
+            load: None,
             detection: None,
             promotion: None,
             follow,
@@ -549,6 +573,19 @@ mod tests {
         let t = table(&all, |_| None);
         let row = t.lines().find(|l| l.starts_with("a, 3 nodes")).unwrap();
         assert!(row.ends_with("    0.60     0.70      0   1.1x"), "{row}");
+    }
+
+    #[test]
+    fn the_machine_of_a_run_is_read_back_from_its_json() {
+        let facts = vec![
+            ("cpu".to_string(), "AMD EPYC 7B13".to_string()),
+            ("cores".to_string(), "2".to_string()),
+            ("memory_kb".to_string(), "8000000".to_string()),
+        ];
+        let text = json(&[], &facts);
+        assert_eq!(machine(&text), facts);
+        let other = json(&[], &[("cpu".to_string(), "Intel".to_string())]);
+        assert_ne!(machine(&other), facts);
     }
 
     #[test]

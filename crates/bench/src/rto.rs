@@ -66,6 +66,8 @@ pub struct Trial {
     /// How long injecting the fault took (the clock starts once it is done); None in files from
     /// before it was measured.
     pub injection: Option<f64>,
+    /// The machine's 1-minute load average when the fault was injected.
+    pub load: Option<f64>,
     /// The tool's own account: fault to decision, and decision to writable.
     pub detection: Option<f64>,
     pub promotion: Option<f64>,
@@ -102,6 +104,12 @@ impl Rng {
     }
 }
 
+/// The 1-minute load average (/proc/loadavg).
+pub fn load_average() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    text.split_whitespace().next()?.parse().ok()
+}
+
 pub fn now_unix() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -127,6 +135,7 @@ pub fn run(tool: &dyn Tool, nodes: usize, fault: Fault, rng: &mut Rng, give_up: 
         rto: None,
         in_place: None,
         injection: None,
+        load: None,
         detection: None,
         promotion: None,
         follow: None,
@@ -172,6 +181,7 @@ pub fn run(tool: &dyn Tool, nodes: usize, fault: Fault, rng: &mut Rng, give_up: 
     // Warm up, then wait a random part of the longest checker period before the fault.
     thread::sleep(Duration::from_secs(2));
     thread::sleep(tool.phase_span().mul_f64(rng.next_f64()));
+    trial.load = load_average();
     let injecting = now_unix();
     cluster.inject(fault);
     let t0 = now_unix();
