@@ -2,7 +2,7 @@
 //!                                   [--tools a,b] [--nodes 2,3] [--faults kill,freeze,cut] [--out DIR]
 //!                                   [--members-only]`
 //! `cargo run --release -p bench -- report --from DIR,DIR… [--out DIR]`
-//! `cargo run --release -p bench -- chaos [--smoke] [--schedules N] [--seed S] [--secs N]
+//! `cargo run --release -p bench -- chaos [--smoke] [--schedules N] [--parallel N] [--seed S] [--secs N]
 //!                                   [--setups witness+sync,nowitness+async,…] [--out DIR]`
 //!
 //! - rto: failover time of pg_promoter and its peers on the same machine in the same run: every
@@ -61,6 +61,7 @@ struct Args {
     from: Vec<PathBuf>,
     /// `chaos`: how many schedules, the first seed, each one's length, the setups.
     schedules: usize,
+    parallel: usize,
     seed: u64,
     chaos_secs: u64,
     setups: Vec<chaos::Setup>,
@@ -80,6 +81,7 @@ fn parse_args() -> Result<Args, String> {
         out: "results".into(),
         from: Vec::new(),
         schedules: 100,
+        parallel: 1,
         seed: 1,
         chaos_secs: 60,
         setups: chaos::Setup::ALL.to_vec(),
@@ -106,6 +108,7 @@ fn parse_args() -> Result<Args, String> {
                 args.chaos_secs = 20;
             }
             "--schedules" => args.schedules = value()?.parse().map_err(|_| "--schedules takes a number")?,
+            "--parallel" => args.parallel = value()?.parse().map_err(|_| "--parallel takes a number")?,
             "--seed" => args.seed = value()?.parse().map_err(|_| "--seed takes a number")?,
             "--secs" => {
                 args.chaos_secs = value()?.parse().map_err(|_| "--secs takes a number")?;
@@ -267,7 +270,14 @@ fn main() {
     }
     if args.mode == "chaos" {
         let length = Duration::from_secs(args.chaos_secs);
-        failed |= chaos::run(args.seed, args.schedules, length, &args.setups, &args.out);
+        failed |= chaos::run(
+            args.seed,
+            args.schedules,
+            length,
+            &args.setups,
+            args.parallel,
+            &args.out,
+        );
     }
     eprintln!("bench: results in {}", args.out.display());
     if failed {

@@ -268,33 +268,50 @@ pub fn table(outcomes: &[Outcome]) -> String {
 }
 
 /// `bench chaos`: `schedules` schedules of `length`, seeds from `first_seed` on, round-robin over
-/// `setups`; writes chaos.txt (table, then every schedule) under `out`. True when any schedule
-/// found a violation or could not run.
-pub fn run(first_seed: u64, schedules: usize, length: Duration, setups: &[Setup], out: &Path) -> bool {
-    let mut outcomes = Vec::new();
-    let mut log = String::new();
-    for i in 0..schedules {
-        let setup = setups[i % setups.len()];
-        let seed = first_seed + i as u64;
-        let schedule = schedule::generate(seed, length, if setup.witness { 4 } else { 3 });
-        eprintln!("chaos: {}/{schedules}: seed {seed}, {}", i + 1, setup.key());
-        let outcome = run_one(setup, schedule);
-        let text = describe(&outcome);
-        eprint!("{text}");
-        log.push_str(&text);
-        if !outcome.violations.is_empty() {
-            // The history behind the verdict, for a closer look.
-            let mut csv = String::from("node,key,sent_us,began_us,acked_us\n");
-            for a in &outcome.acks {
-                let _ = writeln!(csv, "{},{},{},{},{}", a.node, a.key, a.sent, a.began, a.acked);
-            }
-            let _ = std::fs::write(out.join(format!("chaos-{seed}.csv")), csv);
+/// `setups`, `parallel` at a time (each on its own cluster and network); writes chaos.txt (the
+/// table, then every schedule in seed order) under `out`, after each schedule. True when any
+/// schedule found a violation or could not run.
+pub fn run(
+    first_seed: u64,
+    schedules: usize,
+    length: Duration,
+    setups: &[Setup],
+    parallel: usize,
+    out: &Path,
+) -> bool {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let outcomes: std::sync::Mutex<Vec<Outcome>> = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..parallel.max(1) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= schedules {
+                    break;
+                }
+                let setup = setups[i % setups.len()];
+                let seed = first_seed + i as u64;
+                let schedule = schedule::generate(seed, length, if setup.witness { 4 } else { 3 });
+                eprintln!("chaos: {}/{schedules}: seed {seed}, {}", i + 1, setup.key());
+                let outcome = run_one(setup, schedule);
+                eprint!("{}", describe(&outcome));
+                if !outcome.violations.is_empty() {
+                    // The history behind the verdict, for a closer look.
+                    let mut csv = String::from("node,key,sent_us,began_us,acked_us\n");
+                    for a in &outcome.acks {
+                        let _ = writeln!(csv, "{},{},{},{},{}", a.node, a.key, a.sent, a.began, a.acked);
+                    }
+                    let _ = std::fs::write(out.join(format!("chaos-{seed}.csv")), csv);
+                }
+                let mut all = outcomes.lock().unwrap_or_else(|e| e.into_inner());
+                all.push(outcome);
+                all.sort_by_key(|o| o.schedule.seed);
+                // Written after every schedule: a long run leaves its results behind if stopped.
+                let log: String = all.iter().map(describe).collect();
+                let _ = std::fs::write(out.join("chaos.txt"), format!("{}\n{log}", table(&all)));
+            });
         }
-        outcomes.push(outcome);
-        // Written after every schedule: a long run leaves its results behind if stopped.
-        let report = format!("{}\n{log}", table(&outcomes));
-        let _ = std::fs::write(out.join("chaos.txt"), report);
-    }
+    });
+    let outcomes = outcomes.into_inner().unwrap_or_else(|e| e.into_inner());
     println!("{}", table(&outcomes));
     outcomes
         .iter()
