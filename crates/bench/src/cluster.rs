@@ -43,6 +43,10 @@ pub trait Cluster {
     fn inject(&self, fault: Fault);
     /// Undoes a freeze or a cut, so the cluster can be torn down.
     fn recover(&self);
+    /// What the tool runs beside PostgreSQL, for its cost: each daemon's name and process group.
+    fn daemons(&self) -> Vec<(String, i32)> {
+        Vec::new()
+    }
     /// The tool's own account, in Unix seconds: when it decided to fail over and when the new
     /// primary (node `new_primary`) became writable.
     fn reported(&self, _new_primary: usize) -> Option<(f64, f64)> {

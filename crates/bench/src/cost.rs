@@ -280,6 +280,62 @@ fn restart_with_library(node: &Node, with: bool) {
     node.restart();
 }
 
+/// A peer's cost while all is well, measured as pg_promoter's: new connections per hour on the
+/// primary, and the CPU and memory of the tool's daemons beside PostgreSQL (each daemon's
+/// process group, its PostgreSQL processes left out).
+#[derive(Debug)]
+pub struct PeerCost {
+    pub label: String,
+    pub seconds: u64,
+    pub sessions_per_hour: f64,
+    /// Each daemon: its name, CPU seconds per hour, and resident memory at the end.
+    pub daemons: Vec<(String, f64, u64)>,
+}
+
+pub fn peer(tool: &dyn crate::cluster::Tool, duration: Duration) -> Result<PeerCost, String> {
+    let cluster = tool.start(2)?;
+    let admin = &cluster.admin_conninfos()[0];
+    let sessions = || -> Result<f64, String> {
+        let rows = pgwire::Client::new(admin).exec(
+            "SELECT sum(sessions) FROM pg_stat_database",
+            Duration::from_secs(5),
+        )?;
+        let text = rows
+            .first()
+            .and_then(|r| r.first().cloned().flatten())
+            .unwrap_or_default();
+        text.parse().map_err(|e| format!("sessions: {e}"))
+    };
+    let usage = || -> Vec<(String, f64, u64)> {
+        (cluster.daemons().into_iter())
+            .map(|(name, group)| {
+                let pids: Vec<String> = super::tools::common::group_processes(group)
+                    .iter()
+                    .map(i32::to_string)
+                    .collect();
+                let cpu: f64 = pids.iter().filter_map(|p| cpu_seconds(p).ok()).sum();
+                let rss: u64 = pids.iter().map(|p| status_kb(p, "VmRSS:")).sum();
+                (name, cpu, rss)
+            })
+            .collect()
+    };
+    let (s0, u0) = (sessions()?, usage());
+    std::thread::sleep(duration);
+    let (s1, u1) = (sessions()?, usage());
+    let per_hour = 3600.0 / duration.as_secs_f64();
+    Ok(PeerCost {
+        label: tool.label(),
+        seconds: duration.as_secs(),
+        // The second reading's own session is the benchmark's.
+        sessions_per_hour: (s1 - s0 - 1.0).max(0.0) * per_hour,
+        daemons: u0
+            .into_iter()
+            .zip(u1)
+            .map(|((name, c0, _), (_, c1, rss))| (name, (c1 - c0) * per_hour, rss))
+            .collect(),
+    })
+}
+
 /// A fast shutdown of the standby while its primary is frozen and a check hangs on it.
 pub fn shutdown_while_frozen() -> Result<Duration, String> {
     let (primary, standby) = pair("stopfrozen", 1000)?;

@@ -266,7 +266,7 @@ fn main() {
         failed |= soak_mode(&args, &tools);
     }
     if matches!(args.mode.as_str(), "cost" | "all") {
-        failed |= cost_mode(&args);
+        failed |= cost_mode(&args, &tools);
     }
     if args.mode == "chaos" {
         let length = Duration::from_secs(args.chaos_secs);
@@ -475,9 +475,11 @@ fn soak_mode(args: &Args, tools: &[Box<dyn Tool>]) -> bool {
 }
 
 /// pg_promoter's cost while all is well.
-fn cost_mode(args: &Args) -> bool {
+fn cost_mode(args: &Args, tools: &[Box<dyn Tool>]) -> bool {
     // --members-only: the three-member figures alone (the leadership's cost).
     let two_nodes = !args.members_only;
+    // `--tools` without pg_promoter: the peers' figures alone.
+    let promoter = tools.iter().any(|t| t.family() == "pg_promoter");
     let secs = match (args.smoke, args.quick) {
         (true, _) => 5,
         (false, true) => 30,
@@ -485,7 +487,7 @@ fn cost_mode(args: &Args) -> bool {
     };
     let mut out = String::new();
     let mut failed = false;
-    if two_nodes {
+    if two_nodes && promoter {
         for keep_alive_ms in [100, 1000] {
             match cost::worker(keep_alive_ms, Duration::from_secs(secs)) {
                 Ok(c) => out.push_str(&format!(
@@ -505,7 +507,7 @@ fn cost_mode(args: &Args) -> bool {
         (false, true) => (2, 10),
         (false, false) => (6, 30),
     };
-    if two_nodes {
+    if two_nodes && promoter {
         match cost::overhead(rounds, each) {
             Ok(o) => out.push_str(&format!(
                 "primary pgbench TPS, standby worker checking every 100 ms vs no worker, {rounds} interleaved \
@@ -520,39 +522,41 @@ fn cost_mode(args: &Args) -> bool {
             }
         }
     }
-    // Three members, leadership: the lease rounds and the commit-time lease check.
-    match cost::members(1000, 5, Duration::from_secs(secs)) {
-        Ok(c) => out.push_str(&format!(
-            "three members, leadership, keep_alive {} ms x {} over {} s: new connections/hour {:?} \
-             (primary, standby, standby), worker CPU s/hour {:?}\n",
-            c.keep_alive_ms,
-            c.count,
-            c.seconds,
-            c.sessions_per_hour.iter().map(|v| v.round()).collect::<Vec<_>>(),
-            c.cpu_seconds_per_hour
-                .iter()
-                .map(|v| (v * 10.0).round() / 10.0)
-                .collect::<Vec<_>>()
-        )),
-        Err(e) => {
-            failed = true;
-            out.push_str(&format!("three members: error: {e}\n"));
+    if promoter {
+        // Three members, leadership: the lease rounds and the commit-time lease check.
+        match cost::members(1000, 5, Duration::from_secs(secs)) {
+            Ok(c) => out.push_str(&format!(
+                "three members, leadership, keep_alive {} ms x {} over {} s: new connections/hour {:?} \
+                 (primary, standby, standby), worker CPU s/hour {:?}\n",
+                c.keep_alive_ms,
+                c.count,
+                c.seconds,
+                c.sessions_per_hour.iter().map(|v| v.round()).collect::<Vec<_>>(),
+                c.cpu_seconds_per_hour
+                    .iter()
+                    .map(|v| (v * 10.0).round() / 10.0)
+                    .collect::<Vec<_>>()
+            )),
+            Err(e) => {
+                failed = true;
+                out.push_str(&format!("three members: error: {e}\n"));
+            }
+        }
+        match cost::members_overhead(rounds, each) {
+            Ok(o) => out.push_str(&format!(
+                "three members, leadership at 100 ms x 3: primary pgbench TPS for an ordinary role, with the \
+                 library vs without, {rounds} interleaved rounds of {each} s: with {:?}, without {:?}, ratio {:.3}\n",
+                o.with_worker.iter().map(|t| t.round()).collect::<Vec<_>>(),
+                o.without_worker.iter().map(|t| t.round()).collect::<Vec<_>>(),
+                o.ratio()
+            )),
+            Err(e) => {
+                failed = true;
+                out.push_str(&format!("three members throughput overhead: error: {e}\n"));
+            }
         }
     }
-    match cost::members_overhead(rounds, each) {
-        Ok(o) => out.push_str(&format!(
-            "three members, leadership at 100 ms x 3: primary pgbench TPS for an ordinary role, with the \
-             library vs without, {rounds} interleaved rounds of {each} s: with {:?}, without {:?}, ratio {:.3}\n",
-            o.with_worker.iter().map(|t| t.round()).collect::<Vec<_>>(),
-            o.without_worker.iter().map(|t| t.round()).collect::<Vec<_>>(),
-            o.ratio()
-        )),
-        Err(e) => {
-            failed = true;
-            out.push_str(&format!("three members throughput overhead: error: {e}\n"));
-        }
-    }
-    if two_nodes {
+    if two_nodes && promoter {
         match cost::shutdown_while_frozen() {
             Ok(d) => out.push_str(&format!(
                 "pg_promoter: standby fast shutdown while the primary is frozen: {} ms\n",
@@ -572,6 +576,37 @@ fn cost_mode(args: &Args) -> bool {
                 server.as_millis()
             )),
             Err(e) => out.push_str(&format!("repmgrd shutdown while frozen: error: {e}\n")),
+        }
+    }
+    if two_nodes {
+        // The peers measured as pg_promoter is: connections to the primary, their daemons' CPU
+        // and memory; the smoke run takes one setting of each.
+        let mut seen: Vec<&str> = Vec::new();
+        for tool in tools.iter().filter(|t| t.family() != "pg_promoter") {
+            if args.smoke && seen.contains(&tool.family()) {
+                continue;
+            }
+            seen.push(tool.family());
+            match cost::peer(tool.as_ref(), Duration::from_secs(secs)) {
+                Ok(c) => {
+                    let daemons: Vec<String> = (c.daemons.iter())
+                        .map(|(name, cpu, rss)| format!("{name} {cpu:.1} CPU s/hour, RSS {rss} kB"))
+                        .collect();
+                    let cpu: f64 = c.daemons.iter().map(|d| d.1).sum();
+                    let rss: u64 = c.daemons.iter().map(|d| d.2).sum();
+                    out.push_str(&format!(
+                        "{} over {} s: {:.0} new connections/hour on the primary, daemons {:.1} CPU s/hour and \
+                         RSS {} kB in all ({})\n",
+                        c.label,
+                        c.seconds,
+                        c.sessions_per_hour,
+                        cpu,
+                        rss,
+                        daemons.join("; ")
+                    ));
+                }
+                Err(e) => out.push_str(&format!("{}: cost: error: {e}\n", tool.label())),
+            }
         }
     }
     print!("{out}");

@@ -341,6 +341,13 @@ impl Cluster for Formation {
         self.nodes.iter().map(Instance::conninfo).collect()
     }
 
+    /// The pg_autoctl processes; the monitor's PostgreSQL is a server, not counted here.
+    fn daemons(&self) -> Vec<(String, i32)> {
+        (self.daemons.iter())
+            .map(|(name, d)| (format!("pg_autoctl for {name}"), d.group()))
+            .collect()
+    }
+
     /// On a kill, the keeper beside the server keeps running and reacts as it would to a crash.
     fn inject(&self, fault: Fault) {
         let primary = &self.nodes[0];

@@ -86,6 +86,11 @@ impl Daemon {
         &self.log
     }
 
+    /// Its process group (the daemon and what it starts, unless they leave the group).
+    pub fn group(&self) -> i32 {
+        self.child.id() as i32
+    }
+
     /// Its exit status, once it has exited.
     pub fn exited(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().ok().flatten()
@@ -110,6 +115,37 @@ impl Daemon {
         self.signal(libc::SIGKILL);
         let _ = self.child.wait();
     }
+}
+
+/// What a tool runs beside PostgreSQL: each daemon's name and process group, for its cost.
+pub trait Daemons {
+    fn daemons(&self) -> Vec<(String, i32)>;
+}
+
+/// pg_promoter runs inside the servers: nothing beside them.
+impl Daemons for () {
+    fn daemons(&self) -> Vec<(String, i32)> {
+        Vec::new()
+    }
+}
+
+/// The processes of process group `group` that are not PostgreSQL's (a daemon that starts the
+/// server itself, as pg_autoctl does, keeps it in its group): their pids.
+pub fn group_processes(group: i32) -> Vec<i32> {
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .flatten()
+        .filter_map(|p| {
+            let pid: i32 = p.file_name().to_str()?.parse().ok()?;
+            let stat = fs::read_to_string(p.path().join("stat")).ok()?;
+            let (head, rest) = stat.rsplit_once(") ")?;
+            let comm = head.split_once(" (")?.1;
+            let pgrp: i32 = rest.split_whitespace().nth(2)?.parse().ok()?;
+            (pgrp == group && comm != "postgres").then_some(pid)
+        })
+        .collect()
 }
 
 /// `pg_ctl stop -m immediate` on the server in `data`, for teardown.
@@ -244,7 +280,11 @@ pub struct Nodes<T> {
     pub reported: fn(&Node) -> Option<(f64, f64)>,
 }
 
-impl<T> Cluster for Nodes<T> {
+impl<T: Daemons> Cluster for Nodes<T> {
+    fn daemons(&self) -> Vec<(String, i32)> {
+        self.tool.daemons()
+    }
+
     fn conninfos(&self) -> Vec<String> {
         match self.client_user {
             Some(user) => self

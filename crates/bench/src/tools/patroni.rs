@@ -359,6 +359,14 @@ impl Cluster for Members {
         self.members.iter().map(Member::conninfo).collect()
     }
 
+    fn daemons(&self) -> Vec<(String, i32)> {
+        let mut daemons: Vec<(String, i32)> = (self.members.iter())
+            .map(|m| (format!("patroni on {}", m.name), m.patroni.group()))
+            .collect();
+        daemons.extend(self.etcd.iter().map(|e| ("etcd".to_string(), e.group())));
+        daemons
+    }
+
     fn inject(&self, fault: Fault) {
         let leader = &self.members[0];
         self.faults.inject(fault, &leader.host, &leader.data());

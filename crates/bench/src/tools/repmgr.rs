@@ -268,6 +268,14 @@ fn wait_for(daemon: &Daemon, sign: &str) -> Result<(), String> {
 /// repmgrd on each host, stopped one after the other when dropped.
 struct Repmgrds(Vec<Daemon>);
 
+impl super::common::Daemons for Repmgrds {
+    fn daemons(&self) -> Vec<(String, i32)> {
+        (self.0.iter().enumerate())
+            .map(|(i, d)| (format!("repmgrd on node {i}"), d.group()))
+            .collect()
+    }
+}
+
 impl Drop for Repmgrds {
     fn drop(&mut self) {
         for daemon in &mut self.0 {
