@@ -17,7 +17,7 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use policy::text::sentence;
 
-use crate::pg::{guc, local, shmem};
+use crate::pg::{guc, local, shmem, versions};
 
 // `libpq/auth.h` is not among pgrx's headers; the server exports the hook variable.
 type ClientAuthHook = Option<unsafe extern "C-unwind" fn(*mut pg_sys::libpq::be::Port, c_int)>;
@@ -30,6 +30,11 @@ static mut PREVIOUS_UTILITY: pg_sys::ProcessUtility_hook_type = None;
 
 /// This backend is a session named pg_promoter let in without the startup hold.
 static UNHELD: AtomicBool = AtomicBool::new(false);
+
+/// Set at pre-commit when an ordinary role's transaction that wrote passed the check: between
+/// that check and the end of the commit (its record flushed, a synchronous standby waited for)
+/// the server may have been frozen, or the wait cancelled, past the lease.
+static ORDINARY_COMMIT: AtomicBool = AtomicBool::new(false);
 
 pub fn init() {
     // SAFETY: runs once in the postmaster while it loads preloaded libraries; the previous hook
@@ -145,8 +150,15 @@ fn hold_until_checked() {
 
 #[pg_guard]
 unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut c_void) {
+    if event == pg_sys::XactEvent::XACT_EVENT_COMMIT {
+        if ORDINARY_COMMIT.swap(false, Ordering::Relaxed) {
+            withhold_if_out_of_lease();
+        }
+        return;
+    }
     let committing = event == pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT
         || event == pg_sys::XactEvent::XACT_EVENT_PRE_PREPARE;
+    ORDINARY_COMMIT.store(false, Ordering::Relaxed);
     if !committing {
         return;
     }
@@ -161,7 +173,14 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut c
         );
     }
     // SAFETY: the current role of this backend.
-    if !(fenced || lease_out) || (is_superuser(unsafe { pg_sys::GetUserId() }) && !is_logical_apply()) {
+    let exempt = || is_superuser(unsafe { pg_sys::GetUserId() }) && !is_logical_apply();
+    if !(fenced || lease_out) {
+        // Remembered for the end of the commit (`withhold_if_out_of_lease`).
+        let ordinary = event == pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT && wrote() && !exempt();
+        ORDINARY_COMMIT.store(ordinary, Ordering::Relaxed);
+        return;
+    }
+    if exempt() {
         return;
     }
     if lease_out {
@@ -180,6 +199,39 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut c
         "terminating connection: this server is fenced by pg_promoter",
         sentence(&shmem::read_fence().1),
     );
+}
+
+/// After an ordinary commit that passed the pre-commit check: if the lease ran out (or the server
+/// was fenced) before the commit ended, the client must not hear that it committed, for another
+/// primary may be taking commits by now. The commit is done and cannot be undone; its
+/// acknowledgement can be withheld: the client's socket is shut, so the command's completion is
+/// never delivered and the session ends (the client sees a lost connection: an outcome unknown,
+/// as on any crash).
+fn withhold_if_out_of_lease() {
+    let until = shmem::LEASE_UNTIL.get().load(Ordering::Acquire);
+    let fenced = shmem::FENCED.get().load(Ordering::Acquire);
+    let lease_out = until != i64::MAX && local::lease_clock() >= until;
+    if !(fenced || lease_out) {
+        return;
+    }
+    // SAFETY: MyProcPort is this backend's client connection, or NULL in a process that has
+    // none (a logical apply worker); shutdown() only changes the socket's state, and every later
+    // send on it fails, which PostgreSQL handles as a lost client.
+    let shut = unsafe {
+        let port = pg_sys::libpq::be::MyProcPort;
+        !port.is_null() && libc::shutdown((*port).sock, libc::SHUT_RDWR) == 0
+    };
+    if shut {
+        let why = if fenced {
+            "this server was fenced"
+        } else {
+            "the lease ran out"
+        };
+        versions::log(format!(
+            "pg_promoter: {why} while an ordinary transaction committed: the commit is done here, \
+             but its acknowledgement is withheld and the session ends"
+        ));
+    }
 }
 
 /// Whether this process is a logical replication worker (apply, table sync, parallel apply):

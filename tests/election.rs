@@ -446,3 +446,49 @@ fn a_logical_replication_worker_applies_nothing_outside_the_lease() {
     );
     wait_until("applied once the lease is renewed", LONG, || count() == "2");
 }
+
+#[test]
+fn a_commit_whose_lease_runs_out_before_it_ends_is_not_acknowledged() {
+    let nodes = cluster("ackheld", 2, None, None);
+    let p = &nodes[0];
+    p.query("CREATE TABLE w (x int); GRANT ALL ON w TO app");
+    // A synchronous standby that never comes: a commit waits after its record is written, past
+    // the pre-commit check.
+    p.append_conf("synchronous_standby_names = 'nobody'");
+    p.reload();
+    wait_until("the setting is in force", LONG, || {
+        p.query("SHOW synchronous_standby_names") == "nobody"
+    });
+    let conninfo = format!("{} user=app", p.conninfo());
+    let waiting = std::thread::spawn(move || {
+        std::process::Command::new(testbed::bindir().join("psql"))
+            .arg(conninfo)
+            .args(["-X", "-At", "-c", "INSERT INTO t VALUES (42)"])
+            .output()
+            .expect("psql runs")
+    });
+    let waits = "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' AND wait_event = 'SyncRep'";
+    wait_until("the commit waits for its synchronous standby", LONG, || {
+        p.query(waits) == "1"
+    });
+    // The primary's worker stops: nothing renews the lease, and nothing fences the server.
+    signal_worker(p, "-STOP");
+    let probe = "SET synchronous_commit = local; INSERT INTO w VALUES (1)";
+    wait_until("the lease has run out", LONG, || {
+        psql_as(p, "app", probe).is_err_and(|e| e.contains("no valid pg_promoter lease"))
+    });
+    // PostgreSQL acknowledges a commit whose synchronous wait is cancelled: not this one.
+    p.query("SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE usename = 'app' AND wait_event = 'SyncRep'");
+    let out = waiting.join().expect("the waiting client");
+    signal_worker(p, "-CONT");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the commit was acknowledged after the lease ran out: {}{stderr}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(stderr.contains("server closed the connection"), "{stderr}");
+    assert!(p.log().contains("its acknowledgement is withheld"));
+    // Done here all the same (a commit cannot be undone): what the client was not told.
+    assert_eq!(p.query("SELECT count(*) FROM t WHERE id = 42"), "1");
+}
