@@ -492,3 +492,27 @@ fn a_commit_whose_lease_runs_out_before_it_ends_is_not_acknowledged() {
     // Done here all the same (a commit cannot be undone): what the client was not told.
     assert_eq!(p.query("SELECT count(*) FROM t WHERE id = 42"), "1");
 }
+
+#[test]
+fn a_primary_isolated_past_its_lease_is_fenced_or_follows_once_healed() {
+    let net = Net::new("elheal");
+    let nodes = cluster("elheal", 2, None, Some(&net));
+    let p = &nodes[0];
+    net.isolate(p.host().unwrap());
+    wait_until("a standby is promoted", LONG, || {
+        !promoted(&nodes[1..]).is_empty()
+    });
+    net.heal_all();
+    let settled = testbed::try_wait_until(LONG, || {
+        let state = state(p);
+        state == "fenced" || state == "needs_rewind" || p.in_recovery() == Some(true)
+    });
+    assert!(
+        settled.is_some(),
+        "the old primary neither fenced itself nor followed: state {}, fenced {}; events:\n{:#?}\nlog:\n{}",
+        state(p),
+        status(p, "fenced"),
+        events(p),
+        p.log_tail(40)
+    );
+}

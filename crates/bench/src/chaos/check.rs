@@ -13,6 +13,8 @@ pub struct Ack {
     pub sent: i64,
     pub began: i64,
     pub acked: i64,
+    /// The timeline the commit was written on (0: not known).
+    pub timeline: u32,
 }
 
 /// One PostgreSQL node at the end.
@@ -37,6 +39,9 @@ pub struct NodeEnd {
 pub enum Violation {
     /// Two nodes acknowledged ordinary commits in overlapping intervals.
     Overlap(String),
+    /// Two primaries took commits: two nodes wrote one timeline, or an older timeline took a
+    /// commit begun after a newer one had acknowledged one.
+    TwoPrimaries(String),
     /// With synchronous replication, an acknowledged key is not on the final primary.
     Lost(String),
     /// Without it, more was lost than the data-loss bound allows.
@@ -49,6 +54,7 @@ impl Violation {
     pub fn kind(&self) -> &'static str {
         match self {
             Violation::Overlap(_) => "overlapping writes",
+            Violation::TwoPrimaries(_) => "two primaries",
             Violation::Lost(_) => "acknowledged commit lost",
             Violation::LostBeyondBound(_) => "loss beyond the bound",
             Violation::NotConverged(_) => "no single primary",
@@ -60,6 +66,7 @@ impl std::fmt::Display for Violation {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         let detail = match self {
             Violation::Overlap(d)
+            | Violation::TwoPrimaries(d)
             | Violation::Lost(d)
             | Violation::LostBeyondBound(d)
             | Violation::NotConverged(d) => d,
@@ -90,6 +97,53 @@ pub fn overlaps(acks: &[Ack], names: &[String]) -> Vec<Violation> {
                 first.key,
                 first.began,
                 (last.acked - first.began) as f64 / 1000.0
+            )));
+        }
+    }
+    found
+}
+
+/// Split brains that leave no overlap (two primaries committing in turn, 50 ms apart): a timeline
+/// belongs to the one primary that forked it, so two nodes acknowledging commits on one timeline
+/// is two primaries; and once a timeline has acknowledged a commit, a commit begun afterwards on
+/// an older one came from a primary that had been superseded.
+pub fn timelines(acks: &[Ack], names: &[String]) -> Vec<Violation> {
+    let name = |n: usize| names.get(n).cloned().unwrap_or_else(|| n.to_string());
+    let mut found = Vec::new();
+    // Each timeline's first acknowledgement, and its node.
+    let mut first: std::collections::BTreeMap<u32, &Ack> = std::collections::BTreeMap::new();
+    let mut sorted: Vec<&Ack> = acks.iter().filter(|a| a.timeline != 0).collect();
+    sorted.sort_by_key(|a| a.acked);
+    for a in &sorted {
+        let owner = *first.entry(a.timeline).or_insert(a);
+        if owner.node != a.node {
+            found.push(Violation::TwoPrimaries(format!(
+                "{} and {} both acknowledged commits on timeline {} (keys {} and {})",
+                name(owner.node),
+                name(a.node),
+                a.timeline,
+                owner.key,
+                a.key
+            )));
+        }
+    }
+    for a in &sorted {
+        let newer = first
+            .range(a.timeline + 1..)
+            .map(|(_, f)| *f)
+            .find(|f| f.acked < a.began);
+        if let Some(f) = newer {
+            found.push(Violation::TwoPrimaries(format!(
+                "{} acknowledged key {} on timeline {}, begun at {} µs, after {} had acknowledged key {} \
+                 on timeline {} at {} µs",
+                name(a.node),
+                a.key,
+                a.timeline,
+                a.began,
+                name(f.node),
+                f.key,
+                f.timeline,
+                f.acked
             )));
         }
     }
@@ -163,6 +217,7 @@ pub fn check(
 ) -> Vec<Violation> {
     let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
     let mut found = overlaps(acks, &names);
+    found.extend(timelines(acks, &names));
     match converged {
         Err(why) => found.push(Violation::NotConverged(why.clone())),
         Ok(primary) => {
@@ -201,7 +256,55 @@ mod tests {
             sent: began - 1,
             began,
             acked,
+            timeline: 0,
         }
+    }
+
+    fn on(timeline: u32, a: Ack) -> Ack {
+        Ack { timeline, ..a }
+    }
+
+    #[test]
+    fn two_primaries_committing_in_turn_are_seen_by_their_timelines() {
+        // A failover: p on 1, then s1 on 2; p back later as a follower writes nothing.
+        let clean = [
+            on(1, ack(0, 1, 10, 20)),
+            on(2, ack(1, 2, 30, 40)),
+            on(2, ack(1, 3, 50, 60)),
+        ];
+        assert!(timelines(&clean, &names()).is_empty());
+        // Two standbys promoted at once both fork timeline 2, and take turns: no overlap.
+        let twins = [
+            on(2, ack(1, 1, 10, 12)),
+            on(2, ack(2, 2, 30, 32)),
+            on(2, ack(1, 3, 50, 52)),
+        ];
+        assert!(overlaps(&twins, &names()).is_empty());
+        let found = timelines(&twins, &names());
+        assert!(
+            !found.is_empty()
+                && found[0]
+                    .to_string()
+                    .contains("s1 and s2 both acknowledged commits on timeline 2")
+        );
+        // The old primary, still on 1, commits after the new one acknowledged on 2.
+        let stale = [
+            on(1, ack(0, 1, 10, 12)),
+            on(2, ack(1, 2, 30, 32)),
+            on(1, ack(0, 3, 50, 52)),
+        ];
+        assert!(overlaps(&stale, &names()).is_empty());
+        let found = timelines(&stale, &names());
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0]
+                .to_string()
+                .contains("p acknowledged key 3 on timeline 1"),
+            "{}",
+            found[0]
+        );
+        // Unknown timelines say nothing.
+        assert!(timelines(&[ack(0, 1, 1, 2), ack(1, 2, 3, 4)], &names()).is_empty());
     }
 
     fn names() -> Vec<String> {

@@ -140,13 +140,14 @@ impl ChaosCluster {
             Op::Thaw(h) => self.server(*h).thaw(),
             Op::Restart(h) => self.server(*h).restart(),
             Op::KillWorker(h) => {
-                let server = self.server(*h);
-                let worker = server
-                    .processes()
-                    .into_iter()
-                    .find(|(_, cmdline)| cmdline.contains("pg_promoter"))
-                    .ok_or("no pg_promoter worker running")?;
-                let pid = worker.0.to_string();
+                // By its pid in the status: command lines name the data directory, which holds
+                // "pg_promoter" too.
+                let pid = self
+                    .server(*h)
+                    .psql("SELECT worker_pid FROM pg_promoter_status")?;
+                if pid.is_empty() {
+                    return Err("no pg_promoter worker running".into());
+                }
                 let killed = std::process::Command::new("kill").args(["-9", &pid]).status();
                 if !killed.is_ok_and(|s| s.success()) {
                     return Err(format!("kill -9 {pid} failed"));
@@ -175,9 +176,29 @@ impl ChaosCluster {
         }
     }
 
-    /// Every PostgreSQL node as it is now; with `keys`, the workload's keys of the nodes that
-    /// take writes.
-    pub fn ends(&self, keys: bool) -> Vec<NodeEnd> {
+    /// The workload's keys on node `i`.
+    pub fn keys(&self, i: usize) -> Result<std::collections::HashSet<i64>, String> {
+        let text = self.nodes[i].psql("SELECT k FROM chaos WHERE k > 0")?;
+        Ok(text.lines().filter_map(|l| l.parse().ok()).collect())
+    }
+
+    /// The last events of every server's worker, for a schedule that did not settle.
+    pub fn recent_events(&self) -> Vec<String> {
+        let sql = "SELECT string_agg(to_char(at, 'HH24:MI:SS.MS') || ' ' || event || ': ' || detail, E'\\n' \
+                   ORDER BY seq) FROM (SELECT * FROM pg_promoter_events() ORDER BY seq DESC LIMIT 8) e";
+        let names = NAMES.iter().copied().chain(self.witness.iter().map(|_| "w"));
+        let servers = self.nodes.iter().chain(self.witness.as_ref());
+        names
+            .zip(servers)
+            .flat_map(|(name, server)| match server.psql(sql) {
+                Ok(text) => text.lines().map(|l| format!("{name}: {l}")).collect::<Vec<_>>(),
+                Err(e) => vec![format!("{name}: no events: {e}")],
+            })
+            .collect()
+    }
+
+    /// Every PostgreSQL node as it is now.
+    pub fn ends(&self) -> Vec<NodeEnd> {
         let conninfos = self.client_conninfos();
         self.nodes
             .iter()
@@ -200,18 +221,14 @@ impl ChaosCluster {
                     end.state = cells.get(1).unwrap_or(&"").to_string();
                     end.streams_from = cells.get(2).filter(|s| !s.is_empty()).map(|s| s.to_string());
                 }
-                // An ordinary commit, as the clients make them (a negative key: not theirs).
-                let probe =
-                    "INSERT INTO chaos VALUES (-1, now()) ON CONFLICT (k) DO UPDATE SET began = now()";
+                // An ordinary commit, as the clients make them (a negative key: not theirs); its
+                // lease is checked as theirs are, and it waits for no synchronous standby, which
+                // would leave it waiting where none can follow.
+                let probe = "SET synchronous_commit = local; \
+                             INSERT INTO chaos VALUES (-1, now()) ON CONFLICT (k) DO UPDATE SET began = now()";
                 end.takes_writes = Client::new(&format!("{conninfo} connect_timeout=2"))
                     .exec(probe, Duration::from_secs(3))
                     .is_ok();
-                if keys && end.takes_writes {
-                    end.keys = node
-                        .psql("SELECT k FROM chaos WHERE k > 0")
-                        .ok()
-                        .map(|text| text.lines().filter_map(|l| l.parse().ok()).collect());
-                }
                 end
             })
             .collect()

@@ -3,7 +3,7 @@
 //! partitions, heals; several per schedule, overlapping) while a client per node commits unique
 //! keys as an ordinary role; then the invariants are checked on the recorded history and the
 //! final state of every node ([`check`]). Every failure prints its seed and timeline, and
-//! `bench chaos --seed S --schedules 1 --setups <its setup>` replays it.
+//! `bench chaos --seed S --schedules 1 --secs L --setups <its setup>` replays it.
 
 pub mod check;
 mod cluster;
@@ -86,8 +86,27 @@ pub struct Outcome {
     pub settled: Option<Duration>,
 }
 
-/// Runs one schedule on a fresh cluster of `setup`.
+/// Runs one schedule on a fresh cluster of `setup`; a panic anywhere (the test bed's `ip`
+/// failing, say) is this schedule's harness error, not the end of the run.
 pub fn run_one(setup: Setup, schedule: Schedule) -> Outcome {
+    let seed = schedule.seed;
+    let length = schedule.length;
+    catch_unwind(AssertUnwindSafe(|| run_unguarded(setup, schedule))).unwrap_or_else(|panic| Outcome {
+        setup,
+        schedule: Schedule {
+            seed,
+            length,
+            steps: Vec::new(),
+        },
+        timeline: Vec::new(),
+        acks: Vec::new(),
+        violations: Vec::new(),
+        harness_error: Some(format!("the harness panicked: {}", panic_text(&panic))),
+        settled: None,
+    })
+}
+
+fn run_unguarded(setup: Setup, schedule: Schedule) -> Outcome {
     let mut outcome = Outcome {
         setup,
         schedule,
@@ -138,19 +157,36 @@ pub fn run_one(setup: Setup, schedule: Schedule) -> Outcome {
         "{:>8.3} s  end of the schedule: every fault undone",
         start.elapsed().as_secs_f64()
     ));
-    let mut ends = cluster.ends(false);
+    let mut ends = cluster.ends();
     let mut converged = check::converged(&ends);
+    // A round of `ends` takes time of its own: the deadline is checked after each.
     while converged.is_err() && healed.elapsed() < SETTLE {
         std::thread::sleep(Duration::from_secs(1));
-        ends = cluster.ends(false);
+        ends = cluster.ends();
         converged = check::converged(&ends);
     }
+    if converged.is_ok() && healed.elapsed() > SETTLE {
+        converged = Err(format!(
+            "settled only after {:.1} s",
+            healed.elapsed().as_secs_f64()
+        ));
+    }
     let acks: Vec<Ack> = load.stop();
-    if converged.is_ok() {
-        outcome.settled = Some(healed.elapsed());
-        // The keys, read once no client writes any more.
-        ends = cluster.ends(true);
-        converged = check::converged(&ends);
+    match converged {
+        Ok(primary) => {
+            outcome.settled = Some(healed.elapsed());
+            // The keys of the primary found, read once no client writes any more.
+            match cluster.keys(primary) {
+                Ok(keys) => ends[primary].keys = Some(keys),
+                Err(e) => outcome.harness_error = Some(format!("reading the keys: {e}")),
+            }
+        }
+        Err(_) => {
+            // What each node's worker last said, to see why.
+            for line in cluster.recent_events() {
+                outcome.timeline.push(format!("          {line}"));
+            }
+        }
     }
     outcome.timeline.push(format!(
         "{:>8.3} s  {}",
@@ -218,13 +254,14 @@ pub fn describe(o: &Outcome) -> String {
 pub fn table(outcomes: &[Outcome]) -> String {
     let kinds = [
         "overlapping writes",
+        "two primaries",
         "acknowledged commit lost",
         "loss beyond the bound",
         "no single primary",
     ];
     let mut text = String::from(
-        "| setup | schedules | with a violation | overlapping writes | acknowledged commit lost | \
-         loss beyond the bound | no single primary | harness errors |\n|---|---|---|---|---|---|---|---|\n",
+        "| setup | schedules | with a violation | overlapping writes | two primaries | acknowledged commit lost | \
+         loss beyond the bound | no single primary | harness errors |\n|---|---|---|---|---|---|---|---|---|\n",
     );
     for setup in Setup::ALL {
         let mine: Vec<&Outcome> = outcomes

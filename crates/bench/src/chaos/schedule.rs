@@ -40,7 +40,8 @@ pub enum Op {
     Thaw(usize),
     /// A clean restart (`pg_ctl restart -m fast`).
     Restart(usize),
-    /// kill -9 of the pg_promoter worker (the postmaster restarts it).
+    /// kill -9 of the pg_promoter worker: a crash of one of its processes, so the postmaster
+    /// restarts the whole server (crash recovery), as for any backend killed by a signal.
     KillWorker(usize),
     /// The host cut from every other one.
     Isolate(usize),
@@ -84,8 +85,12 @@ pub struct Schedule {
 
 /// Faults per schedule, at least and at most.
 const FAULTS: (u64, u64) = (2, 5);
-/// How long one fault lasts, at most.
+/// How long one lasting fault (a kill, a freeze, a partition) lasts, at least and at most; a
+/// restart and a worker kill are instants.
+const SHORTEST: Duration = Duration::from_secs(1);
 const LONGEST: Duration = Duration::from_secs(15);
+/// Draws for a place before a fault is given up (every host busy all along).
+const TRIES: usize = 50;
 /// Time a started server takes to come up, before its host takes another fault.
 const COME_UP: Duration = Duration::from_secs(5);
 
@@ -101,9 +106,14 @@ pub fn generate(seed: u64, length: Duration, hosts: usize) -> Schedule {
     let mut busy_until = vec![0u64; hosts];
     let mut net_busy_until = 0u64;
     let faults = FAULTS.0 + rng.below(FAULTS.1 - FAULTS.0 + 1);
-    for _ in 0..faults {
+    let mut placed = 0;
+    for _ in 0..TRIES {
+        if placed == faults {
+            break;
+        }
         let start = 1_000 + rng.below(last_start - 1_000);
-        let end = (start + 1_000 + rng.below(ms(LONGEST))).min(ms(length));
+        let span = ms(SHORTEST) + rng.below(ms(LONGEST) - ms(SHORTEST) + 1);
+        let end = (start + span).min(ms(length));
         let host = rng.below(hosts as u64) as usize;
         let mut push = |at: u64, op: Op| {
             steps.push(Step {
@@ -133,9 +143,10 @@ pub fn generate(seed: u64, length: Duration, hosts: usize) -> Schedule {
                     }
                     _ => {
                         push(start, Op::KillWorker(host));
-                        start + 1_000
+                        start + ms(COME_UP)
                     }
                 };
+                placed += 1;
             }
             kind => {
                 if net_busy_until > start || hosts < 2 {
@@ -157,6 +168,7 @@ pub fn generate(seed: u64, length: Duration, hosts: usize) -> Schedule {
                 push(start, op);
                 push(end, Op::Heal);
                 net_busy_until = end;
+                placed += 1;
             }
         }
     }

@@ -43,23 +43,31 @@ impl Load {
                     let mut key = node as i64 * KEYS;
                     while !stop.load(Ordering::Relaxed) {
                         key += 1;
+                        // The timeline the commit is written on: the first 8 digits of its WAL
+                        // segment's name.
                         let sql = format!(
                             "INSERT INTO chaos VALUES ({key}, clock_timestamp()) \
-                             RETURNING (extract(epoch FROM began) * 1000000)::int8"
+                             RETURNING (extract(epoch FROM began) * 1000000)::int8, \
+                             substr(pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn()), 1, 8)"
                         );
                         let sent = now_us();
                         if let Ok(rows) = client.exec(&sql, TIMEOUT) {
                             let acked = now_us();
-                            let began = rows.first().and_then(|r| r.first().cloned().flatten());
-                            if let Some(began) = began.and_then(|b| b.parse().ok()) {
-                                acks.lock().unwrap_or_else(|e| e.into_inner()).push(Ack {
-                                    node,
-                                    key,
-                                    sent,
-                                    began,
-                                    acked,
-                                });
-                            }
+                            let cell = |i: usize| rows.first().and_then(|r| r.get(i).cloned().flatten());
+                            // Missing values cannot happen; were they to, the send time is an
+                            // earlier bound of the commit, and timeline 0 is nobody's.
+                            let began = cell(0).and_then(|b| b.parse().ok()).unwrap_or(sent);
+                            let timeline = cell(1)
+                                .and_then(|t| u32::from_str_radix(&t, 16).ok())
+                                .unwrap_or(0);
+                            acks.lock().unwrap_or_else(|e| e.into_inner()).push(Ack {
+                                node,
+                                key,
+                                sent,
+                                began,
+                                acked,
+                                timeline,
+                            });
                         }
                         std::thread::sleep(EVERY);
                     }
@@ -70,11 +78,23 @@ impl Load {
     }
 
     /// Stops the clients and returns every acknowledgement.
-    pub fn stop(self) -> Vec<Ack> {
+    pub fn stop(mut self) -> Vec<Ack> {
+        self.halt();
+        std::mem::take(&mut *self.acks.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn halt(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
-        std::mem::take(&mut *self.acks.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl Drop for Load {
+    /// A schedule that panicked stops its clients too: their addresses may be another
+    /// schedule's next.
+    fn drop(&mut self) {
+        self.halt();
     }
 }
