@@ -8,6 +8,7 @@ mod load;
 mod net;
 mod node;
 mod pg;
+mod procs;
 mod proxy;
 mod wait;
 
@@ -15,5 +16,6 @@ pub use load::Writer;
 pub use net::{Host, Net, Resolver};
 pub use node::Node;
 pub use pg::{bindir, free_port, psql_at, run, Output};
+pub use procs::{procs, Proc};
 pub use proxy::{Mode, Proxy};
 pub use wait::{try_wait_until, wait_until};

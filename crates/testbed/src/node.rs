@@ -384,28 +384,15 @@ impl Node {
         signal(pid, libc::SIGKILL);
     }
 
-    /// Every live process of the server, with its command line (which shows
-    /// PostgreSQL's process titles): they all run in its data directory.
-    pub fn processes(&self) -> Vec<(i32, String)> {
+    /// The live processes of the server: they all run in its data directory.
+    pub fn processes(&self) -> Vec<i32> {
         let Ok(dir) = self.data.canonicalize() else {
             return Vec::new();
         };
-        let Ok(procs) = fs::read_dir("/proc") else {
-            return Vec::new();
-        };
-        procs
-            .flatten()
-            .filter_map(|p| {
-                let pid: i32 = p.file_name().to_str()?.parse().ok()?;
-                let stat = fs::read_to_string(p.path().join("stat")).ok()?;
-                let zombie = stat
-                    .rsplit_once(") ")
-                    .is_some_and(|(_, rest)| rest.starts_with('Z'));
-                let here = fs::read_link(p.path().join("cwd")).is_ok_and(|cwd| cwd == dir);
-                let cmdline = fs::read(p.path().join("cmdline")).ok()?;
-                let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-                (here && !zombie).then(|| (pid, cmdline.trim().to_string()))
-            })
+        crate::procs::procs()
+            .into_iter()
+            .filter(|p| p.cwd.as_ref() == Some(&dir))
+            .map(|p| p.pid)
             .collect()
     }
 

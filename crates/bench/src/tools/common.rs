@@ -132,19 +132,10 @@ impl Daemons for () {
 /// The processes of process group `group` that are not PostgreSQL's (a daemon that starts the
 /// server itself, as pg_autoctl does, keeps it in its group): their pids.
 pub fn group_processes(group: i32) -> Vec<i32> {
-    let Ok(procs) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    procs
-        .flatten()
-        .filter_map(|p| {
-            let pid: i32 = p.file_name().to_str()?.parse().ok()?;
-            let stat = fs::read_to_string(p.path().join("stat")).ok()?;
-            let (head, rest) = stat.rsplit_once(") ")?;
-            let comm = head.split_once(" (")?.1;
-            let pgrp: i32 = rest.split_whitespace().nth(2)?.parse().ok()?;
-            (pgrp == group && comm != "postgres").then_some(pid)
-        })
+    testbed::procs()
+        .into_iter()
+        .filter(|p| p.pgrp == group && p.comm != "postgres")
+        .map(|p| p.pid)
         .collect()
 }
 
