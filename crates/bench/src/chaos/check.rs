@@ -13,8 +13,10 @@ pub struct Ack {
     pub sent: i64,
     pub began: i64,
     pub acked: i64,
-    /// The timeline the commit was written on (0: not known).
+    /// The timeline the commit was written on (0: not known), and the WAL position its row was
+    /// written at (its commit record follows).
     pub timeline: u32,
+    pub lsn: u64,
 }
 
 /// One PostgreSQL node at the end.
@@ -33,6 +35,8 @@ pub struct NodeEnd {
     pub state: String,
     /// The keys of the workload's table, on a node that takes writes.
     pub keys: Option<HashSet<i64>>,
+    /// On the primary: where each older timeline of its history ended (the fork points).
+    pub forks: Vec<(u32, u64)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -157,9 +161,19 @@ pub fn lost(acks: &[Ack], keys: &HashSet<i64>) -> Vec<i64> {
     lost
 }
 
-/// WAL one of the workload's commits takes at most (a row of two columns, its index entry,
-/// the commit record), for the data-loss bound.
-pub const WAL_PER_COMMIT: u64 = 256;
+/// The WAL a promotion threw away, as the lost commits show it: for each, how far past the fork
+/// of its timeline (in the new primary's history) it was written; the largest, or None when no
+/// lost commit's timeline is in that history (a branch never forked from: a split brain, which
+/// [`timelines`] reports).
+pub fn lost_wal(acks: &[Ack], lost: &[i64], forks: &[(u32, u64)]) -> Option<u64> {
+    acks.iter()
+        .filter(|a| lost.binary_search(&a.key).is_ok())
+        .filter_map(|a| {
+            let fork = forks.iter().find(|(tli, _)| *tli == a.timeline)?.1;
+            Some(a.lsn.saturating_sub(fork))
+        })
+        .max()
+}
 
 /// Exactly one node takes writes, and every other node streams from it or cannot follow it
 /// (`needs_rewind`, or an old primary fenced until a DBA rejoins it): `Ok` with the primary's
@@ -231,14 +245,15 @@ pub fn check(
                     nodes[*primary].name,
                     shown.join(", ")
                 )));
-            } else if missing.len() as u64 * WAL_PER_COMMIT > bound_bytes {
-                found.push(Violation::LostBeyondBound(format!(
-                    "{} acknowledged key(s) missing on {} (at most {} bytes of WAL each; the bound \
-                     is {bound_bytes} bytes)",
-                    missing.len(),
-                    nodes[*primary].name,
-                    WAL_PER_COMMIT
-                )));
+            } else if let Some(bytes) = lost_wal(acks, &missing, &nodes[*primary].forks) {
+                if bytes > bound_bytes {
+                    found.push(Violation::LostBeyondBound(format!(
+                        "{} acknowledged key(s) missing on {}, written up to {bytes} bytes past the \
+                         fork; the bound is {bound_bytes} bytes",
+                        missing.len(),
+                        nodes[*primary].name
+                    )));
+                }
             }
         }
     }
@@ -257,6 +272,7 @@ mod tests {
             began,
             acked,
             timeline: 0,
+            lsn: 0,
         }
     }
 
@@ -352,6 +368,7 @@ mod tests {
             streams_from: streams_from.map(String::from),
             state: state.into(),
             keys: takes_writes.then(|| [1, 2].into_iter().collect()),
+            forks: Vec::new(),
         }
     }
 
@@ -379,16 +396,31 @@ mod tests {
 
     #[test]
     fn lost_keys_are_a_violation_with_synchronous_replication_and_beyond_the_bound_without() {
-        let p = end("p", true, None, "primary");
-        let acks = [ack(0, 1, 1, 2), ack(0, 2, 3, 4), ack(0, 3, 5, 6)];
+        let mut p = end("p", true, None, "primary");
+        // Timeline 1 forked into 2 at 1000; key 3 was written on 1 at 1200: 200 bytes lost.
+        p.forks = vec![(1, 1000)];
+        let at = |a: Ack, lsn: u64| Ack {
+            timeline: 1,
+            lsn,
+            ..a
+        };
+        let acks = [
+            at(ack(0, 1, 1, 2), 900),
+            at(ack(0, 2, 3, 4), 950),
+            at(ack(0, 3, 5, 6), 1200),
+        ];
+        assert_eq!(lost_wal(&acks, &[3], &p.forks), Some(200));
+        assert_eq!(lost_wal(&acks, &[3], &[(7, 0)]), None);
         let nodes = [p];
         let sync = check(&acks, &nodes, &Ok(0), true, 16 << 20);
         assert!(
             matches!(&sync[..], [Violation::Lost(d)] if d.starts_with("1 acknowledged key(s) missing on p: 3"))
         );
-        assert!(check(&acks, &nodes, &Ok(0), false, 16 << 20).is_empty());
-        let tight = check(&acks, &nodes, &Ok(0), false, 100);
-        assert!(matches!(&tight[..], [Violation::LostBeyondBound(_)]));
+        assert!(check(&acks, &nodes, &Ok(0), false, 200).is_empty());
+        let tight = check(&acks, &nodes, &Ok(0), false, 199);
+        assert!(
+            matches!(&tight[..], [Violation::LostBeyondBound(d)] if d.contains("200 bytes past the fork"))
+        );
         let none = check(&acks, &nodes, &Err("0 nodes take writes".into()), false, 100);
         assert!(matches!(&none[..], [Violation::NotConverged(_)]));
     }

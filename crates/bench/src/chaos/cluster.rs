@@ -182,6 +182,27 @@ impl ChaosCluster {
         Ok(text.lines().filter_map(|l| l.parse().ok()).collect())
     }
 
+    /// Node `i`'s timeline history: where each older timeline ended (from its history file).
+    pub fn forks(&self, i: usize) -> Result<Vec<(u32, u64)>, String> {
+        let node = &self.nodes[i];
+        let tli = node.psql("SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)")?;
+        if u32::from_str_radix(&tli, 16).map_err(|e| format!("timeline {tli}: {e}"))? == 1 {
+            return Ok(Vec::new());
+        }
+        let text = node.psql(&format!("SELECT pg_read_file('pg_wal/{tli}.history')"))?;
+        // Lines: parent timeline, tab, switchpoint (X/X), tab, reason.
+        Ok(text
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                let tli: u32 = f.next()?.parse().ok()?;
+                let (hi, lo) = f.next()?.split_once('/')?;
+                let lsn = (u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?;
+                Some((tli, lsn))
+            })
+            .collect())
+    }
+
     /// The last events of every server's worker, for a schedule that did not settle.
     pub fn recent_events(&self) -> Vec<String> {
         let sql = "SELECT string_agg(to_char(at, 'HH24:MI:SS.MS') || ' ' || event || ': ' || detail, E'\\n' \

@@ -84,6 +84,9 @@ pub struct Outcome {
     pub harness_error: Option<String>,
     /// How long after the last heal the cluster had one primary every node followed.
     pub settled: Option<Duration>,
+    /// Without synchronous replication: the acknowledged commits lost, and the most WAL past a
+    /// fork one of them was written at.
+    pub lost: Option<(usize, u64)>,
 }
 
 /// Runs one schedule on a fresh cluster of `setup`; a panic anywhere (the test bed's `ip`
@@ -103,6 +106,7 @@ pub fn run_one(setup: Setup, schedule: Schedule) -> Outcome {
         violations: Vec::new(),
         harness_error: Some(format!("the harness panicked: {}", panic_text(&panic))),
         settled: None,
+        lost: None,
     })
 }
 
@@ -115,6 +119,7 @@ fn run_unguarded(setup: Setup, schedule: Schedule) -> Outcome {
         violations: Vec::new(),
         harness_error: None,
         settled: None,
+        lost: None,
     };
     let built = catch_unwind(|| ChaosCluster::start(setup));
     let cluster = match built {
@@ -176,9 +181,12 @@ fn run_unguarded(setup: Setup, schedule: Schedule) -> Outcome {
         Ok(primary) => {
             outcome.settled = Some(healed.elapsed());
             // The keys of the primary found, read once no client writes any more.
-            match cluster.keys(primary) {
-                Ok(keys) => ends[primary].keys = Some(keys),
-                Err(e) => outcome.harness_error = Some(format!("reading the keys: {e}")),
+            match (cluster.keys(primary), cluster.forks(primary)) {
+                (Ok(keys), Ok(forks)) => {
+                    ends[primary].keys = Some(keys);
+                    ends[primary].forks = forks;
+                }
+                (Err(e), _) | (_, Err(e)) => outcome.harness_error = Some(format!("reading the keys: {e}")),
             }
         }
         Err(_) => {
@@ -200,6 +208,13 @@ fn run_unguarded(setup: Setup, schedule: Schedule) -> Outcome {
         }
     ));
     outcome.violations = check::check(&acks, &ends, &converged, setup.synchronous, cluster::BOUND_BYTES);
+    if let (Ok(p), false) = (&converged, setup.synchronous) {
+        if let Some(keys) = &ends[*p].keys {
+            let missing = check::lost(&acks, keys);
+            let wal = check::lost_wal(&acks, &missing, &ends[*p].forks);
+            outcome.lost = Some((missing.len(), wal.unwrap_or(0)));
+        }
+    }
     outcome.acks = acks;
     outcome
 }
@@ -222,9 +237,12 @@ pub fn describe(o: &Outcome) -> String {
     } else {
         format!("{} VIOLATION(S)", o.violations.len())
     };
+    let lost = o.lost.map_or(String::new(), |(keys, bytes)| {
+        format!(", {keys} lost (up to {bytes} bytes of WAL past a fork)")
+    });
     let _ = writeln!(
         text,
-        "seed {} [{}] {} acknowledged commits, settled {}: {verdict}",
+        "seed {} [{}] {} acknowledged commits{lost}, settled {}: {verdict}",
         o.schedule.seed,
         o.setup.key(),
         o.acks.len(),
@@ -261,7 +279,8 @@ pub fn table(outcomes: &[Outcome]) -> String {
     ];
     let mut text = String::from(
         "| setup | schedules | with a violation | overlapping writes | two primaries | acknowledged commit lost | \
-         loss beyond the bound | no single primary | harness errors |\n|---|---|---|---|---|---|---|---|---|\n",
+         loss beyond the bound | no single primary | harness errors | lost without sync: keys, largest WAL |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
     );
     for setup in Setup::ALL {
         let mine: Vec<&Outcome> = outcomes
@@ -298,9 +317,21 @@ pub fn table(outcomes: &[Outcome]) -> String {
                 .count();
             let _ = write!(text, " {} |", per100(n));
         }
-        let _ = writeln!(text, " {errors} |");
+        let lost: Vec<(usize, u64)> = mine.iter().filter_map(|o| o.lost).collect();
+        let lost = if setup.synchronous {
+            "-".to_string()
+        } else {
+            let keys: usize = lost.iter().map(|l| l.0).sum();
+            let bytes = lost.iter().map(|l| l.1).max().unwrap_or(0);
+            format!("{keys}, {bytes} B")
+        };
+        let _ = writeln!(text, " {errors} | {lost} |");
     }
-    text.push_str("\nViolations and schedules with a violation are per 100 schedules that ran.\n");
+    text.push_str(
+        "\nViolations and schedules with a violation are per 100 schedules that ran (harness errors \
+         apart); the last column is the acknowledged commits lost in all, and the most WAL past a \
+         fork that one of them was written at (the bound is 16 MB).\n",
+    );
     text
 }
 

@@ -43,12 +43,13 @@ impl Load {
                     let mut key = node as i64 * KEYS;
                     while !stop.load(Ordering::Relaxed) {
                         key += 1;
-                        // The timeline the commit is written on: the first 8 digits of its WAL
-                        // segment's name.
+                        // The timeline the commit is written on (the first 8 digits of its WAL
+                        // segment's name), and where.
                         let sql = format!(
                             "INSERT INTO chaos VALUES ({key}, clock_timestamp()) \
                              RETURNING (extract(epoch FROM began) * 1000000)::int8, \
-                             substr(pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn()), 1, 8)"
+                             substr(pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn()), 1, 8), \
+                             (pg_catalog.pg_current_wal_lsn() - '0/0')::int8"
                         );
                         let sent = now_us();
                         if let Ok(rows) = client.exec(&sql, TIMEOUT) {
@@ -60,6 +61,7 @@ impl Load {
                             let timeline = cell(1)
                                 .and_then(|t| u32::from_str_radix(&t, 16).ok())
                                 .unwrap_or(0);
+                            let lsn = cell(2).and_then(|l| l.parse().ok()).unwrap_or(0);
                             acks.lock().unwrap_or_else(|e| e.into_inner()).push(Ack {
                                 node,
                                 key,
@@ -67,6 +69,7 @@ impl Load {
                                 began,
                                 acked,
                                 timeline,
+                                lsn,
                             });
                         }
                         std::thread::sleep(EVERY);
