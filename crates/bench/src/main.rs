@@ -255,6 +255,9 @@ fn main() {
         let settings: Vec<String> = tool.settings().iter().map(|(k, v)| format!("{k}={v}")).collect();
         facts.push((format!("settings: {}", tool.label()), settings.join(" ")));
     }
+    // Every run says where it ran, whatever its mode.
+    let text: String = facts.iter().map(|(k, v)| format!("{k}: {v}\n")).collect();
+    write(&args, "facts.txt", &text);
     let mut failed = false;
     if args.mode == "report" {
         failed |= report_mode(&args, &tools, facts.clone());
