@@ -516,3 +516,38 @@ fn a_primary_isolated_past_its_lease_is_fenced_or_follows_once_healed() {
         p.log_tail(40)
     );
 }
+
+#[test]
+fn a_standby_started_on_the_old_primary_follows_the_leader() {
+    let net = Net::new("elold");
+    let nodes = cluster("elold", 2, None, Some(&net));
+    let p = &nodes[0];
+    net.isolate(p.host().unwrap());
+    wait_until("a standby is promoted", LONG, || {
+        !promoted(&nodes[1..]).is_empty()
+    });
+    let w = 1 + promoted(&nodes[1..])[0];
+    let (winner, other) = (&nodes[w], &nodes[3 - w]);
+    let sender = "SELECT sender_host FROM pg_stat_wal_receiver WHERE status = 'streaming'";
+    wait_until("the other standby follows the winner", LONG, || {
+        other.query(sender) == winner.address()
+    });
+    net.heal_all();
+    wait_until("the old primary is fenced", LONG, || state(p) == "fenced");
+    // The other standby starts again pointed at the old primary (its configuration from before
+    // the failover, as a restore would leave it): it must not stay there.
+    other.stop_fast();
+    let auto = other.data_dir().join("postgresql.auto.conf");
+    let kept: String = std::fs::read_to_string(&auto)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("primary_conninfo"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&auto, format!("{kept}primary_conninfo = '{}'\n", p.conninfo())).unwrap();
+    other.start();
+    wait_until("it follows the leader it knows", LONG, || {
+        other.query(sender) == winner.address()
+    });
+    assert!(has_event(other, "following", ""), "{:#?}", events(other));
+}

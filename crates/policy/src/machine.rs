@@ -321,6 +321,7 @@ pub fn step(node: &Node, input: Input, local: &Local) -> Step {
             } = outcome
             {
                 next.standby.upstream_is_standby = in_recovery;
+                next.standby.upstream_is_primary = !in_recovery;
                 if lsn.is_some() {
                     next.standby.primary_lsn = lsn;
                     next.standby.primary_lsn_at = Some(now);
@@ -432,9 +433,12 @@ pub fn step(node: &Node, input: Input, local: &Local) -> Step {
         } => {
             // A standby follows a leader it learns of, or, when its upstream is down, the leader
             // it knows; not the one it knew at start while its upstream lives (a cascade stays).
-            // A first leader (a new cluster's) is not a change: only another one is.
+            // A first leader (a new cluster's) is not a change: only another one is. An upstream
+            // that answers as a primary and is not the leader is an old primary (fenced, or soon):
+            // a standby started while it was the primary follows the leader instead.
             let changed = matches!(&node.leader_seen, Some(Some(seen)) if Some(seen) != leader.as_ref());
             let upstream_down = node.standby.failures >= node.settings.keepalives_count.max(1);
+            let upstream_superseded = node.standby.upstream_is_primary;
             next.leader_seen = Some(leader.clone());
             next.follow_retry = false;
             let target = leader
@@ -444,7 +448,7 @@ pub fn step(node: &Node, input: Input, local: &Local) -> Step {
                 Some(peer)
                     if local.in_recovery
                         && !upstream_is_leader
-                        && (changed || upstream_down || node.follow_retry)
+                        && (changed || upstream_down || upstream_superseded || node.follow_retry)
                         && node.following.as_ref() != Some(&peer.name)
                         && leading::active(&node.settings) =>
                 {
@@ -1731,6 +1735,14 @@ mod tests {
             ..reached()
         };
         let local = standby_at(T0);
+        // Its upstream is a standby (a cascade).
+        let cascade = Input::Checked(Outcome::Answered {
+            in_recovery: true,
+            lsn: None,
+            timeline: None,
+            started: Some(7),
+        });
+        let node = step(&node, cascade, &local).state;
         // A new cluster's first leader is not a change: a cascade stays.
         let none = Input::Leader {
             leader: None,
@@ -1774,6 +1786,34 @@ mod tests {
         // Already streaming from the leader, or the leader is itself: nothing to do.
         assert!(step(&first.state, leader("s1", true), &local).actions.is_empty());
         assert!(step(&first.state, leader("s2", false), &local).actions.is_empty());
+    }
+
+    #[test]
+    fn a_standby_started_on_an_old_primary_follows_the_leader_it_knows() {
+        let node = Node {
+            settings: three_members(),
+            ..reached()
+        };
+        let local = standby_at(T0);
+        // Its upstream answers as a primary, and the leader it knows (s1) is another node.
+        let checked = step(&node, on_timeline(1), &local);
+        let first = step(&checked.state, leader("s1", false), &local);
+        assert!(
+            matches!(&first.actions[..], [Action::Follow { leader, .. }] if leader == "s1"),
+            "{:?}",
+            first.actions
+        );
+        // Its upstream answers as a standby (a cascade): it stays.
+        let cascade = Input::Checked(Outcome::Answered {
+            in_recovery: true,
+            lsn: None,
+            timeline: None,
+            started: Some(7),
+        });
+        let checked = step(&node, cascade, &local);
+        assert!(step(&checked.state, leader("s1", false), &local)
+            .actions
+            .is_empty());
     }
 
     #[test]

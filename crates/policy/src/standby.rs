@@ -217,6 +217,9 @@ pub struct State {
     /// The last answer of the checked server said it is in recovery: it is a standby this one
     /// cascades from, not the primary.
     pub upstream_is_standby: bool,
+    /// The last answer of the checked server said it is a primary (with leadership, one that is
+    /// not the leader is an old primary: a standby streaming from it follows the leader).
+    pub upstream_is_primary: bool,
     /// Why this standby cannot follow its primary's timeline, when it cannot.
     pub needs_rewind: Option<String>,
     /// Why that is not known while the primary is on a newer timeline (its history unread).
@@ -240,6 +243,7 @@ impl State {
             primary_lsn_at: None,
             manual: false,
             upstream_is_standby: false,
+            upstream_is_primary: false,
             needs_rewind: None,
             rewind_unknown: None,
         }
