@@ -502,6 +502,16 @@ fn a_primary_isolated_past_its_lease_is_fenced_or_follows_once_healed() {
     wait_until("a standby is promoted", LONG, || {
         !promoted(&nodes[1..]).is_empty()
     });
+    let winner = &nodes[1 + promoted(&nodes[1..])[0]];
+    // The old primary's term past the winner's, as its own candidacies took it in the chaos run
+    // (seed 1095): once healed, no refusal it gets names a newer term, and it must still end
+    // fenced for good.
+    let term = |n: &Node| status(n, "term").parse::<i64>().unwrap_or(0);
+    let ahead = term(winner) + 10;
+    p.query(&format!(
+        "SELECT granted FROM pg_promoter_vote({ahead}, 'p', 1, '0/0', 1, true)"
+    ));
+    assert!(term(p) >= ahead, "term {} on the old primary", term(p));
     net.heal_all();
     let settled = testbed::try_wait_until(LONG, || {
         let state = state(p);

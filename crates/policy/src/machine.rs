@@ -730,7 +730,8 @@ fn election(
             if standing {
                 node.standby.phase = Phase::Refusing;
             } else if !local.in_recovery {
-                supersede(node, newer, &leader, local, actions, events);
+                let why = format!("{leader} leads term {newer}, newer than this server's");
+                supersede(node, &why, &leader, local, actions, events);
             }
         }
         Election::Lost | Election::Outranked => {
@@ -750,6 +751,24 @@ fn election(
                     let peer = peer.clone();
                     follow(node, &peer, Some(me), local, actions);
                 }
+            }
+            // A primary refused by a majority for the lease they hold to another leader was failed
+            // over from, whatever term it stands in: its own candidacies may have taken it past
+            // that leader's term, so no refusal names a newer one.
+            let members = leading::members(&node.settings);
+            let holders: Vec<&str> = answers
+                .iter()
+                .filter_map(|(_, v)| v.as_ref().err()?.lease_holder())
+                .filter(|l| *l != me)
+                .collect();
+            let majority = holders
+                .iter()
+                .find(|l| 2 * holders.iter().filter(|h| h == l).count() > members);
+            if let (Some(leader), false, false) = (majority, local.in_recovery, standing) {
+                let why = format!("a majority of the members hold a lease to {leader}");
+                let leader = leader.to_string();
+                supersede(node, &why, &leader, local, actions, events);
+                return;
             }
             fence_without_lease(node, &lost, local, actions, events);
         }
@@ -840,7 +859,8 @@ fn leases(
             if electing {
                 node.standby.phase = Phase::Refusing;
             } else if !local.in_recovery {
-                supersede(node, newer, &leader, local, actions, events);
+                let why = format!("{leader} leads term {newer}, newer than this server's");
+                supersede(node, &why, &leader, local, actions, events);
             }
         }
     }
@@ -849,7 +869,7 @@ fn leases(
 /// A member named a leader of a newer term: this primary was failed over from, for good.
 fn supersede(
     node: &mut Node,
-    term: Term,
+    why: &str,
     leader: &str,
     local: &Local,
     actions: &mut Vec<Action>,
@@ -858,10 +878,8 @@ fn supersede(
     if matches!(node.primary.fence, Fence::Superseded { .. }) {
         return;
     }
-    let reason = format!(
-        "{leader} leads term {term}, newer than this server's: this server was failed over from; rejoin \
-         it with pg_rewind or a new base backup"
-    );
+    let reason =
+        format!("{why}: this server was failed over from; rejoin it with pg_rewind or a new base backup");
     events.push(Event::new(local.now, EventKind::Fenced, reason.clone()));
     actions.push(Action::Fence {
         permanent: true,
@@ -1623,6 +1641,57 @@ mod tests {
                 primary: false
             }]
         );
+    }
+
+    #[test]
+    fn a_primary_refused_by_a_majority_for_their_lease_to_another_leader_is_superseded() {
+        let node = Node::new(three_members(), T0, false);
+        let mut local = primary_at(T0);
+        local.lease_clock = 10 * SEC;
+        let held = |leader: &str| {
+            Err(crate::leader::Refusal::LeaseHeld {
+                leader: leader.into(),
+                left: SEC,
+            })
+        };
+        // Its own candidacies took its term past the leader's: no refusal names a newer term.
+        let lost = Input::Election {
+            me: "p".into(),
+            term: 44,
+            answers: vec![("s1".into(), held("s1")), ("s2".into(), held("s1"))],
+            error: None,
+        };
+        let out = step(&node, lost, &local);
+        assert!(
+            out.actions.contains(&Action::Fence {
+                permanent: true,
+                reason: "a majority of the members hold a lease to s1: this server was failed over from; \
+                         rejoin it with pg_rewind or a new base backup"
+                    .into()
+            }),
+            "{:?}",
+            out.actions
+        );
+        assert!(matches!(out.state.primary.fence, Fence::Superseded { ref by, .. } if by == "s1"));
+        // One member's lease is no majority: fenced for now, not for good.
+        let one = Input::Election {
+            me: "p".into(),
+            term: 44,
+            answers: vec![
+                ("s1".into(), held("s1")),
+                (
+                    "s2".into(),
+                    Err(crate::leader::Refusal::Unreachable("cut".into())),
+                ),
+            ],
+            error: None,
+        };
+        let out = step(&node, one, &local);
+        assert!(!matches!(out.state.primary.fence, Fence::Superseded { .. }));
+        assert!(!out
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::Fence { permanent: true, .. })));
     }
 
     #[test]
