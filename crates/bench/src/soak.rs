@@ -160,16 +160,17 @@ fn run(tool: &dyn Tool, variant: Variant, duration: Duration, rng: &mut Rng) -> 
         why: Vec::new(),
         error: None,
     };
-    let end = Instant::now() + duration;
     // pgbench's figure for each round that ran to its end, weighted by its length.
     let mut tps: Vec<(f64, f64)> = Vec::new();
     let mut first = true;
-    while first || end.saturating_duration_since(Instant::now()) >= SHORTEST_ROUND {
+    // The time asked for is time watched: building a cluster does not count.
+    let left = |soak: &Soak| duration.saturating_sub(Duration::from_secs_f64(soak.soaked_secs));
+    while first || left(&soak) >= SHORTEST_ROUND {
         if !first {
             soak.rebuilds += 1;
         }
         first = false;
-        match round(tool, variant, end, rng, &mut soak) {
+        match round(tool, variant, left(&soak), rng, &mut soak) {
             Ok(Some(round_tps)) => tps.push(round_tps),
             Ok(None) => {}
             Err(e) => {
@@ -187,12 +188,12 @@ fn run(tool: &dyn Tool, variant: Variant, duration: Duration, rng: &mut Rng) -> 
     soak
 }
 
-/// One cluster until `end` or a false failover: pgbench, stalls, the write probe. Returns
-/// pgbench's figure and the seconds it ran when it ran to its end.
+/// One cluster for `left` once it runs, or until a false failover: pgbench, stalls, the write
+/// probe. Returns pgbench's figure and the seconds it ran when it ran to its end.
 fn round(
     tool: &dyn Tool,
     variant: Variant,
-    end: Instant,
+    left: Duration,
     rng: &mut Rng,
     soak: &mut Soak,
 ) -> Result<Option<(f64, f64)>, String> {
@@ -208,7 +209,7 @@ fn round(
         }
         Err(e) => return Err(format!("pgbench: {e}")),
     }
-    let left = end.saturating_duration_since(Instant::now());
+    let end = Instant::now() + left;
     let secs = left.as_secs().max(1).to_string();
     let mut bench = pgbench(&conninfos[0], &["-c", "8", "-j", "2", "-T", &secs, "-n"])
         .stdout(Stdio::piped())
@@ -240,7 +241,8 @@ fn round(
             .and_then(|t| t.parse::<f64>().ok())
     });
     if tool.family() == "pg_promoter" {
-        let longest = Client::new(&conninfos[1]).exec(
+        // The status is for monitoring roles: the admin connection, not the ordinary client's.
+        let longest = Client::new(&cluster.admin_conninfos()[1]).exec(
             "SELECT longest_check_ms FROM pg_promoter_status",
             Duration::from_secs(5),
         );
