@@ -121,9 +121,9 @@ fn parse_args() -> Result<Args, String> {
                 args.setups = value()?
                     .split(',')
                     .map(|k| {
-                        all.into_iter().find(|s| s.key() == k).ok_or(format!(
-                            "unknown setup {k}: witness+sync, witness+async, nowitness+sync or nowitness+async"
-                        ))
+                        all.into_iter()
+                            .find(|s| s.key() == k)
+                            .ok_or(format!("unknown setup {k}: {}", all.map(|s| s.key()).join(", ")))
                     })
                     .collect::<Result<_, _>>()?
             }

@@ -6,8 +6,9 @@
 //! `bench chaos --seed S --schedules 1 --secs L --setups <its setup>` replays it.
 
 pub mod check;
-mod cluster;
+mod pg_promoter;
 pub mod schedule;
+pub mod target;
 mod workload;
 
 use std::fmt::Write as _;
@@ -16,58 +17,120 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use check::{Ack, Violation};
-use cluster::ChaosCluster;
+use pg_promoter::ChaosCluster;
 use schedule::{Op, Schedule};
+use target::Target;
 
 /// How long the cluster has, after the last heal, to end with one primary every node follows.
 pub const SETTLE: Duration = Duration::from_secs(60);
 
-/// What a schedule runs on.
+/// What a schedule runs on: pg_promoter with a witness or not, Patroni with its store (etcd) on
+/// the fourth host, or repmgrd with its witness there; synchronous replication or not (repmgr
+/// does not manage it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Setup {
-    pub witness: bool,
-    pub synchronous: bool,
+pub enum Setup {
+    PgPromoter { witness: bool, synchronous: bool },
+    Patroni { synchronous: bool },
+    Repmgrd,
 }
 
 impl Setup {
-    pub const ALL: [Setup; 4] = [
-        Setup {
+    pub const ALL: [Setup; 7] = [
+        Setup::PgPromoter {
             witness: true,
             synchronous: false,
         },
-        Setup {
+        Setup::PgPromoter {
             witness: true,
             synchronous: true,
         },
-        Setup {
+        Setup::PgPromoter {
             witness: false,
             synchronous: false,
         },
-        Setup {
+        Setup::PgPromoter {
             witness: false,
             synchronous: true,
         },
+        Setup::Patroni { synchronous: false },
+        Setup::Patroni { synchronous: true },
+        Setup::Repmgrd,
     ];
 
-    pub fn name(self) -> String {
-        format!(
-            "pg_promoter, {} witness, {} replication",
-            if self.witness { "a" } else { "no" },
-            if self.synchronous {
-                "synchronous"
-            } else {
-                "asynchronous"
-            }
-        )
+    pub fn synchronous(self) -> bool {
+        match self {
+            Setup::PgPromoter { synchronous, .. } | Setup::Patroni { synchronous } => synchronous,
+            Setup::Repmgrd => false,
+        }
     }
 
-    /// `witness+sync`, `nowitness+async`, ...: how `--setups` names it.
+    /// Whether it is pg_promoter's: a violation of a peer is a finding about the peer, not a
+    /// failure of the run.
+    pub fn ours(self) -> bool {
+        matches!(self, Setup::PgPromoter { .. })
+    }
+
+    /// Its hosts: the three PostgreSQL nodes, and the witness's or the store's.
+    pub fn hosts(self) -> usize {
+        match self {
+            Setup::PgPromoter { witness: false, .. } => 3,
+            _ => 4,
+        }
+    }
+
+    pub fn name(self) -> String {
+        let replication = if self.synchronous() {
+            "synchronous"
+        } else {
+            "asynchronous"
+        };
+        match self {
+            Setup::PgPromoter { witness, .. } => format!(
+                "pg_promoter, {} witness, {replication} replication",
+                if witness { "a" } else { "no" }
+            ),
+            Setup::Patroni { synchronous } => format!(
+                "Patroni ttl=20, etcd, {}",
+                if synchronous {
+                    "synchronous_mode"
+                } else {
+                    "asynchronous replication"
+                }
+            ),
+            Setup::Repmgrd => "repmgrd 1s×3, a witness, asynchronous replication".to_string(),
+        }
+    }
+
+    /// `witness+sync`, `nowitness+async`, `patroni+sync`, `repmgrd`, ...: how `--setups` names it.
     pub fn key(self) -> String {
-        format!(
-            "{}+{}",
-            if self.witness { "witness" } else { "nowitness" },
-            if self.synchronous { "sync" } else { "async" }
-        )
+        let replication = if self.synchronous() { "sync" } else { "async" };
+        match self {
+            Setup::PgPromoter { witness, .. } => {
+                format!("{}+{replication}", if witness { "witness" } else { "nowitness" })
+            }
+            Setup::Patroni { .. } => format!("patroni+{replication}"),
+            Setup::Repmgrd => "repmgrd".to_string(),
+        }
+    }
+
+    /// The data-loss bound the tool promises without synchronous replication: pg_promoter's
+    /// `max_lag_on_failover` and Patroni's `maximum_lag_on_failover` as set; repmgr has none.
+    pub fn bound_bytes(self) -> u64 {
+        match self {
+            Setup::PgPromoter { .. } => pg_promoter::BOUND_BYTES,
+            Setup::Patroni { .. } => crate::tools::patroni::MAXIMUM_LAG_ON_FAILOVER,
+            Setup::Repmgrd => u64::MAX,
+        }
+    }
+
+    fn start(self) -> Result<Box<dyn Target>, String> {
+        Ok(match self {
+            Setup::PgPromoter { witness, synchronous } => {
+                Box::new(ChaosCluster::start(witness, synchronous)?)
+            }
+            Setup::Patroni { synchronous } => crate::tools::patroni::Patroni::fastest().chaos(synchronous)?,
+            Setup::Repmgrd => crate::tools::repmgr::Repmgrd::FAST.chaos()?,
+        })
     }
 }
 
@@ -121,7 +184,7 @@ fn run_unguarded(setup: Setup, schedule: Schedule) -> Outcome {
         settled: None,
         lost: None,
     };
-    let built = catch_unwind(|| ChaosCluster::start(setup));
+    let built = catch_unwind(|| setup.start());
     let cluster = match built {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
@@ -133,7 +196,11 @@ fn run_unguarded(setup: Setup, schedule: Schedule) -> Outcome {
             return outcome;
         }
     };
-    let load = workload::Load::start(&cluster.client_conninfos());
+    let cluster: &dyn Target = cluster.as_ref();
+    let clients: Vec<String> = (0..cluster.names().len())
+        .map(|i| target::client_conninfo(cluster, i))
+        .collect();
+    let load = workload::Load::start(&clients);
     let start = Instant::now();
     for step in outcome.schedule.steps.clone() {
         std::thread::sleep((start + step.at).saturating_duration_since(Instant::now()));
@@ -162,12 +229,12 @@ fn run_unguarded(setup: Setup, schedule: Schedule) -> Outcome {
         "{:>8.3} s  end of the schedule: every fault undone",
         start.elapsed().as_secs_f64()
     ));
-    let mut ends = cluster.ends();
+    let mut ends = target::ends(cluster);
     let mut converged = check::converged(&ends);
     // A round of `ends` takes time of its own: the deadline is checked after each.
     while converged.is_err() && healed.elapsed() < SETTLE {
         std::thread::sleep(Duration::from_secs(1));
-        ends = cluster.ends();
+        ends = target::ends(cluster);
         converged = check::converged(&ends);
     }
     if converged.is_ok() && healed.elapsed() > SETTLE {
@@ -181,7 +248,7 @@ fn run_unguarded(setup: Setup, schedule: Schedule) -> Outcome {
         Ok(primary) => {
             outcome.settled = Some(healed.elapsed());
             // The keys of the primary found, read once no client writes any more.
-            match (cluster.keys(primary), cluster.forks(primary)) {
+            match (target::keys(cluster, primary), target::forks(cluster, primary)) {
                 (Ok(keys), Ok(forks)) => {
                     ends[primary].keys = Some(keys);
                     ends[primary].forks = forks;
@@ -207,8 +274,8 @@ fn run_unguarded(setup: Setup, schedule: Schedule) -> Outcome {
             Err(why) => format!("not settled {} s after the end: {why}", SETTLE.as_secs()),
         }
     ));
-    outcome.violations = check::check(&acks, &ends, &converged, setup.synchronous, cluster::BOUND_BYTES);
-    if let (Ok(p), false) = (&converged, setup.synchronous) {
+    outcome.violations = check::check(&acks, &ends, &converged, setup.synchronous(), setup.bound_bytes());
+    if let (Ok(p), false) = (&converged, setup.synchronous()) {
         if let Some(keys) = &ends[*p].keys {
             let missing = check::lost(&acks, keys);
             let wal = check::lost_wal(&acks, &missing, &ends[*p].forks);
@@ -318,7 +385,7 @@ pub fn table(outcomes: &[Outcome]) -> String {
             let _ = write!(text, " {} |", per100(n));
         }
         let lost: Vec<(usize, u64)> = mine.iter().filter_map(|o| o.lost).collect();
-        let lost = if setup.synchronous {
+        let lost = if setup.synchronous() {
             "-".to_string()
         } else {
             let keys: usize = lost.iter().map(|l| l.0).sum();
@@ -330,15 +397,17 @@ pub fn table(outcomes: &[Outcome]) -> String {
     text.push_str(
         "\nViolations and schedules with a violation are per 100 schedules that ran (harness errors \
          apart); the last column is the acknowledged commits lost in all, and the most WAL past a \
-         fork that one of them was written at (the bound is 16 MB).\n",
+         fork that one of them was written at (the bounds: pg_promoter's 16 MB, Patroni's \
+         maximum_lag_on_failover 1 MB; repmgr has none). A peer's violations are findings about \
+         the peer: they do not fail the run.\n",
     );
     text
 }
 
 /// `bench chaos`: `schedules` schedules of `length`, seeds from `first_seed` on, round-robin over
 /// `setups`, `parallel` at a time (each on its own cluster and network); writes chaos.txt (the
-/// table, then every schedule in seed order) under `out`, after each schedule. True when any
-/// schedule found a violation or could not run.
+/// table, then every schedule in seed order) under `out`, after each schedule. True when a
+/// schedule of pg_promoter's found a violation, or any could not run.
 pub fn run(
     first_seed: u64,
     schedules: usize,
@@ -358,7 +427,7 @@ pub fn run(
                 }
                 let setup = setups[i % setups.len()];
                 let seed = first_seed + i as u64;
-                let schedule = schedule::generate(seed, length, if setup.witness { 4 } else { 3 });
+                let schedule = schedule::generate(seed, length, setup.hosts());
                 eprintln!("chaos: {}/{schedules}: seed {seed}, {}", i + 1, setup.key());
                 let outcome = run_one(setup, schedule);
                 eprint!("{}", describe(&outcome));
@@ -383,5 +452,5 @@ pub fn run(
     println!("{}", table(&outcomes));
     outcomes
         .iter()
-        .any(|o| o.harness_error.is_some() || !o.violations.is_empty())
+        .any(|o| o.harness_error.is_some() || (o.setup.ours() && !o.violations.is_empty()))
 }

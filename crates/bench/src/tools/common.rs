@@ -51,7 +51,7 @@ pub fn run(cmd: Command, timeout: Duration) -> Result<String, String> {
     }
 }
 
-fn signal(pid: i32, sig: libc::c_int) {
+pub fn signal(pid: i32, sig: libc::c_int) {
     // SAFETY: kill has no memory-safety preconditions; a process already gone is no error here.
     unsafe { libc::kill(pid, sig) };
 }
@@ -114,6 +114,93 @@ impl Daemon {
     pub fn kill(&mut self) {
         self.signal(libc::SIGKILL);
         let _ = self.child.wait();
+    }
+}
+
+/// A daemon a service manager keeps running (systemd's `Restart=`): how to start it, and the
+/// one running now. The chaos run kills it, freezes it with its host, and starts it again.
+pub struct Service {
+    start: Box<dyn Fn() -> Result<Daemon, String> + Send + Sync>,
+    daemon: Mutex<Daemon>,
+    /// Processes stopped by `freeze`, so `thaw` resumes exactly them.
+    frozen: Mutex<Vec<i32>>,
+}
+
+impl Service {
+    pub fn start(
+        start: impl Fn() -> Result<Daemon, String> + Send + Sync + 'static,
+    ) -> Result<Service, String> {
+        let daemon = Mutex::new(start()?);
+        Ok(Service {
+            start: Box::new(start),
+            daemon,
+            frozen: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The running daemon (a panic elsewhere must not stop teardown from reaching it).
+    pub fn daemon(&self) -> MutexGuard<'_, Daemon> {
+        self.daemon.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn group(&self) -> i32 {
+        self.daemon().group()
+    }
+
+    pub fn log(&self) -> PathBuf {
+        self.daemon().log().to_path_buf()
+    }
+
+    /// Whether it has exited (killed, or on its own).
+    pub fn exited(&self) -> bool {
+        self.daemon().exited().is_some()
+    }
+
+    /// kill -9 of its whole group.
+    pub fn kill(&self) {
+        self.daemon().kill();
+    }
+
+    /// Starts it again once it has exited; a no-op while it runs.
+    pub fn revive(&self) -> Result<(), String> {
+        let mut daemon = self.daemon();
+        if daemon.exited().is_some() {
+            *daemon = (self.start)()?;
+        }
+        Ok(())
+    }
+
+    /// A crash its service manager restarts it from at once.
+    pub fn crash(&self) -> Result<(), String> {
+        self.kill();
+        self.revive()
+    }
+
+    /// A clean restart: SIGTERM, up to 10 s to exit, then started again.
+    pub fn restart(&self) -> Result<(), String> {
+        {
+            let mut daemon = self.daemon();
+            daemon.signal(libc::SIGTERM);
+            daemon.reap(Duration::from_secs(10));
+        }
+        self.revive()
+    }
+
+    /// SIGSTOPs every process of its group (a paused VM stops the daemon with its server).
+    pub fn freeze(&self) {
+        let group = self.group();
+        let mut frozen = self.frozen.lock().unwrap_or_else(|e| e.into_inner());
+        for p in testbed::procs().into_iter().filter(|p| p.pgrp == group) {
+            signal(p.pid, libc::SIGSTOP);
+            frozen.push(p.pid);
+        }
+    }
+
+    pub fn thaw(&self) {
+        let mut frozen = self.frozen.lock().unwrap_or_else(|e| e.into_inner());
+        for pid in frozen.drain(..).rev() {
+            signal(pid, libc::SIGCONT);
+        }
     }
 }
 
@@ -235,6 +322,10 @@ impl Faults {
             }
             Fault::Cut => self.net.isolate(host),
         }
+    }
+
+    pub fn net(&self) -> &Net {
+        &self.net
     }
 
     /// Whether a freeze stopped processes that `recover` has not resumed yet.

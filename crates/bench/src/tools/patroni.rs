@@ -11,7 +11,12 @@ use std::time::Duration;
 use pgwire::Client;
 use testbed::{Host, Net};
 
-use super::common::{as_server_user, make_base, make_dir, remove_base, stop_server, tail, Daemon, Faults};
+use super::common::{
+    as_server_user, make_base, make_dir, postmaster_pid, remove_base, signal, stop_server, tail, Daemon,
+    Faults, Service,
+};
+use crate::chaos::schedule::Op;
+use crate::chaos::target::{self, Target};
 use crate::cluster::{Cluster, Fault, Tool};
 
 /// Every host has an address of its own, so the standard ports serve all of them.
@@ -24,11 +29,17 @@ const SETUP_TIMEOUT: Duration = Duration::from_secs(180);
 /// The line Patroni logs on the node that won the leader race, right after taking the lock and
 /// starting the promotion.
 const DECIDED: &str = "promoted self to leader by acquiring session lock";
+/// `maximum_lag_on_failover`: a replica further behind than this is not promoted.
+pub const MAXIMUM_LAG_ON_FAILOVER: u64 = 1 << 20;
 
 pub struct Patroni {
     ttl: u32,
     loop_wait: u32,
     retry_timeout: u32,
+    /// `synchronous_mode`: Patroni names a synchronous standby and promotes only it.
+    synchronous: bool,
+    /// `use_pg_rewind`: an old primary is rewound and rejoins as a replica.
+    rewind: bool,
 }
 
 impl Patroni {
@@ -38,6 +49,8 @@ impl Patroni {
             ttl: 30,
             loop_wait: 10,
             retry_timeout: 10,
+            synchronous: false,
+            rewind: false,
         }
     }
 
@@ -52,6 +65,8 @@ impl Patroni {
             ttl: 20,
             loop_wait: 1,
             retry_timeout: 3,
+            synchronous: false,
+            rewind: false,
         }
     }
 
@@ -62,11 +77,11 @@ impl Patroni {
             ("ttl", self.ttl.to_string()),
             ("loop_wait", self.loop_wait.to_string()),
             ("retry_timeout", self.retry_timeout.to_string()),
-            ("maximum_lag_on_failover", "1048576".into()),
+            ("maximum_lag_on_failover", MAXIMUM_LAG_ON_FAILOVER.to_string()),
             // How long a crashed primary may take to come back in place before Patroni fails
             // over instead (the default).
             ("primary_start_timeout", "300".into()),
-            ("synchronous_mode", "false".into()),
+            ("synchronous_mode", self.synchronous.to_string()),
             ("failsafe_mode", "false".into()),
             ("check_timeline", "false".into()),
         ]
@@ -101,7 +116,7 @@ etcd3:
 bootstrap:
   dcs:
 {dcs}    postgresql:
-      use_pg_rewind: false
+      use_pg_rewind: {rewind}
       use_slots: true
       parameters:
         wal_level: replica
@@ -142,6 +157,7 @@ watchdog:
   mode: 'off'
 ",
             etcd = etcd.ip(),
+            rewind = self.rewind,
         )
     }
 }
@@ -177,10 +193,10 @@ impl Tool for Patroni {
                 ("dcs", "etcd3, one node"),
                 ("watchdog", "off"),
                 ("use_slots", "true"),
-                ("use_pg_rewind", "false"),
             ]
             .map(|(k, v)| (k.to_string(), v.to_string())),
         );
+        settings.push(("use_pg_rewind".into(), self.rewind.to_string()));
         settings
     }
 
@@ -189,6 +205,27 @@ impl Tool for Patroni {
     }
 
     fn start(&self, nodes: usize) -> Result<Box<dyn Cluster>, String> {
+        Ok(Box::new(self.members(nodes)?))
+    }
+}
+
+impl Patroni {
+    /// The chaos run's cluster: three nodes at these timeouts, etcd on the fourth host, the
+    /// replication asked for, and pg_rewind, so that an old primary can rejoin (Patroni's
+    /// documentation advises it); the clients' role and table made on the leader.
+    pub fn chaos(&self, synchronous: bool) -> Result<Box<dyn Target>, String> {
+        let patroni = Patroni {
+            synchronous,
+            rewind: true,
+            ..*self
+        };
+        let members = patroni.members(3)?;
+        target::query(&target::admin_conninfo(&members, 0), target::SCHEMA)?;
+        Ok(Box::new(members))
+    }
+
+    /// etcd, then a Patroni on each of `nodes` hosts, the first the leader, each streaming.
+    fn members(&self, nodes: usize) -> Result<Members, String> {
         let net = Net::new("patroni");
         // pa, pb, pc, ...
         let hosts: Vec<Host> = (0..nodes)
@@ -199,6 +236,7 @@ impl Tool for Patroni {
             base: make_base("patroni")?,
             members: Vec::new(),
             etcd: None,
+            etcd_host: etcd_host.clone(),
             faults: Faults::new(net),
         };
 
@@ -229,7 +267,7 @@ impl Tool for Patroni {
             "new",
         ];
         let etcd_log = cluster.base.join("etcd.log");
-        cluster.etcd = Some(spawn_in(&etcd_host, etcd_log.clone(), &etcd_argv)?);
+        cluster.etcd = Some(service_in(&etcd_host, etcd_log.clone(), &etcd_argv)?);
         let healthy = testbed::try_wait_until(Duration::from_secs(60), || {
             http_get(ip, ETCD_PORT, "/health").is_ok_and(|(code, body)| code == 200 && body.contains("true"))
         });
@@ -242,7 +280,7 @@ impl Tool for Patroni {
             let config = dir.join("patroni.yml");
             fs::write(&config, self.config(&name, &host, &etcd_host, &dir))
                 .map_err(|e| format!("writing {}: {e}", config.display()))?;
-            let patroni = spawn_in(
+            let patroni = service_in(
                 &host,
                 dir.join("patroni.log"),
                 &["patroni", &config.display().to_string()],
@@ -252,6 +290,7 @@ impl Tool for Patroni {
                 host,
                 dir,
                 patroni,
+                frozen: std::sync::Mutex::new(Vec::new()),
             });
             let member = &cluster.members[i];
             let ready = if i == 0 {
@@ -279,11 +318,11 @@ impl Tool for Patroni {
                 return Err(format!(
                     "{} never became {role}\n{}",
                     member.name,
-                    tail(member.patroni.log(), 30)
+                    tail(&member.patroni.log(), 30)
                 ));
             }
         }
-        Ok(Box::new(cluster))
+        Ok(cluster)
     }
 }
 
@@ -293,7 +332,9 @@ struct Member {
     name: String,
     host: Host,
     dir: PathBuf,
-    patroni: Daemon,
+    patroni: Service,
+    /// Its server's processes stopped by a chaos freeze.
+    frozen: std::sync::Mutex<Vec<i32>>,
 }
 
 impl Member {
@@ -309,6 +350,31 @@ impl Member {
         http_get(self.host.ip(), API_PORT, path)
             .ok()
             .map(|(code, _)| code)
+    }
+
+    /// A paused VM: Patroni and its server stopped.
+    fn freeze(&self) {
+        self.patroni.freeze();
+        if let Some(postmaster) = postmaster_pid(&self.data()) {
+            testbed::Node::freeze_tree(
+                postmaster,
+                &mut self.frozen.lock().unwrap_or_else(|e| e.into_inner()),
+            );
+        }
+    }
+
+    fn thaw(&self) {
+        // Children first, so the postmaster wakes up to a running family.
+        for pid in self
+            .frozen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .rev()
+        {
+            signal(pid, libc::SIGCONT);
+        }
+        self.patroni.thaw();
     }
 
     /// The first column of the first row of `sql`, as text.
@@ -349,7 +415,8 @@ impl Member {
 struct Members {
     base: PathBuf,
     members: Vec<Member>,
-    etcd: Option<Daemon>,
+    etcd: Option<Service>,
+    etcd_host: Host,
     /// Last: see [`Faults`].
     faults: Faults,
 }
@@ -379,7 +446,7 @@ impl Cluster for Members {
             // `_update_leader` puts unconditionally; fixed after 3.0.2 by Patroni's pull request
             // 2689), which demotes the new primary before its commits are counted. The fault is
             // over: end that Patroni.
-            self.members[0].patroni.signal(libc::SIGKILL);
+            self.members[0].patroni.kill();
         }
         self.faults.recover();
     }
@@ -400,30 +467,134 @@ impl Cluster for Members {
 impl Drop for Members {
     fn drop(&mut self) {
         self.recover();
+        for member in &self.members {
+            member.thaw();
+        }
         // Patroni first, or it would start the servers again.
-        for member in &mut self.members {
+        for member in &self.members {
             member.patroni.kill();
         }
         for member in &self.members {
             stop_server(&member.data());
         }
-        if let Some(etcd) = &mut self.etcd {
+        if let Some(etcd) = &self.etcd {
+            etcd.thaw();
             etcd.kill();
         }
         remove_base(&self.base, "Patroni");
     }
 }
 
-/// `argv` as the server user inside `host`, its output appended to `log`.
-fn spawn_in(host: &Host, log: PathBuf, argv: &[&str]) -> Result<Daemon, String> {
-    let mut cmd = as_server_user(Some(host), argv[0]);
-    cmd.args(&argv[1..]);
-    Daemon::spawn(cmd, log)
+/// `argv` as the server user inside `host`, its output appended to `log`, started again by
+/// [`Service`] after a crash.
+fn service_in(host: &Host, log: PathBuf, argv: &[&str]) -> Result<Service, String> {
+    let host = host.clone();
+    let argv: Vec<String> = argv.iter().map(|a| a.to_string()).collect();
+    Service::start(move || {
+        let mut cmd = as_server_user(Some(&host), &argv[0]);
+        cmd.args(&argv[1..]);
+        Daemon::spawn(cmd, log.clone())
+    })
+}
+
+impl Target for Members {
+    fn names(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.name.clone()).collect()
+    }
+
+    fn endpoint(&self, i: usize) -> (String, u16) {
+        (self.members[i].host.ip().to_string(), PG_PORT)
+    }
+
+    fn apply(&self, op: &Op) -> Result<(), String> {
+        let n = self.members.len();
+        let etcd = self.etcd.as_ref().ok_or("no etcd")?;
+        let host = |h: usize| self.members.get(h).map_or(&self.etcd_host, |m| &m.host);
+        match op {
+            Op::Kill(h) if *h < n => {
+                let m = &self.members[*h];
+                self.faults.inject(Fault::Kill, &m.host, &m.data());
+            }
+            Op::Kill(_) => etcd.kill(),
+            // Patroni starts its server again itself: that is its job.
+            Op::Start(h) if *h < n => {}
+            Op::Start(_) => etcd.revive()?,
+            Op::Freeze(h) if *h < n => self.members[*h].freeze(),
+            Op::Freeze(_) => etcd.freeze(),
+            Op::Thaw(h) if *h < n => self.members[*h].thaw(),
+            Op::Thaw(_) => etcd.thaw(),
+            // Through Patroni, which would otherwise take a server stopped under it for a crash.
+            Op::Restart(h) if *h < n => {
+                let m = &self.members[*h];
+                let (code, body) = http(m.host.ip(), API_PORT, "POST", "/restart", Duration::from_secs(60))?;
+                if code != 200 {
+                    return Err(format!("POST /restart: {code} {body}"));
+                }
+            }
+            Op::Restart(_) => etcd.restart()?,
+            // The daemon that watches the server, as pg_promoter's worker does.
+            Op::KillWorker(h) if *h < n => self.members[*h].patroni.crash()?,
+            Op::KillWorker(_) => etcd.crash()?,
+            Op::Isolate(h) => self.faults.net().isolate(host(*h)),
+            Op::Split(side) => {
+                let side: Vec<&Host> = side.iter().map(|h| host(*h)).collect();
+                self.faults.net().split(&side);
+            }
+            Op::OneWay(a, b) => self.faults.net().cut_one_way(host(*a), host(*b)),
+            Op::Heal => self.faults.net().heal_all(),
+        }
+        Ok(())
+    }
+
+    fn undo_all(&self) {
+        self.faults.net().heal_all();
+        for m in &self.members {
+            m.thaw();
+            let _ = m.patroni.revive();
+        }
+        if let Some(etcd) = &self.etcd {
+            etcd.thaw();
+            let _ = etcd.revive();
+        }
+    }
+
+    /// Patroni's state of the node ("running", "starting", "start failed", ...).
+    fn state(&self, i: usize) -> String {
+        let Ok((200, body)) = http_get(self.members[i].host.ip(), API_PORT, "/patroni") else {
+            return String::new();
+        };
+        body.split_once("\"state\": \"")
+            .and_then(|(_, rest)| rest.split_once('"'))
+            .map_or(String::new(), |(state, _)| state.to_string())
+    }
+
+    fn recent_events(&self) -> Vec<String> {
+        // Patroni's own lines (its format puts the level second), not its server's.
+        let patroni = |l: &str| {
+            [" INFO: ", " WARNING: ", " ERROR: "]
+                .iter()
+                .any(|lvl| l.contains(lvl))
+        };
+        self.members
+            .iter()
+            .flat_map(|m| target::log_tail(&m.name, &m.dir.join("patroni.log"), 8, patroni))
+            .collect()
+    }
 }
 
 /// A GET over HTTP/1.0: the status code and the body.
 fn http_get(ip: Ipv4Addr, port: u16, path: &str) -> Result<(u16, String), String> {
-    let timeout = Duration::from_secs(3);
+    http(ip, port, "GET", path, Duration::from_secs(3))
+}
+
+/// A request without a body over HTTP/1.0: the status code and the body.
+fn http(
+    ip: Ipv4Addr,
+    port: u16,
+    method: &str,
+    path: &str,
+    timeout: Duration,
+) -> Result<(u16, String), String> {
     let mut stream =
         TcpStream::connect_timeout(&SocketAddr::from((ip, port)), timeout).map_err(|e| e.to_string())?;
     stream
@@ -432,7 +603,11 @@ fn http_get(ip: Ipv4Addr, port: u16, path: &str) -> Result<(u16, String), String
     stream
         .set_write_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {ip}:{port}\r\n\r\n").map_err(|e| e.to_string())?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: {ip}:{port}\r\nContent-Length: 0\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
     let mut response = String::new();
     stream.read_to_string(&mut response).map_err(|e| e.to_string())?;
     let code = response

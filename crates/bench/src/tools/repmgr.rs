@@ -1,7 +1,8 @@
 //! repmgrd (repmgr 5.3): a primary and one standby or more, each on its own simulated host,
 //! registered with repmgr, and repmgrd running on every host in the foreground of a child process
-//! we keep. No witness: every node is a PostgreSQL node (repmgr's witness only serves to tell a
-//! primary in another location from a dead one, which one location does not need). With two
+//! we keep. No witness in the failover trials: every node is a PostgreSQL node (repmgr's witness
+//! only serves to tell a primary in another location from a dead one, which one location does not
+//! need); the chaos run adds one on a fourth host, as repmgr's documentation sets it up. With two
 //! standbys, repmgrd's election picks one and the other follows it (`follow_command`).
 
 use std::fs;
@@ -10,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use testbed::{Host, Net, Node};
 
-use super::common::{as_server_user, give_to_server_user, run, Daemon, Nodes};
+use super::common::{as_server_user, give_to_server_user, run, Daemon, Nodes, Service};
+use crate::chaos::schedule::Op;
+use crate::chaos::target::{self, Target};
 use crate::cluster::{Cluster, Tool};
 
 /// repmgrd's detection settings, in whole seconds: repmgr takes nothing finer.
@@ -125,7 +128,7 @@ impl Tool for Repmgrd {
     }
 
     fn start(&self, nodes: usize) -> Result<Box<dyn Cluster>, String> {
-        Ok(Box::new(self.cluster(nodes)?))
+        Ok(Box::new(self.cluster(nodes, false)?))
     }
 }
 
@@ -134,13 +137,13 @@ impl Repmgrd {
     /// takes to exit after SIGTERM, then the standby's fast shutdown. (pg_promoter's worker is
     /// inside the server: its share is in the server's shutdown.)
     pub fn shutdown_while_frozen(&self) -> Result<(Duration, Duration), String> {
-        let mut pair = self.cluster(2)?;
+        let pair = self.cluster(2, false)?;
         pair.nodes[0].freeze();
         std::thread::sleep(Duration::from_millis(1500));
         let start = Instant::now();
-        let daemon = &mut pair.tool.0[1];
-        daemon.signal(libc::SIGTERM);
-        testbed::try_wait_until(Duration::from_secs(60), || daemon.exited().is_some())
+        let daemon = &pair.tool.daemons[1];
+        daemon.daemon().signal(libc::SIGTERM);
+        testbed::try_wait_until(Duration::from_secs(60), || daemon.exited())
             .ok_or("repmgrd did not exit within 60 s of SIGTERM")?;
         let repmgrd = start.elapsed();
         let server = pair.nodes[1].stop_fast();
@@ -148,8 +151,16 @@ impl Repmgrd {
         Ok((repmgrd, server))
     }
 
-    /// A primary and `nodes - 1` standbys, registered, with repmgrd monitoring every node.
-    fn cluster(&self, nodes: usize) -> Result<Nodes<Repmgrds>, String> {
+    /// The chaos run's cluster: three nodes and a witness, the clients' role and table made.
+    pub fn chaos(&self) -> Result<Box<dyn Target>, String> {
+        let cluster = self.cluster(3, true)?;
+        target::query(&target::admin_conninfo(&cluster, 0), target::SCHEMA)?;
+        Ok(Box::new(cluster))
+    }
+
+    /// A primary and `nodes - 1` standbys, registered, and a witness when asked, with repmgrd
+    /// monitoring every node.
+    fn cluster(&self, nodes: usize, witness: bool) -> Result<Nodes<Repmgrds>, String> {
         let net = Net::new("bench");
         // The names the two-node cluster always had; then rs1, rs2, ...
         let names: Vec<String> = (0..nodes)
@@ -183,15 +194,39 @@ impl Repmgrd {
             repmgr(&hosts[i], &confs[i], &["standby", "register", "--wait-sync=60"])?;
             members.push(standby);
         }
-        let mut daemons = Repmgrds(Vec::new());
-        for (host, conf) in hosts.iter().zip(&confs) {
-            daemons.0.push(repmgrd(host, conf)?);
+        let mut daemons = Repmgrds {
+            daemons: Vec::new(),
+            witness: None,
+        };
+        let mut hosts = hosts;
+        if witness {
+            let host = net.host("w");
+            let w = Node::primary_on(
+                &host,
+                "rw",
+                &[("shared_preload_libraries", "'repmgr'"), ("cluster_name", "'rw'")],
+            );
+            confs.push(self.write_conf(nodes as u32 + 1, &w)?);
+            let primary = members[0].address();
+            let port = members[0].port().to_string();
+            repmgr(
+                &host,
+                &confs[nodes],
+                &[
+                    "witness", "register", "-h", &primary, "-p", &port, "-U", "postgres", "-d", "postgres",
+                ],
+            )?;
+            hosts.push(host);
+            daemons.witness = Some(w);
         }
-        for (i, daemon) in daemons.0.iter().enumerate() {
-            let sign = if i == 0 {
-                "monitoring cluster primary"
-            } else {
-                "monitoring connection to upstream node"
+        for (host, conf) in hosts.iter().zip(&confs) {
+            daemons.daemons.push(repmgrd(host, conf)?);
+        }
+        for (i, daemon) in daemons.daemons.iter().enumerate() {
+            let sign = match i {
+                0 => "monitoring cluster primary",
+                _ if i == nodes => "witness monitoring connection to primary node",
+                _ => "monitoring connection to upstream node",
             };
             wait_for(daemon, sign)?;
         }
@@ -242,35 +277,38 @@ fn repmgr(host: &Host, conf: &Path, args: &[&str]) -> Result<String, String> {
     run(cmd, Duration::from_secs(90))
 }
 
-/// repmgrd in the foreground of a child we keep.
-fn repmgrd(host: &Host, conf: &Path) -> Result<Daemon, String> {
-    let mut cmd = as_server_user(Some(host), testbed::bindir().join("repmgrd"));
-    cmd.arg("-f")
-        .arg(conf)
-        .args(["--daemonize=false", "--no-pid-file"]);
-    // Anything repmgrd says before it opens its log_file goes to the same file.
-    Daemon::spawn(cmd, conf.with_file_name("repmgr.log"))
+/// repmgrd in the foreground of a child we keep, started again after a crash.
+fn repmgrd(host: &Host, conf: &Path) -> Result<Service, String> {
+    let (host, conf) = (host.clone(), conf.to_path_buf());
+    Service::start(move || {
+        let mut cmd = as_server_user(Some(&host), testbed::bindir().join("repmgrd"));
+        cmd.arg("-f")
+            .arg(&conf)
+            .args(["--daemonize=false", "--no-pid-file"]);
+        // Anything repmgrd says before it opens its log_file goes to the same file.
+        Daemon::spawn(cmd, conf.with_file_name("repmgr.log"))
+    })
 }
 
 /// Waits until the log shows `sign`, i.e. repmgrd monitors its node.
-fn wait_for(daemon: &Daemon, sign: &str) -> Result<(), String> {
-    let read = || fs::read_to_string(daemon.log()).unwrap_or_default();
-    testbed::try_wait_until(Duration::from_secs(60), || read().contains(sign)).ok_or_else(|| {
-        format!(
-            "repmgrd never logged {sign:?}; {}:\n{}",
-            daemon.log().display(),
-            read()
-        )
-    })?;
+fn wait_for(daemon: &Service, sign: &str) -> Result<(), String> {
+    let log = daemon.log();
+    let read = || fs::read_to_string(&log).unwrap_or_default();
+    testbed::try_wait_until(Duration::from_secs(60), || read().contains(sign))
+        .ok_or_else(|| format!("repmgrd never logged {sign:?}; {}:\n{}", log.display(), read()))?;
     Ok(())
 }
 
-/// repmgrd on each host, stopped one after the other when dropped.
-struct Repmgrds(Vec<Daemon>);
+/// repmgrd on each host (the witness's last), stopped one after the other when dropped, and the
+/// witness's server when there is one.
+struct Repmgrds {
+    daemons: Vec<Service>,
+    witness: Option<Node>,
+}
 
 impl super::common::Daemons for Repmgrds {
     fn daemons(&self) -> Vec<(String, i32)> {
-        (self.0.iter().enumerate())
+        (self.daemons.iter().enumerate())
             .map(|(i, d)| (format!("repmgrd on node {i}"), d.group()))
             .collect()
     }
@@ -278,9 +316,104 @@ impl super::common::Daemons for Repmgrds {
 
 impl Drop for Repmgrds {
     fn drop(&mut self) {
-        for daemon in &mut self.0 {
+        for service in &self.daemons {
+            service.thaw();
+            let mut daemon = service.daemon();
             daemon.signal(libc::SIGTERM);
             daemon.reap(Duration::from_secs(5));
         }
+    }
+}
+
+impl Nodes<Repmgrds> {
+    /// The server on host `h`: a PostgreSQL node, or the witness after them.
+    fn server(&self, h: usize) -> Result<&Node, String> {
+        self.nodes
+            .get(h)
+            .or(self.tool.witness.as_ref().filter(|_| h == self.nodes.len()))
+            .ok_or_else(|| format!("no host {h}"))
+    }
+
+    fn host(&self, h: usize) -> Result<&Host, String> {
+        self.server(h)?
+            .host()
+            .ok_or_else(|| format!("host {h} is no simulated host"))
+    }
+
+    fn daemon(&self, h: usize) -> Result<&Service, String> {
+        self.tool
+            .daemons
+            .get(h)
+            .ok_or_else(|| format!("no repmgrd on host {h}"))
+    }
+}
+
+impl Target for Nodes<Repmgrds> {
+    fn names(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.name().to_string()).collect()
+    }
+
+    fn endpoint(&self, i: usize) -> (String, u16) {
+        (self.nodes[i].address(), self.nodes[i].port())
+    }
+
+    fn apply(&self, op: &Op) -> Result<(), String> {
+        match op {
+            Op::Kill(h) => self.server(*h)?.kill9(),
+            // As a service manager would: repmgr starts no server itself.
+            Op::Start(h) => self.server(*h)?.start_after_kill(),
+            Op::Freeze(h) => {
+                self.daemon(*h)?.freeze();
+                self.server(*h)?.freeze();
+            }
+            Op::Thaw(h) => {
+                self.server(*h)?.thaw();
+                self.daemon(*h)?.thaw();
+            }
+            Op::Restart(h) => self.server(*h)?.restart(),
+            // The daemon that watches the server, as pg_promoter's worker does.
+            Op::KillWorker(h) => self.daemon(*h)?.crash()?,
+            Op::Isolate(h) => self.net.isolate(self.host(*h)?),
+            Op::Split(side) => {
+                let side = side
+                    .iter()
+                    .map(|h| self.host(*h))
+                    .collect::<Result<Vec<_>, _>>()?;
+                self.net.split(&side);
+            }
+            Op::OneWay(a, b) => self.net.cut_one_way(self.host(*a)?, self.host(*b)?),
+            Op::Heal => self.net.heal_all(),
+        }
+        Ok(())
+    }
+
+    fn undo_all(&self) {
+        self.net.heal_all();
+        for (server, daemon) in self
+            .nodes
+            .iter()
+            .chain(&self.tool.witness)
+            .zip(&self.tool.daemons)
+        {
+            server.thaw();
+            daemon.thaw();
+            if !server.is_running() {
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| server.start_after_kill()));
+            }
+            let _ = daemon.revive();
+        }
+    }
+
+    /// repmgr keeps no state of its own that says a node cannot follow.
+    fn state(&self, _: usize) -> String {
+        String::new()
+    }
+
+    fn recent_events(&self) -> Vec<String> {
+        let names = self.nodes.iter().chain(&self.tool.witness).map(Node::name);
+        names
+            .zip(&self.tool.daemons)
+            .flat_map(|(name, d)| target::log_tail(name, &d.log(), 8, |_| true))
+            .collect()
     }
 }

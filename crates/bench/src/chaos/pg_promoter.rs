@@ -4,19 +4,15 @@
 
 use std::time::Duration;
 
-use pgwire::Client;
 use testbed::{Host, Net, Node};
 
-use super::check::NodeEnd;
 use super::schedule::Op;
-use super::Setup;
+use super::target::{self, Target, SCHEMA};
 
 fn refs(c: &[(String, String)]) -> Vec<(&str, &str)> {
     c.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
 
-/// The role the clients commit as: fencing exempts superusers.
-const CLIENT_ROLE: &str = "app";
 const NAMES: [&str; 3] = ["p", "s1", "s2"];
 /// The data-loss bound in force (`pg_promoter.max_lag_on_failover`, its default).
 pub const BOUND_BYTES: u64 = 16 << 20;
@@ -30,10 +26,10 @@ pub struct ChaosCluster {
 }
 
 impl ChaosCluster {
-    pub fn start(setup: Setup) -> Result<ChaosCluster, String> {
+    pub fn start(witness: bool, synchronous: bool) -> Result<ChaosCluster, String> {
         let net = Net::new("chaos");
         let mut hosts: Vec<Host> = NAMES.iter().map(|n| net.host(n)).collect();
-        let witness = setup.witness.then(|| {
+        let witness = witness.then(|| {
             let host = net.host("w");
             hosts.push(host.clone());
             let w = Node::primary_on(&host, "cw", &[]);
@@ -59,11 +55,7 @@ impl ChaosCluster {
         };
         let p_conf = conf("p");
         let primary = Node::primary_on(&hosts[0], "cp", &refs(&p_conf));
-        primary.psql(&format!(
-            "CREATE EXTENSION pg_promoter; CREATE ROLE {CLIENT_ROLE} LOGIN; \
-             CREATE TABLE chaos (k bigint PRIMARY KEY, began timestamptz); \
-             GRANT ALL ON chaos TO {CLIENT_ROLE}"
-        ))?;
+        primary.psql(&format!("CREATE EXTENSION pg_promoter; {SCHEMA}"))?;
         let mut nodes = vec![primary];
         for (i, name) in NAMES.iter().enumerate().skip(1) {
             let c = conf(name);
@@ -82,7 +74,7 @@ impl ChaosCluster {
         for node in &nodes {
             node.append_conf(&format!("pg_promoter.peers = '{}'", peers.join("; ")));
             // Once the standbys stream: before, the setup's own commits would wait for them.
-            if setup.synchronous {
+            if synchronous {
                 node.append_conf("synchronous_standby_names = 'ANY 1 (p, s1, s2)'");
             }
             node.reload();
@@ -110,20 +102,6 @@ impl ChaosCluster {
         Ok(cluster)
     }
 
-    /// How each node's client reaches it, as the ordinary role.
-    pub fn client_conninfos(&self) -> Vec<String> {
-        self.nodes
-            .iter()
-            .map(|n| {
-                format!(
-                    "host={} port={} user={CLIENT_ROLE} dbname=postgres",
-                    n.address(),
-                    n.port()
-                )
-            })
-            .collect()
-    }
-
     /// The server on host `h`: a PostgreSQL node, or the witness after them.
     fn server(&self, h: usize) -> &Node {
         self.nodes
@@ -131,8 +109,18 @@ impl ChaosCluster {
             .or(self.witness.as_ref().filter(|_| h == self.nodes.len()))
             .expect("a host of the schedule")
     }
+}
 
-    pub fn apply(&self, op: &Op) -> Result<(), String> {
+impl Target for ChaosCluster {
+    fn names(&self) -> Vec<String> {
+        NAMES.iter().map(|n| n.to_string()).collect()
+    }
+
+    fn endpoint(&self, i: usize) -> (String, u16) {
+        (self.nodes[i].address(), self.nodes[i].port())
+    }
+
+    fn apply(&self, op: &Op) -> Result<(), String> {
         match op {
             Op::Kill(h) => self.server(*h).kill9(),
             Op::Start(h) => self.server(*h).start_after_kill(),
@@ -165,7 +153,7 @@ impl ChaosCluster {
     }
 
     /// Every fault undone: cuts healed, servers thawed, killed ones started.
-    pub fn undo_all(&self) {
+    fn undo_all(&self) {
         self.net.heal_all();
         let servers = self.nodes.iter().chain(self.witness.as_ref());
         for server in servers {
@@ -176,35 +164,16 @@ impl ChaosCluster {
         }
     }
 
-    /// The workload's keys on node `i`.
-    pub fn keys(&self, i: usize) -> Result<std::collections::HashSet<i64>, String> {
-        let text = self.nodes[i].psql("SELECT k FROM chaos WHERE k > 0")?;
-        Ok(text.lines().filter_map(|l| l.parse().ok()).collect())
-    }
-
-    /// Node `i`'s timeline history: where each older timeline ended (from its history file).
-    pub fn forks(&self, i: usize) -> Result<Vec<(u32, u64)>, String> {
-        let node = &self.nodes[i];
-        let tli = node.psql("SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)")?;
-        if u32::from_str_radix(&tli, 16).map_err(|e| format!("timeline {tli}: {e}"))? == 1 {
-            return Ok(Vec::new());
-        }
-        let text = node.psql(&format!("SELECT pg_read_file('pg_wal/{tli}.history')"))?;
-        // Lines: parent timeline, tab, switchpoint (X/X), tab, reason.
-        Ok(text
-            .lines()
-            .filter_map(|l| {
-                let mut f = l.split_whitespace();
-                let tli: u32 = f.next()?.parse().ok()?;
-                let (hi, lo) = f.next()?.split_once('/')?;
-                let lsn = (u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?;
-                Some((tli, lsn))
-            })
-            .collect())
+    fn state(&self, i: usize) -> String {
+        target::query(
+            &target::admin_conninfo(self, i),
+            "SELECT state FROM pg_promoter_status",
+        )
+        .unwrap_or_default()
     }
 
     /// The last events of every server's worker, for a schedule that did not settle.
-    pub fn recent_events(&self) -> Vec<String> {
+    fn recent_events(&self) -> Vec<String> {
         let sql = "SELECT string_agg(to_char(at, 'HH24:MI:SS.MS') || ' ' || event || ': ' || detail, E'\\n' \
                    ORDER BY seq) FROM (SELECT * FROM pg_promoter_events() ORDER BY seq DESC LIMIT 8) e";
         let names = NAMES.iter().copied().chain(self.witness.iter().map(|_| "w"));
@@ -214,43 +183,6 @@ impl ChaosCluster {
             .flat_map(|(name, server)| match server.psql(sql) {
                 Ok(text) => text.lines().map(|l| format!("{name}: {l}")).collect::<Vec<_>>(),
                 Err(e) => vec![format!("{name}: no events: {e}")],
-            })
-            .collect()
-    }
-
-    /// Every PostgreSQL node as it is now.
-    pub fn ends(&self) -> Vec<NodeEnd> {
-        let conninfos = self.client_conninfos();
-        self.nodes
-            .iter()
-            .zip(NAMES)
-            .zip(conninfos)
-            .map(|((node, name), conninfo)| {
-                let state = node.psql(
-                    "SELECT pg_is_in_recovery(), (SELECT state FROM pg_promoter_status), \
-                     (SELECT sender_host FROM pg_stat_wal_receiver WHERE status = 'streaming')",
-                );
-                let mut end = NodeEnd {
-                    name: name.to_string(),
-                    address: node.address(),
-                    ..NodeEnd::default()
-                };
-                if let Ok(row) = state {
-                    let cells: Vec<&str> = row.split('|').collect();
-                    end.reachable = true;
-                    end.in_recovery = cells.first() == Some(&"t");
-                    end.state = cells.get(1).unwrap_or(&"").to_string();
-                    end.streams_from = cells.get(2).filter(|s| !s.is_empty()).map(|s| s.to_string());
-                }
-                // An ordinary commit, as the clients make them (a negative key: not theirs); its
-                // lease is checked as theirs are, and it waits for no synchronous standby, which
-                // would leave it waiting where none can follow.
-                let probe = "SET synchronous_commit = local; \
-                             INSERT INTO chaos VALUES (-1, now()) ON CONFLICT (k) DO UPDATE SET began = now()";
-                end.takes_writes = Client::new(&format!("{conninfo} connect_timeout=2"))
-                    .exec(probe, Duration::from_secs(3))
-                    .is_ok();
-                end
             })
             .collect()
     }
