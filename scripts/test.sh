@@ -12,7 +12,7 @@
 #                and stops at the first failure
 #   majors       the build for 13, 14, 16 and 17 (scripts/majors.sh); with integration, it runs
 #                beside the integration tests
-#   bench        one pass of the benchmark through everything, and 3 chaos schedules: proof it
+#   bench        one pass of the benchmark through everything, and 3 chaos schedules per tool: proof it
 #                works, not a measurement
 #
 # Stages run in that order whatever the order given; the first that fails ends the run. Logs go to
@@ -176,7 +176,7 @@ stage_integration() {
 
 stage_bench() {
   cargo run --quiet --release -p bench -- all --smoke --out target/bench-smoke &&
-    cargo run --quiet --release -p bench -- chaos --smoke --out target/bench-smoke
+    cargo run --quiet --release -p bench -- chaos --smoke --parallel 2 --out target/bench-smoke
 }
 
 passed=()

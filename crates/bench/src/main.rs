@@ -17,7 +17,7 @@
 //!   throughput (`--members-only`: these alone);
 //! - report: the failover trials of earlier runs (their results.csv) as one table and picture;
 //! - chaos: seeded fault schedules against three-node clusters, the invariants checked on the
-//!   clients' history and the final state (see `chaos`); `--smoke` runs 3 schedules of 20 s.
+X
 //!
 //! Prints tables and writes results.json, results.csv, rto.svg, soak.txt and cost.txt under the
 //! results folder, with the settings, versions and machine facts. Nothing here asserts a speed.
@@ -204,14 +204,23 @@ fn tools() -> Vec<Box<dyn Tool>> {
         Box::new(PgPromoter {
             keep_alive_ms: 1000,
             count: 3,
+            witness: false,
         }),
         Box::new(PgPromoter {
             keep_alive_ms: 1000,
             count: 5,
+            witness: false,
+        }),
+        // Like for like with the tools that fence: leadership and a witness, with two nodes too.
+        Box::new(PgPromoter {
+            keep_alive_ms: 1000,
+            count: 3,
+            witness: true,
         }),
         Box::new(PgPromoter {
             keep_alive_ms: 200,
             count: 3,
+            witness: false,
         }),
         Box::new(Repmgrd::DEFAULTS),
         Box::new(Repmgrd::FAST),

@@ -404,9 +404,29 @@ pub fn table(outcomes: &[Outcome]) -> String {
     text
 }
 
-/// `bench chaos`: `schedules` schedules of `length`, seeds from `first_seed` on, round-robin over
-/// `setups`, `parallel` at a time (each on its own cluster and network); writes chaos.txt (the
-/// table, then every schedule in seed order) under `out`, after each schedule. True when a
+/// Which setup runs which seed: every schedule once per tool among `setups` (pg_promoter,
+/// Patroni, repmgrd), each tool's setups taking the seeds in turn, so that every tool meets the
+/// same faults at the same moments.
+pub fn runs(first_seed: u64, schedules: usize, setups: &[Setup]) -> Vec<(u64, Setup)> {
+    let mut tools: Vec<Vec<Setup>> = Vec::new();
+    for &setup in setups {
+        let tool = std::mem::discriminant(&setup);
+        match tools.iter_mut().find(|t| std::mem::discriminant(&t[0]) == tool) {
+            Some(t) => t.push(setup),
+            None => tools.push(vec![setup]),
+        }
+    }
+    (0..schedules)
+        .flat_map(|k| {
+            let tools = &tools;
+            tools.iter().map(move |t| (first_seed + k as u64, t[k % t.len()]))
+        })
+        .collect()
+}
+
+/// `bench chaos`: `schedules` schedules of `length`, seeds from `first_seed` on, each run once per
+/// tool ([`runs`]), `parallel` at a time (each on its own cluster and network); writes chaos.txt
+/// (the table, then every schedule in seed order) under `out`, after each schedule. True when a
 /// schedule of pg_promoter's found a violation, or any could not run.
 pub fn run(
     first_seed: u64,
@@ -416,19 +436,18 @@ pub fn run(
     parallel: usize,
     out: &Path,
 ) -> bool {
+    let runs = runs(first_seed, schedules, setups);
     let next = std::sync::atomic::AtomicUsize::new(0);
     let outcomes: std::sync::Mutex<Vec<Outcome>> = std::sync::Mutex::new(Vec::new());
     std::thread::scope(|scope| {
         for _ in 0..parallel.max(1) {
             scope.spawn(|| loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= schedules {
+                let Some(&(seed, setup)) = runs.get(i) else {
                     break;
-                }
-                let setup = setups[i % setups.len()];
-                let seed = first_seed + i as u64;
+                };
                 let schedule = schedule::generate(seed, length, setup.hosts());
-                eprintln!("chaos: {}/{schedules}: seed {seed}, {}", i + 1, setup.key());
+                eprintln!("chaos: {}/{}: seed {seed}, {}", i + 1, runs.len(), setup.key());
                 let outcome = run_one(setup, schedule);
                 eprint!("{}", describe(&outcome));
                 if !outcome.violations.is_empty() {
@@ -441,7 +460,7 @@ pub fn run(
                 }
                 let mut all = outcomes.lock().unwrap_or_else(|e| e.into_inner());
                 all.push(outcome);
-                all.sort_by_key(|o| o.schedule.seed);
+                all.sort_by_key(|o| (o.schedule.seed, Setup::ALL.iter().position(|s| *s == o.setup)));
                 // Written after every schedule: a long run leaves its results behind if stopped.
                 let log: String = all.iter().map(describe).collect();
                 let _ = std::fs::write(out.join("chaos.txt"), format!("{}\n{log}", table(&all)));
@@ -453,4 +472,30 @@ pub fn run(
     outcomes
         .iter()
         .any(|o| o.harness_error.is_some() || (o.setup.ours() && !o.violations.is_empty()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_tool_meets_every_seed_and_its_setups_take_turns() {
+        let runs = runs(10, 4, &Setup::ALL);
+        assert_eq!(runs.len(), 12);
+        for seed in 10..14 {
+            let tools: Vec<String> = runs
+                .iter()
+                .filter(|r| r.0 == seed)
+                .map(|r| r.1.name().split(' ').next().unwrap_or_default().to_string())
+                .collect();
+            assert_eq!(tools, ["pg_promoter,", "Patroni", "repmgrd"], "seed {seed}");
+        }
+        let ours: Vec<Setup> = runs.iter().filter(|r| r.1.ours()).map(|r| r.1).collect();
+        assert_eq!(ours, Setup::ALL[..4]);
+        let patroni = runs
+            .iter()
+            .filter(|r| matches!(r.1, Setup::Patroni { synchronous: true }))
+            .count();
+        assert_eq!(patroni, 2);
+    }
 }

@@ -1,6 +1,8 @@
 //! pg_promoter itself: a primary and one standby or more, each on its own simulated host, the
 //! worker in every server. With three nodes or more, leadership runs: every node's
-//! `pg_promoter.peers` names all of them (as in tests/election.rs).
+//! `pg_promoter.peers` names all of them (as in tests/election.rs). With a witness, it runs with
+//! two nodes too, the witness on a host of its own: the setup that fences, to compare with the
+//! tools that do (Patroni, pg_auto_failover).
 
 use std::time::Duration;
 
@@ -18,6 +20,20 @@ const CLIENT_ROLE: &str = "bench";
 pub struct PgPromoter {
     pub keep_alive_ms: u64,
     pub count: u32,
+    /// Leadership at every node count, with a witness on its own host.
+    pub witness: bool,
+}
+
+/// The witness's server, kept running beside the nodes until the cluster is dropped.
+struct Witness {
+    _server: Option<Node>,
+}
+
+/// A witness is a PostgreSQL server, not a daemon: its cost is a server's.
+impl super::common::Daemons for Witness {
+    fn daemons(&self) -> Vec<(String, i32)> {
+        Vec::new()
+    }
 }
 
 impl Tool for PgPromoter {
@@ -27,7 +43,8 @@ impl Tool for PgPromoter {
         } else {
             format!("{}ms", self.keep_alive_ms)
         };
-        format!("pg_promoter {ka}×{}", self.count)
+        let witness = if self.witness { " + witness" } else { "" };
+        format!("pg_promoter {ka}×{}{witness}", self.count)
     }
 
     fn family(&self) -> &'static str {
@@ -47,6 +64,13 @@ impl Tool for PgPromoter {
         let mut settings: Vec<(String, String)> =
             self.conf().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
         settings.push(("client".into(), format!("the ordinary role {CLIENT_ROLE}")));
+        if self.witness {
+            settings.push((
+                "witness".into(),
+                "pg_promoter.witness_conninfo='w: <conninfo>' on every node, peers at every node count"
+                    .into(),
+            ));
+        }
         settings.push((
             "with 3 nodes or more".into(),
             "pg_promoter.peers='p: <conninfo>; s1: <conninfo>; s2: <conninfo>' on every node, \
@@ -61,7 +85,7 @@ impl Tool for PgPromoter {
     }
 
     fn start(&self, nodes: usize) -> Result<Box<dyn Cluster>, String> {
-        let leadership = nodes >= 3;
+        let leadership = nodes >= 3 || self.witness;
         let net = Net::new("bench");
         // The names in peers, and each node's cluster_name (how a node finds itself in peers).
         let names: Vec<String> = (0..nodes)
@@ -87,6 +111,12 @@ impl Tool for PgPromoter {
         primary.psql(&format!(
             "CREATE ROLE {CLIENT_ROLE} LOGIN; GRANT CREATE ON SCHEMA public TO {CLIENT_ROLE}"
         ))?;
+        let witness = self
+            .witness
+            .then(|| Node::primary_on(&net.host("w"), "bw", &borrow(&conf_of("w"))));
+        if let Some(w) = &witness {
+            w.psql("CREATE EXTENSION pg_promoter")?;
+        }
         let mut members = vec![primary];
         for name in &names[1..] {
             let standby_conf = conf_of(name);
@@ -106,6 +136,9 @@ impl Tool for PgPromoter {
                 .collect();
             for node in &members {
                 node.append_conf(&format!("pg_promoter.peers = '{}'", peers.join("; ")));
+                if let Some(w) = &witness {
+                    node.append_conf(&format!("pg_promoter.witness_conninfo = 'w: {}'", w.conninfo()));
+                }
                 node.reload();
             }
         }
@@ -142,8 +175,8 @@ impl Tool for PgPromoter {
             ));
         }
         Ok(Box::new(Nodes {
-            // Nothing: the worker runs inside the servers.
-            tool: (),
+            // Nothing but the witness: the worker runs inside the servers.
+            tool: Witness { _server: witness },
             net,
             nodes: members,
             client_user: Some(CLIENT_ROLE),
