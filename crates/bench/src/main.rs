@@ -17,7 +17,8 @@
 //!   throughput (`--members-only`: these alone);
 //! - report: the failover trials of earlier runs (their results.csv) as one table and picture;
 //! - chaos: seeded fault schedules against three-node clusters, the invariants checked on the
-X
+//!   clients' history and the final state (see `chaos`), pg_promoter's and the peers' (Patroni,
+//!   repmgrd) under the same schedules; `--smoke` runs 3 schedules of 20 s for each tool.
 //!
 //! Prints tables and writes results.json, results.csv, rto.svg, soak.txt and cost.txt under the
 //! results folder, with the settings, versions and machine facts. Nothing here asserts a speed.
