@@ -2,6 +2,7 @@
 //!                                   [--tools a,b] [--nodes 2,3] [--faults kill,freeze,cut] [--out DIR]
 //!                                   [--members-only]`
 //! `cargo run --release -p bench -- report --from DIR,DIR… [--out DIR]`
+//! `cargo run --release -p bench -- report --doc`
 //! `cargo run --release -p bench -- chaos [--smoke] [--schedules N] [--parallel N] [--seed S] [--secs N]
 //!                                   [--setups witness+sync,nowitness+async,…] [--out DIR]`
 //!
@@ -16,6 +17,7 @@
 //!   with three members and leadership, connections, each worker's CPU and the primary's
 //!   throughput (`--members-only`: these alone);
 //! - report: the failover trials of earlier runs (their results.csv) as one table and picture;
+//!   with `--doc`, docs/benchmarks.md made from its template and the raw files (see `doc`);
 //! - chaos: seeded fault schedules against three-node clusters, the invariants checked on the
 //!   clients' history and the final state (see `chaos`), pg_promoter's and the peers' (Patroni,
 //!   repmgrd) under the same schedules; `--smoke` runs 3 schedules of 20 s for each tool.
@@ -32,13 +34,14 @@
 mod chaos;
 mod cluster;
 mod cost;
+mod doc;
 mod env;
 mod report;
 mod rto;
 mod soak;
 mod tools;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use cluster::{split_label, Fault, Tool};
@@ -57,6 +60,8 @@ struct Args {
     nodes: Option<Vec<usize>>,
     /// `cost --members-only`: the three-member figures alone.
     members_only: bool,
+    /// `report --doc`: docs/benchmarks.md from its template and the raw files.
+    doc: bool,
     faults: Vec<Fault>,
     out: PathBuf,
     from: Vec<PathBuf>,
@@ -78,6 +83,7 @@ fn parse_args() -> Result<Args, String> {
         selectors: None,
         nodes: None,
         members_only: false,
+        doc: false,
         faults: Fault::ALL.to_vec(),
         out: "results".into(),
         from: Vec::new(),
@@ -139,6 +145,7 @@ fn parse_args() -> Result<Args, String> {
                 )
             }
             "--members-only" => args.members_only = true,
+            "--doc" => args.doc = true,
             "--nodes" => args.nodes = Some(parse_nodes(&value()?, ',')?),
             "--faults" => {
                 args.faults = value()?
@@ -392,6 +399,23 @@ fn report_mode(args: &Args, tools: &[Box<dyn Tool>], mut facts: Vec<(String, Str
     for fact in facts.iter_mut().filter(|f| f.0 == "commit") {
         fact.0 = "report_commit".into();
     }
+    if args.doc {
+        let all = self::tools();
+        let made = std::fs::read_to_string(doc::TEMPLATE)
+            .map_err(|e| format!("{}: {e} (run it from the repository's root)", doc::TEMPLATE))
+            .and_then(|template| doc::render(&template, Path::new("."), &|t| rto_table(&all, t)))
+            .and_then(|text| std::fs::write(doc::OUTPUT, text).map_err(|e| format!("{}: {e}", doc::OUTPUT)));
+        return match made {
+            Ok(()) => {
+                eprintln!("bench: wrote {} from {}", doc::OUTPUT, doc::TEMPLATE);
+                false
+            }
+            Err(e) => {
+                eprintln!("bench: {e}");
+                true
+            }
+        };
+    }
     let mut trials = Vec::new();
     let mut first: Option<(&PathBuf, Vec<(String, String)>)> = None;
     for dir in &args.from {
@@ -427,6 +451,16 @@ fn report_mode(args: &Args, tools: &[Box<dyn Tool>], mut facts: Vec<(String, Str
 
 /// The table (printed too), results.json and .csv, and rto.svg.
 fn write_rto(args: &Args, tools: &[Box<dyn Tool>], trials: &[rto::Trial], facts: &[(String, String)]) {
+    let table = rto_table(tools, trials);
+    println!("{table}");
+    write(args, "results.json", &report::json(trials, facts));
+    write(args, "results.csv", &report::csv(trials));
+    write(args, "rto.svg", &report::svg(trials));
+    write(args, "table.txt", &table);
+}
+
+/// The failover table of `trials`.
+fn rto_table(tools: &[Box<dyn Tool>], trials: &[rto::Trial]) -> String {
     // Ratios compare each tool with pg_promoter at the same detection budget.
     let budgets: Vec<(String, Duration, &str)> = tools
         .iter()
@@ -441,12 +475,7 @@ fn write_rto(args: &Args, tools: &[Box<dyn Tool>], trials: &[rto::Trial], facts:
             .find(|b| b.2 == "pg_promoter" && b.1 == budget)
             .map(|b| format!("{}, {nodes} nodes", b.0))
     };
-    let table = report::table(trials, reference);
-    println!("{table}");
-    write(args, "results.json", &report::json(trials, facts));
-    write(args, "results.csv", &report::csv(trials));
-    write(args, "rto.svg", &report::svg(trials));
-    write(args, "table.txt", &table);
+    report::table(trials, reference)
 }
 
 /// False failovers: pg_promoter at 200 ms × 3 and at 1 s × 3 (the peers' budget), the peers at
