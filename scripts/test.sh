@@ -12,7 +12,8 @@
 #                and stops at the first failure
 #   majors       the build for 13, 14, 16 and 17 (scripts/majors.sh); with integration, it runs
 #                beside the integration tests
-#   bench        one pass of the benchmark through everything, and 3 chaos schedules per tool: proof it
+#   bench        one pass of the benchmark through everything, 3 chaos schedules per tool and the
+#                chaos schedules that once found a violation of pg_promoter's: proof it
 #                works, not a measurement
 #
 # Stages run in that order whatever the order given; the first that fails ends the run. Logs go to
@@ -176,7 +177,8 @@ stage_integration() {
 
 stage_bench() {
   cargo run --quiet --release -p bench -- all --smoke --out target/bench-smoke &&
-    cargo run --quiet --release -p bench -- chaos --smoke --parallel 2 --out target/bench-smoke
+    cargo run --quiet --release -p bench -- chaos --smoke --parallel 2 --out target/bench-smoke &&
+    cargo run --quiet --release -p bench -- chaos --regressions --parallel 2 --out target/bench-smoke/regressions
 }
 
 passed=()

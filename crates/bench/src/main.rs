@@ -4,7 +4,7 @@
 //! `cargo run --release -p bench -- report --from DIR,DIR… [--out DIR]`
 //! `cargo run --release -p bench -- report --doc`
 //! `cargo run --release -p bench -- chaos [--smoke] [--schedules N] [--parallel N] [--seed S] [--secs N]
-//!                                   [--setups witness+sync,nowitness+async,…] [--out DIR]`
+//!                                   [--setups witness+sync,nowitness+async,…] [--regressions] [--out DIR]`
 //!
 //! - rto: failover time of pg_promoter and its peers on the same machine in the same run: every
 //!   tool and setting, at every node count (`--nodes`, a primary and its standbys; counts a tool
@@ -62,6 +62,8 @@ struct Args {
     members_only: bool,
     /// `report --doc`: docs/benchmarks.md from its template and the raw files.
     doc: bool,
+    /// `chaos --regressions`: the schedules that once found a violation.
+    regressions: bool,
     faults: Vec<Fault>,
     out: PathBuf,
     from: Vec<PathBuf>,
@@ -84,6 +86,7 @@ fn parse_args() -> Result<Args, String> {
         nodes: None,
         members_only: false,
         doc: false,
+        regressions: false,
         faults: Fault::ALL.to_vec(),
         out: "results".into(),
         from: Vec::new(),
@@ -146,6 +149,7 @@ fn parse_args() -> Result<Args, String> {
             }
             "--members-only" => args.members_only = true,
             "--doc" => args.doc = true,
+            "--regressions" => args.regressions = true,
             "--nodes" => args.nodes = Some(parse_nodes(&value()?, ',')?),
             "--faults" => {
                 args.faults = value()?
@@ -289,15 +293,14 @@ fn main() {
         failed |= cost_mode(&args, &tools);
     }
     if args.mode == "chaos" {
-        let length = Duration::from_secs(args.chaos_secs);
-        failed |= chaos::run(
-            args.seed,
-            args.schedules,
-            length,
-            &args.setups,
-            args.parallel,
-            &args.out,
-        );
+        let (runs, length) = if args.regressions {
+            let runs = chaos::REGRESSIONS.map(|(seed, setup, _)| (seed, setup));
+            (runs.to_vec(), Duration::from_secs(60))
+        } else {
+            let runs = chaos::runs(args.seed, args.schedules, &args.setups);
+            (runs, Duration::from_secs(args.chaos_secs))
+        };
+        failed |= chaos::run(&runs, length, args.parallel, &args.out);
     }
     eprintln!("bench: results in {}", args.out.display());
     if failed {

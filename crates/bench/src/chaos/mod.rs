@@ -404,6 +404,27 @@ pub fn table(outcomes: &[Outcome]) -> String {
     text
 }
 
+/// The schedules that once found a violation of pg_promoter's, each 60 s long, with what it was;
+/// `bench chaos --regressions` runs them again (CI does).
+pub const REGRESSIONS: [(u64, Setup, &str); 2] = [
+    (
+        1054,
+        Setup::PgPromoter {
+            witness: false,
+            synchronous: false,
+        },
+        "a standby started on the old primary's data never followed the leader (64f1d2d)",
+    ),
+    (
+        1095,
+        Setup::PgPromoter {
+            witness: false,
+            synchronous: true,
+        },
+        "an old primary whose term had passed the leader's was never superseded (56decc0)",
+    ),
+];
+
 /// Which setup runs which seed: every schedule once per tool among `setups` (pg_promoter,
 /// Patroni, repmgrd), each tool's setups taking the seeds in turn, so that every tool meets the
 /// same faults at the same moments.
@@ -424,19 +445,11 @@ pub fn runs(first_seed: u64, schedules: usize, setups: &[Setup]) -> Vec<(u64, Se
         .collect()
 }
 
-/// `bench chaos`: `schedules` schedules of `length`, seeds from `first_seed` on, each run once per
-/// tool ([`runs`]), `parallel` at a time (each on its own cluster and network); writes chaos.txt
+/// `bench chaos`: schedules of `length`, each seed on its setup ([`runs`], [`REGRESSIONS`]),
+/// `parallel` at a time (each on its own cluster and network); writes chaos.txt
 /// (the table, then every schedule in seed order) under `out`, after each schedule. True when a
 /// schedule of pg_promoter's found a violation, or any could not run.
-pub fn run(
-    first_seed: u64,
-    schedules: usize,
-    length: Duration,
-    setups: &[Setup],
-    parallel: usize,
-    out: &Path,
-) -> bool {
-    let runs = runs(first_seed, schedules, setups);
+pub fn run(runs: &[(u64, Setup)], length: Duration, parallel: usize, out: &Path) -> bool {
     let next = std::sync::atomic::AtomicUsize::new(0);
     let outcomes: std::sync::Mutex<Vec<Outcome>> = std::sync::Mutex::new(Vec::new());
     std::thread::scope(|scope| {
