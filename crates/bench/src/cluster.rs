@@ -66,6 +66,12 @@ pub trait Tool: Sync {
     fn phase_span(&self) -> Duration;
     /// The exact settings, recorded with the results.
     fn settings(&self) -> Vec<(String, String)>;
+    /// Whether an old primary cut off from the others stops taking writes before a standby is
+    /// promoted (a lease, a demote timeout, synchronous replication it waits on): the ratios
+    /// compare such tools with pg_promoter's setup that does the same.
+    fn fences(&self) -> bool {
+        false
+    }
     /// Whether [`Tool::start`] can run `nodes` PostgreSQL nodes (a primary and `nodes - 1`
     /// standbys); two, unless the tool says more.
     fn supports(&self, nodes: usize) -> bool {

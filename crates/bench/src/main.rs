@@ -464,18 +464,20 @@ fn write_rto(args: &Args, tools: &[Box<dyn Tool>], trials: &[rto::Trial], facts:
 
 /// The failover table of `trials`.
 fn rto_table(tools: &[Box<dyn Tool>], trials: &[rto::Trial]) -> String {
-    // Ratios compare each tool with pg_promoter at the same detection budget.
-    let budgets: Vec<(String, Duration, &str)> = tools
+    // Ratios compare each tool with pg_promoter at the same detection budget, like with like:
+    // the tools that fence with pg_promoter's setup that fences (leadership and a witness), the
+    // others with pg_promoter's without it.
+    let budgets: Vec<(String, Duration, &str, bool)> = tools
         .iter()
-        .map(|t| (t.label(), t.budget(), t.family()))
+        .map(|t| (t.label(), t.budget(), t.family(), t.fences()))
         .collect();
     // A trial's label is its tool's and its node count: the reference has the same node count.
     let reference = |label: &str| {
         let (tool, nodes) = split_label(label);
-        let budget = budgets.iter().find(|b| b.0 == tool)?.1;
+        let (_, budget, _, fences) = budgets.iter().find(|b| b.0 == tool)?;
         budgets
             .iter()
-            .find(|b| b.2 == "pg_promoter" && b.1 == budget)
+            .find(|b| b.2 == "pg_promoter" && b.1 == *budget && b.3 == *fences)
             .map(|b| format!("{}, {nodes} nodes", b.0))
     };
     report::table(trials, reference)

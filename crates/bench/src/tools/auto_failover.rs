@@ -123,6 +123,10 @@ impl Tool for AutoFailover {
         Duration::from_millis(self.health_check_period.into()).max(Duration::from_secs(10))
     }
 
+    fn fences(&self) -> bool {
+        true
+    }
+
     fn settings(&self) -> Vec<(String, String)> {
         let mut settings: Vec<(String, String)> = self
             .monitor_conf()

@@ -185,6 +185,10 @@ impl Tool for Patroni {
         Duration::from_secs(self.loop_wait.max(self.ttl).into())
     }
 
+    fn fences(&self) -> bool {
+        true
+    }
+
     fn settings(&self) -> Vec<(String, String)> {
         let mut settings: Vec<(String, String)> =
             self.dcs().into_iter().map(|(k, v)| (k.to_string(), v)).collect();

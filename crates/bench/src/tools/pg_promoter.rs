@@ -60,6 +60,10 @@ impl Tool for PgPromoter {
         Duration::from_millis(self.keep_alive_ms).max(Duration::from_secs(10))
     }
 
+    fn fences(&self) -> bool {
+        self.witness
+    }
+
     fn settings(&self) -> Vec<(String, String)> {
         let mut settings: Vec<(String, String)> =
             self.conf().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
