@@ -2,8 +2,6 @@
 //! leadership (every node's `peers` names all three), and a witness on a fourth host when the
 //! setup has one; synchronous replication (`ANY 1` of the others) when it says so.
 
-use std::time::Duration;
-
 use testbed::{Host, Net, Node};
 
 use super::schedule::Op;
@@ -85,20 +83,7 @@ impl ChaosCluster {
             hosts,
             net,
         };
-        let column = |node: &Node, column: &str| {
-            node.psql(&format!("SELECT {column} FROM pg_promoter_status"))
-                .unwrap_or_default()
-        };
-        let ready = testbed::try_wait_until(Duration::from_secs(60), || {
-            cluster.nodes[1..]
-                .iter()
-                .all(|s| column(s, "state") == "watching")
-                && column(&cluster.nodes[0], "leader") == "p"
-                && column(&cluster.nodes[0], "lease_expires_at IS NOT NULL") == "t"
-        });
-        if ready.is_none() {
-            return Err("the standbys never all watched, or p never held a lease".into());
-        }
+        crate::tools::pg_promoter::wait_ready(&cluster.nodes, true)?;
         Ok(cluster)
     }
 

@@ -146,38 +146,7 @@ impl Tool for PgPromoter {
                 node.reload();
             }
         }
-        let column = |node: &Node, column: &str| {
-            node.psql(&format!("SELECT {column} FROM pg_promoter_status"))
-                .unwrap_or_default()
-        };
-        let ready = testbed::try_wait_until(Duration::from_secs(60), || {
-            members[1..].iter().all(|s| column(s, "state") == "watching")
-                && (!leadership
-                    || (column(&members[0], "leader") == "p"
-                        && column(&members[0], "fenced") == "f"
-                        && column(&members[0], "lease_expires_at IS NOT NULL") == "t"))
-        });
-        if ready.is_none() {
-            let states: Vec<String> = members
-                .iter()
-                .map(|n| {
-                    format!(
-                        "{}: {}",
-                        n.name(),
-                        column(n, "state || ' leader=' || coalesce(leader, '-') || ' lease=' || coalesce(lease_expires_at::text, '-')")
-                    )
-                })
-                .collect();
-            return Err(format!(
-                "the standbys never all watched{}: {}",
-                if leadership {
-                    ", or the primary never held a lease"
-                } else {
-                    ""
-                },
-                states.join("; ")
-            ));
-        }
+        wait_ready(&members, leadership)?;
         Ok(Box::new(Nodes {
             // Nothing but the witness: the worker runs inside the servers.
             tool: Witness { _server: witness },
@@ -187,6 +156,43 @@ impl Tool for PgPromoter {
             reported: events,
         }))
     }
+}
+
+/// Waits until every standby watches and, with leadership, `p` leads, unfenced, with a lease.
+pub fn wait_ready(members: &[Node], leadership: bool) -> Result<(), String> {
+    let column = |node: &Node, column: &str| {
+        node.psql(&format!("SELECT {column} FROM pg_promoter_status"))
+            .unwrap_or_default()
+    };
+    let ready = testbed::try_wait_until(Duration::from_secs(60), || {
+        members[1..].iter().all(|s| column(s, "state") == "watching")
+            && (!leadership
+                || (column(&members[0], "leader") == "p"
+                    && column(&members[0], "fenced") == "f"
+                    && column(&members[0], "lease_expires_at IS NOT NULL") == "t"))
+    });
+    if ready.is_none() {
+        let states: Vec<String> = members
+        .iter()
+        .map(|n| {
+            format!(
+            "{}: {}",
+            n.name(),
+            column(n, "state || ' leader=' || coalesce(leader, '-') || ' lease=' || coalesce(lease_expires_at::text, '-')")
+            )
+        })
+        .collect();
+        return Err(format!(
+            "the standbys never all watched{}: {}",
+            if leadership {
+                ", or the primary never held a lease"
+            } else {
+                ""
+            },
+            states.join("; ")
+        ));
+    }
+    Ok(())
 }
 
 fn borrow(c: &[(String, String)]) -> Vec<(&str, &str)> {
