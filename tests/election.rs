@@ -493,16 +493,23 @@ fn a_commit_whose_lease_runs_out_before_it_ends_is_not_acknowledged() {
     assert_eq!(p.query("SELECT count(*) FROM t WHERE id = 42"), "1");
 }
 
-#[test]
-fn a_primary_isolated_past_its_lease_is_fenced_or_follows_once_healed() {
-    let net = Net::new("elheal");
-    let nodes = cluster("elheal", 2, None, Some(&net));
-    let p = &nodes[0];
-    net.isolate(p.host().unwrap());
+/// A primary and two standbys on hosts of `net`, the primary isolated until a standby is
+/// promoted: the nodes, and the index of the one promoted.
+fn isolated_primary_replaced(name: &str, net: &Net) -> (Vec<Node>, usize) {
+    let nodes = cluster(name, 2, None, Some(net));
+    net.isolate(nodes[0].host().unwrap());
     wait_until("a standby is promoted", LONG, || {
         !promoted(&nodes[1..]).is_empty()
     });
-    let winner = &nodes[1 + promoted(&nodes[1..])[0]];
+    let w = 1 + promoted(&nodes[1..])[0];
+    (nodes, w)
+}
+
+#[test]
+fn a_primary_isolated_past_its_lease_is_fenced_or_follows_once_healed() {
+    let net = Net::new("elheal");
+    let (nodes, w) = isolated_primary_replaced("elheal", &net);
+    let (p, winner) = (&nodes[0], &nodes[w]);
     // The old primary's term past the winner's, as its own candidacies took it in the chaos run
     // (seed 1095): once healed, no refusal it gets names a newer term, and it must still end
     // fenced for good.
@@ -530,13 +537,8 @@ fn a_primary_isolated_past_its_lease_is_fenced_or_follows_once_healed() {
 #[test]
 fn a_standby_started_on_the_old_primary_follows_the_leader() {
     let net = Net::new("elold");
-    let nodes = cluster("elold", 2, None, Some(&net));
+    let (nodes, w) = isolated_primary_replaced("elold", &net);
     let p = &nodes[0];
-    net.isolate(p.host().unwrap());
-    wait_until("a standby is promoted", LONG, || {
-        !promoted(&nodes[1..]).is_empty()
-    });
-    let w = 1 + promoted(&nodes[1..])[0];
     let (winner, other) = (&nodes[w], &nodes[3 - w]);
     let sender = "SELECT sender_host FROM pg_stat_wal_receiver WHERE status = 'streaming'";
     wait_until("the other standby follows the winner", LONG, || {
