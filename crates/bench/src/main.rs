@@ -294,7 +294,7 @@ fn main() {
     }
     if args.mode == "chaos" {
         let (runs, length) = if args.regressions {
-            let runs = chaos::REGRESSIONS.map(|(seed, setup, _)| (seed, setup));
+            let runs = chaos::REGRESSIONS.map(|(seed, setup, hosts, _)| (seed, setup, hosts));
             (runs.to_vec(), Duration::from_secs(60))
         } else {
             let runs = chaos::runs(args.seed, args.schedules, &args.setups);
@@ -659,4 +659,25 @@ fn cost_mode(args: &Args, tools: &[Box<dyn Tool>]) -> bool {
     print!("{out}");
     write(args, "cost.txt", &out);
     failed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// docs/benchmarks.md is what `report --doc` makes: no table in it is edited by hand.
+    #[test]
+    fn the_committed_benchmarks_md_is_made_from_its_template_and_raw_files() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let template = std::fs::read_to_string(root.join(doc::TEMPLATE)).unwrap();
+        let all = tools();
+        let made = doc::render(&template, &root, &|t| rto_table(&all, t)).unwrap();
+        let committed = std::fs::read_to_string(root.join(doc::OUTPUT)).unwrap();
+        assert!(
+            made == committed,
+            "{} differs from what {} and the raw files make: run `cargo run --release -p bench -- report --doc`",
+            doc::OUTPUT,
+            doc::TEMPLATE
+        );
+    }
 }

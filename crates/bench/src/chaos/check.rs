@@ -154,6 +154,25 @@ pub fn timelines(acks: &[Ack], names: &[String]) -> Vec<Violation> {
     found
 }
 
+/// The share of the time, from the first commit sent to the last acknowledged, in which a node
+/// acknowledged some commit: quarter seconds with one at least, over all of them. Two primaries
+/// acknowledging at once count once.
+pub fn writable(acks: &[Ack]) -> f64 {
+    const SLOT: i64 = 250_000;
+    let (Some(first), Some(last)) = (
+        acks.iter().map(|a| a.sent).min(),
+        acks.iter().map(|a| a.acked).max(),
+    ) else {
+        return 0.0;
+    };
+    let slots = ((last - first) / SLOT + 1) as usize;
+    let mut seen = vec![false; slots];
+    for a in acks {
+        seen[((a.acked - first) / SLOT) as usize] = true;
+    }
+    seen.iter().filter(|s| **s).count() as f64 / slots as f64
+}
+
 /// The acknowledged keys missing from the final primary's table.
 pub fn lost(acks: &[Ack], keys: &HashSet<i64>) -> Vec<i64> {
     let mut lost: Vec<i64> = acks.iter().map(|a| a.key).filter(|k| !keys.contains(k)).collect();
@@ -278,6 +297,19 @@ mod tests {
 
     fn on(timeline: u32, a: Ack) -> Ack {
         Ack { timeline, ..a }
+    }
+
+    #[test]
+    fn writable_is_the_share_of_quarter_seconds_with_an_acknowledgement() {
+        assert_eq!(writable(&[]), 0.0);
+        // Sent from 0 µs: acks in the first and the last of four quarter seconds; two at once
+        // count once.
+        let acks = [
+            ack(0, 1, 1, 100_000),
+            ack(1, 2, 1, 110_000),
+            ack(0, 3, 800_000, 999_999),
+        ];
+        assert_eq!(writable(&acks), 0.5);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use testbed::{Host, Net, Node};
 
 use super::schedule::Op;
-use super::target::{self, Target, SCHEMA};
+use super::target::{self, Applied, Target, SCHEMA};
 
 fn refs(c: &[(String, String)]) -> Vec<(&str, &str)> {
     c.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
@@ -105,8 +105,16 @@ impl Target for ChaosCluster {
         (self.nodes[i].address(), self.nodes[i].port())
     }
 
-    fn apply(&self, op: &Op) -> Result<(), String> {
+    fn hosts(&self) -> usize {
+        self.hosts.len()
+    }
+
+    fn apply(&self, op: &Op) -> Result<Applied, String> {
+        let running = |h: usize| self.server(h).is_running();
         match op {
+            Op::Kill(h) | Op::Freeze(h) | Op::Restart(h) | Op::KillWorker(h) if !running(*h) => {
+                return Ok(Applied::NotDone("its server is not running".into()));
+            }
             Op::Kill(h) => self.server(*h).kill9(),
             Op::Start(h) => self.server(*h).start_after_kill(),
             Op::Freeze(h) => self.server(*h).freeze(),
@@ -115,12 +123,11 @@ impl Target for ChaosCluster {
             Op::KillWorker(h) => {
                 // By its pid in the status: command lines name the data directory, which holds
                 // "pg_promoter" too.
-                let pid = self
-                    .server(*h)
-                    .psql("SELECT worker_pid FROM pg_promoter_status")?;
-                if pid.is_empty() {
-                    return Err("no pg_promoter worker running".into());
-                }
+                let pid = match self.server(*h).psql("SELECT worker_pid FROM pg_promoter_status") {
+                    Ok(pid) if !pid.is_empty() => pid,
+                    Ok(_) => return Ok(Applied::NotDone("no pg_promoter worker running".into())),
+                    Err(e) => return Ok(Applied::NotDone(format!("its worker's pid unknown: {e}"))),
+                };
                 let killed = std::process::Command::new("kill").args(["-9", &pid]).status();
                 if !killed.is_ok_and(|s| s.success()) {
                     return Err(format!("kill -9 {pid} failed"));
@@ -134,7 +141,7 @@ impl Target for ChaosCluster {
             Op::OneWay(a, b) => self.net.cut_one_way(&self.hosts[*a], &self.hosts[*b]),
             Op::Heal => self.net.heal_all(),
         }
-        Ok(())
+        Ok(Applied::Done)
     }
 
     /// Every fault undone: cuts healed, servers thawed, killed ones started.

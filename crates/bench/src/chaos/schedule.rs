@@ -83,6 +83,10 @@ pub struct Schedule {
     pub steps: Vec<Step>,
 }
 
+/// The hosts a schedule is drawn for: three PostgreSQL nodes and a fourth (a witness, a store),
+/// whatever the setup, so that every tool meets the same faults; a setup without a fourth host
+/// skips the steps that need it.
+pub const HOSTS: usize = 4;
 /// Faults per schedule, at least and at most.
 const FAULTS: (u64, u64) = (2, 5);
 /// How long one lasting fault (a kill, a freeze, a partition) lasts, at least and at most; a

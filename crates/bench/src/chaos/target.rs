@@ -17,14 +17,32 @@ pub const SCHEMA: &str = "CREATE ROLE app LOGIN; \
                           CREATE TABLE chaos (k bigint PRIMARY KEY, began timestamptz); \
                           GRANT ALL ON chaos TO app";
 
-pub trait Target {
+/// What became of one step of a schedule.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Applied {
+    Done,
+    /// Not carried out, and why: the tool refused it (Patroni's REST API does when it cannot
+    /// reach its store), or there was nothing to hurt (no server running on the host).
+    NotDone(String),
+    /// The step names the fourth host, which this setup does not have.
+    NoHost,
+}
+
+/// `Sync`: a supervisor thread restarts the tool's daemons beside the schedule's steps.
+pub trait Target: Sync {
     /// The PostgreSQL nodes' names, by host number (the primary at start first).
     fn names(&self) -> Vec<String>;
+    /// Its hosts: the PostgreSQL nodes', then the witness's or the store's when it has one.
+    fn hosts(&self) -> usize;
     /// Node `i`'s address and port.
     fn endpoint(&self, i: usize) -> (String, u16);
     /// Carries out one step of a schedule. Hosts past the PostgreSQL nodes are the witness's
-    /// (or the store's).
-    fn apply(&self, op: &Op) -> Result<(), String>;
+    /// (or the store's). `Err` when the harness failed at it.
+    fn apply(&self, op: &Op) -> Result<Applied, String>;
+    /// What a service manager does (systemd's `Restart=`): the tool's daemons that exited on
+    /// their own started again; called twice a second. A daemon a step killed stays down until
+    /// the step that starts it.
+    fn supervise(&self) {}
     /// Every fault undone: cuts healed, processes thawed, what was killed started again.
     fn undo_all(&self);
     /// The tool's word on node `i` (pg_promoter's `needs_rewind` or `fenced`: a node that says it
@@ -32,6 +50,27 @@ pub trait Target {
     fn state(&self, i: usize) -> String;
     /// What the tool last said on every host, for a schedule that did not settle.
     fn recent_events(&self) -> Vec<String>;
+}
+
+/// `op` on a cluster of `hosts` hosts (schedules are drawn for four): None when it names a host
+/// beyond them and means nothing without it; a split keeps the hosts there are.
+pub fn within(op: &Op, hosts: usize) -> Option<Op> {
+    let here = |h: &usize| *h < hosts;
+    match op {
+        Op::Kill(h)
+        | Op::Start(h)
+        | Op::Freeze(h)
+        | Op::Thaw(h)
+        | Op::Restart(h)
+        | Op::KillWorker(h)
+        | Op::Isolate(h) => here(h).then(|| op.clone()),
+        Op::Split(side) => {
+            let side: Vec<usize> = side.iter().copied().filter(here).collect();
+            (!side.is_empty() && side.len() < hosts).then_some(Op::Split(side))
+        }
+        Op::OneWay(a, b) => (here(a) && here(b)).then(|| op.clone()),
+        Op::Heal => Some(Op::Heal),
+    }
 }
 
 /// How the clients reach node `i`: as the ordinary role.
@@ -137,4 +176,26 @@ pub fn ends(t: &dyn Target) -> Vec<NodeEnd> {
             end
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_on_a_missing_fourth_host_mean_nothing_and_splits_keep_the_hosts_there_are() {
+        assert_eq!(within(&Op::Kill(3), 3), None);
+        assert_eq!(within(&Op::Kill(2), 3), Some(Op::Kill(2)));
+        assert_eq!(within(&Op::Isolate(3), 3), None);
+        assert_eq!(within(&Op::OneWay(0, 3), 3), None);
+        assert_eq!(within(&Op::Split(vec![0, 3]), 3), Some(Op::Split(vec![0])));
+        // Only the missing host on one side, or every host there is: no partition left.
+        assert_eq!(within(&Op::Split(vec![3]), 3), None);
+        assert_eq!(within(&Op::Split(vec![0, 1, 2]), 3), None);
+        assert_eq!(
+            within(&Op::Split(vec![0, 1, 2]), 4),
+            Some(Op::Split(vec![0, 1, 2]))
+        );
+        assert_eq!(within(&Op::Heal, 3), Some(Op::Heal));
+    }
 }

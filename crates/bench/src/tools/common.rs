@@ -124,6 +124,8 @@ pub struct Service {
     daemon: Mutex<Daemon>,
     /// Processes stopped by `freeze`, so `thaw` resumes exactly them.
     frozen: Mutex<Vec<i32>>,
+    /// Killed on purpose, to stay down until `revive`: `supervise` leaves it be.
+    held_down: std::sync::atomic::AtomicBool,
 }
 
 impl Service {
@@ -135,6 +137,7 @@ impl Service {
             start: Box::new(start),
             daemon,
             frozen: Mutex::new(Vec::new()),
+            held_down: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -156,8 +159,9 @@ impl Service {
         self.daemon().exited().is_some()
     }
 
-    /// kill -9 of its whole group.
+    /// kill -9 of its whole group; it stays down until `revive`.
     pub fn kill(&self) {
+        self.held_down.store(true, Ordering::Relaxed);
         self.daemon().kill();
     }
 
@@ -167,7 +171,15 @@ impl Service {
         if daemon.exited().is_some() {
             *daemon = (self.start)()?;
         }
+        self.held_down.store(false, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// What its service manager does: started again if it exited on its own.
+    pub fn supervise(&self) {
+        if !self.held_down.load(Ordering::Relaxed) {
+            let _ = self.revive();
+        }
     }
 
     /// A crash its service manager restarts it from at once.
@@ -186,14 +198,18 @@ impl Service {
         self.revive()
     }
 
-    /// SIGSTOPs every process of its group (a paused VM stops the daemon with its server).
+    /// SIGSTOPs every process of its group at once (a paused VM stops the daemon with its
+    /// server), and notes them so that `thaw` resumes exactly them.
     pub fn freeze(&self) {
         let group = self.group();
+        signal(-group, libc::SIGSTOP);
         let mut frozen = self.frozen.lock().unwrap_or_else(|e| e.into_inner());
-        for p in testbed::procs().into_iter().filter(|p| p.pgrp == group) {
-            signal(p.pid, libc::SIGSTOP);
-            frozen.push(p.pid);
-        }
+        frozen.extend(
+            testbed::procs()
+                .into_iter()
+                .filter(|p| p.pgrp == group)
+                .map(|p| p.pid),
+        );
     }
 
     pub fn thaw(&self) {
@@ -240,6 +256,17 @@ pub fn stop_server(data: &Path) {
 pub fn postmaster_pid(data: &Path) -> Option<i32> {
     let text = fs::read_to_string(data.join("postmaster.pid")).ok()?;
     text.lines().next()?.trim().parse().ok()
+}
+
+/// The postmaster of `data`, if one runs: the pid in postmaster.pid, alive and working in `data`
+/// (a stale file's pid may be another process's by now).
+pub fn live_postmaster(data: &Path) -> Option<i32> {
+    let pid = postmaster_pid(data)?;
+    let dir = data.canonicalize().ok()?;
+    testbed::procs()
+        .into_iter()
+        .any(|p| p.pid == pid && p.cwd.as_ref() == Some(&dir))
+        .then_some(pid)
 }
 
 /// The last `lines` lines of a log file, for error messages.
@@ -311,12 +338,12 @@ impl Faults {
     pub fn inject(&self, fault: Fault, host: &Host, data: &Path) {
         match fault {
             Fault::Kill => {
-                if let Some(pid) = postmaster_pid(data) {
+                if let Some(pid) = live_postmaster(data) {
                     signal(pid, libc::SIGKILL);
                 }
             }
             Fault::Freeze => {
-                if let Some(postmaster) = postmaster_pid(data) {
+                if let Some(postmaster) = live_postmaster(data) {
                     Node::freeze_tree(postmaster, &mut self.frozen());
                 }
             }

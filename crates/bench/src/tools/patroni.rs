@@ -12,11 +12,11 @@ use pgwire::Client;
 use testbed::{Host, Net};
 
 use super::common::{
-    as_server_user, make_base, make_dir, postmaster_pid, remove_base, signal, stop_server, tail, Daemon,
+    as_server_user, live_postmaster, make_base, make_dir, remove_base, signal, stop_server, tail, Daemon,
     Faults, Service,
 };
 use crate::chaos::schedule::Op;
-use crate::chaos::target::{self, Target};
+use crate::chaos::target::{self, Applied, Target};
 use crate::cluster::{Cluster, Fault, Tool};
 
 /// Every host has an address of its own, so the standard ports serve all of them.
@@ -359,7 +359,7 @@ impl Member {
     /// A paused VM: Patroni and its server stopped.
     fn freeze(&self) {
         self.patroni.freeze();
-        if let Some(postmaster) = postmaster_pid(&self.data()) {
+        if let Some(postmaster) = live_postmaster(&self.data()) {
             testbed::Node::freeze_tree(
                 postmaster,
                 &mut self.frozen.lock().unwrap_or_else(|e| e.into_inner()),
@@ -510,13 +510,20 @@ impl Target for Members {
         (self.members[i].host.ip().to_string(), PG_PORT)
     }
 
-    fn apply(&self, op: &Op) -> Result<(), String> {
+    fn hosts(&self) -> usize {
+        self.members.len() + 1
+    }
+
+    fn apply(&self, op: &Op) -> Result<Applied, String> {
         let n = self.members.len();
         let etcd = self.etcd.as_ref().ok_or("no etcd")?;
         let host = |h: usize| self.members.get(h).map_or(&self.etcd_host, |m| &m.host);
         match op {
             Op::Kill(h) if *h < n => {
                 let m = &self.members[*h];
+                if live_postmaster(&m.data()).is_none() {
+                    return Ok(Applied::NotDone("its server is not running".into()));
+                }
                 self.faults.inject(Fault::Kill, &m.host, &m.data());
             }
             Op::Kill(_) => etcd.kill(),
@@ -528,11 +535,15 @@ impl Target for Members {
             Op::Thaw(h) if *h < n => self.members[*h].thaw(),
             Op::Thaw(_) => etcd.thaw(),
             // Through Patroni, which would otherwise take a server stopped under it for a crash.
+            // It refuses (or drops the request) when it cannot read the cluster from etcd.
             Op::Restart(h) if *h < n => {
                 let m = &self.members[*h];
-                let (code, body) = http(m.host.ip(), API_PORT, "POST", "/restart", Duration::from_secs(60))?;
-                if code != 200 {
-                    return Err(format!("POST /restart: {code} {body}"));
+                match http(m.host.ip(), API_PORT, "POST", "/restart", Duration::from_secs(20)) {
+                    Ok((200, _)) => {}
+                    Ok((code, body)) => {
+                        return Ok(Applied::NotDone(format!("Patroni refused: {code} {body}")))
+                    }
+                    Err(e) => return Ok(Applied::NotDone(format!("Patroni refused: {e}"))),
                 }
             }
             Op::Restart(_) => etcd.restart()?,
@@ -547,7 +558,16 @@ impl Target for Members {
             Op::OneWay(a, b) => self.faults.net().cut_one_way(host(*a), host(*b)),
             Op::Heal => self.faults.net().heal_all(),
         }
-        Ok(())
+        Ok(Applied::Done)
+    }
+
+    fn supervise(&self) {
+        for m in &self.members {
+            m.patroni.supervise();
+        }
+        if let Some(etcd) = &self.etcd {
+            etcd.supervise();
+        }
     }
 
     fn undo_all(&self) {
@@ -562,9 +582,17 @@ impl Target for Members {
         }
     }
 
-    /// Patroni's state of the node ("running", "starting", "start failed", ...).
+    /// Patroni's state of the node ("running", "starting", "start failed", ...), or
+    /// `needs_rewind` once it logged that pg_rewind failed against a healthy primary: it then
+    /// leaves the node for a DBA (remove_data_directory_on_rewind_failure is off), as
+    /// pg_promoter's `needs_rewind` does.
     fn state(&self, i: usize) -> String {
-        let Ok((200, body)) = http_get(self.members[i].host.ip(), API_PORT, "/patroni") else {
+        let m = &self.members[i];
+        let log = fs::read(m.dir.join("patroni.log")).unwrap_or_default();
+        if String::from_utf8_lossy(&log).contains("Failed to rewind from healty primary") {
+            return "needs_rewind".into();
+        }
+        let Ok((200, body)) = http_get(m.host.ip(), API_PORT, "/patroni") else {
             return String::new();
         };
         body.split_once("\"state\": \"")

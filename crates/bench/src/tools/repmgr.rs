@@ -13,7 +13,7 @@ use testbed::{Host, Net, Node};
 
 use super::common::{as_server_user, give_to_server_user, run, Daemon, Nodes, Service};
 use crate::chaos::schedule::Op;
-use crate::chaos::target::{self, Target};
+use crate::chaos::target::{self, Applied, Target};
 use crate::cluster::{Cluster, Tool};
 
 /// repmgrd's detection settings, in whole seconds: repmgr takes nothing finer.
@@ -357,8 +357,15 @@ impl Target for Nodes<Repmgrds> {
         (self.nodes[i].address(), self.nodes[i].port())
     }
 
-    fn apply(&self, op: &Op) -> Result<(), String> {
+    fn hosts(&self) -> usize {
+        self.tool.daemons.len()
+    }
+
+    fn apply(&self, op: &Op) -> Result<Applied, String> {
         match op {
+            Op::Kill(h) | Op::Freeze(h) | Op::Restart(h) if !self.server(*h)?.is_running() => {
+                return Ok(Applied::NotDone("its server is not running".into()));
+            }
             Op::Kill(h) => self.server(*h)?.kill9(),
             // As a service manager would: repmgr starts no server itself.
             Op::Start(h) => self.server(*h)?.start_after_kill(),
@@ -384,7 +391,13 @@ impl Target for Nodes<Repmgrds> {
             Op::OneWay(a, b) => self.net.cut_one_way(self.host(*a)?, self.host(*b)?),
             Op::Heal => self.net.heal_all(),
         }
-        Ok(())
+        Ok(Applied::Done)
+    }
+
+    fn supervise(&self) {
+        for daemon in &self.tool.daemons {
+            daemon.supervise();
+        }
     }
 
     fn undo_all(&self) {
