@@ -521,7 +521,7 @@ pub fn run(runs: &[(u64, Setup, usize)], length: Duration, parallel: usize, out:
                     for a in &outcome.acks {
                         let _ = writeln!(csv, "{},{},{},{},{}", a.node, a.key, a.sent, a.began, a.acked);
                     }
-                    let _ = std::fs::write(out.join(format!("chaos-{seed}.csv")), csv);
+                    let _ = std::fs::write(out.join(format!("chaos-{seed}-{}.csv", setup.key())), csv);
                 }
                 let mut all = outcomes.lock().unwrap_or_else(|e| e.into_inner());
                 all.push(outcome);
