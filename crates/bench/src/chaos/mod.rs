@@ -326,6 +326,9 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "panicked".into())
 }
 
+/// Violations of each kind a schedule's report lists.
+const SHOWN: usize = 5;
+
 /// A schedule's report: its seed, setup, verdict, and on any failure the whole timeline.
 pub fn describe(o: &Outcome) -> String {
     let mut text = String::new();
@@ -348,8 +351,24 @@ pub fn describe(o: &Outcome) -> String {
         o.settled
             .map_or("never".to_string(), |d| format!("after {:.1} s", d.as_secs_f64()))
     );
+    // A split brain overlaps thousands of acknowledgements: the first few of each kind say it
+    // (the schedule's history is in its CSV file).
+    let mut shown: Vec<(&str, usize)> = Vec::new();
     for v in &o.violations {
-        let _ = writeln!(text, "  {v}");
+        match shown.iter_mut().find(|(kind, _)| *kind == v.kind()) {
+            Some((_, n)) => *n += 1,
+            None => shown.push((v.kind(), 1)),
+        }
+        let n = shown
+            .iter()
+            .find(|(kind, _)| *kind == v.kind())
+            .map_or(0, |s| s.1);
+        if n <= SHOWN {
+            let _ = writeln!(text, "  {v}");
+        }
+    }
+    for (kind, n) in shown.iter().filter(|(_, n)| *n > SHOWN) {
+        let _ = writeln!(text, "  ... and {} more of {kind}", n - SHOWN);
     }
     if verdict != "ok" {
         let _ = writeln!(
