@@ -39,6 +39,21 @@ pub struct NodeEnd {
     pub forks: Vec<(u32, u64)>,
 }
 
+/// `s1 (standby, watching, streaming from 10.231.5.1)`: how reports name a node's end.
+impl std::fmt::Display for NodeEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        let role = if !self.reachable {
+            "unreachable"
+        } else if self.in_recovery {
+            "standby"
+        } else {
+            "primary"
+        };
+        let from = self.streams_from.as_deref().unwrap_or("nothing");
+        write!(f, "{} ({role}, {}, streaming from {from})", self.name, self.state)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Violation {
     /// Two nodes acknowledged ordinary commits in overlapping intervals.
@@ -212,21 +227,7 @@ pub fn converged(nodes: &[NodeEnd]) -> Result<usize, String> {
                 && n.streams_from.as_ref() != Some(address)
                 && !matches!(n.state.as_str(), "needs_rewind" | "fenced")
         })
-        .map(|(_, n)| {
-            format!(
-                "{} ({}, {}, streaming from {})",
-                n.name,
-                if !n.reachable {
-                    "unreachable"
-                } else if n.in_recovery {
-                    "standby"
-                } else {
-                    "primary"
-                },
-                n.state,
-                n.streams_from.as_deref().unwrap_or("nothing")
-            )
-        })
+        .map(|(_, n)| n.to_string())
         .collect();
     if strays.is_empty() {
         Ok(primary)

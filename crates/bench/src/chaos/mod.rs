@@ -244,19 +244,7 @@ fn run_unguarded(setup: Setup, schedule: Schedule) -> Outcome {
     ));
     // Each node as the verdict saw it.
     for end in &ends {
-        outcome.timeline.push(format!(
-            "          {}: {}, state {:?}, streaming from {}",
-            end.name,
-            if !end.reachable {
-                "unreachable"
-            } else if end.in_recovery {
-                "standby"
-            } else {
-                "primary"
-            },
-            end.state,
-            end.streams_from.as_deref().unwrap_or("nothing")
-        ));
+        outcome.timeline.push(format!("          {end}"));
     }
     outcome.violations = check::check(&acks, &ends, &converged, setup.synchronous(), setup.bound_bytes());
     if let (Ok(p), false) = (&converged, setup.synchronous()) {
