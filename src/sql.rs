@@ -173,6 +173,7 @@ fn pg_promoter_vote(
     position: &str,
     priority: i32,
     primary: default!(bool, false),
+    claim: default!(Option<i32>, "NULL"),
 ) -> TableIterator<
     'static,
     (
@@ -181,6 +182,7 @@ fn pg_promoter_vote(
         name!(leader, Option<String>),
         name!(refusal, Option<String>),
         name!(refused_for, Option<String>),
+        name!(timeline, i64),
     ),
 > {
     shmem::require();
@@ -202,7 +204,26 @@ fn pg_promoter_vote(
             name: member_name(candidate),
         },
         primary,
+        claim: claim.map(|c| {
+            if c < 2 {
+                ereport!(
+                    ERROR,
+                    PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                    format!("claimed timeline {c} is out of range"),
+                    "A promotion lands on timeline 2 or above."
+                );
+            }
+            c as u32
+        }),
     };
+    if primary && ballot.claim.is_some() {
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "a primary's ballot claims no timeline",
+            "A primary stays on its timeline: pass claim only for a standby."
+        );
+    }
     member_answer(act::member::vote(&guc::snapshot(), &ballot))
 }
 
@@ -222,6 +243,7 @@ fn pg_promoter_lease(
         name!(leader, Option<String>),
         name!(refusal, Option<String>),
         name!(refused_for, Option<String>),
+        name!(timeline, i64),
     ),
 > {
     shmem::require();
@@ -241,7 +263,7 @@ fn pg_promoter_lease(
     member_answer(act::member::lease(&guc::snapshot(), &request))
 }
 
-type MemberRow = (bool, i64, Option<String>, Option<String>, Option<String>);
+type MemberRow = (bool, i64, Option<String>, Option<String>, Option<String>, i64);
 
 fn member_answer(answer: Result<act::member::Answer, String>) -> TableIterator<'static, MemberRow> {
     let a = answer.unwrap_or_else(|e| {
@@ -260,6 +282,7 @@ fn member_answer(answer: Result<act::member::Answer, String>) -> TableIterator<'
         a.leader,
         refused.as_ref().map(|r| r.reason()),
         refused.as_ref().map(|r| r.code().to_string()),
+        i64::from(a.timeline),
     ))
 }
 
@@ -513,7 +536,7 @@ REVOKE ALL ON FUNCTION pg_promoter_pause() FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg_promoter_resume() FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg_promoter_promote(boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg_promoter_probe(text, interval) FROM PUBLIC;
-REVOKE ALL ON FUNCTION pg_promoter_vote(bigint, text, integer, text, integer, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION pg_promoter_vote(bigint, text, integer, text, integer, boolean, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION pg_promoter_lease(bigint, text, interval) FROM PUBLIC;
 "#,
     name = "privileges",

@@ -493,6 +493,98 @@ fn a_commit_whose_lease_runs_out_before_it_ends_is_not_acknowledged() {
     assert_eq!(p.query("SELECT count(*) FROM t WHERE id = 42"), "1");
 }
 
+/// The timeline new WAL is written on (a primary's).
+fn timeline(node: &Node) -> u32 {
+    node.query("SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int")
+        .parse()
+        .unwrap()
+}
+
+/// The chaos run's seed 3: the winner of one term promotes, acknowledges a commit and is cut
+/// off alone before the other standby ever streams from it; the other standby, elected next,
+/// must not promote onto the same timeline number (two histories with one number, which
+/// pg_rewind and the needs_rewind check cannot tell apart).
+#[test]
+fn a_second_winner_never_reuses_the_timeline_number_of_the_first() {
+    let net = Net::new("eltli");
+    let nodes = cluster("el-tli", 2, None, Some(&net));
+    let (p, s1, s2) = (&nodes[0], &nodes[1], &nodes[2]);
+    // s1 wins first (s2 does not stand), and s2 cannot stream from it: it never fetches s1's
+    // history of the timeline it promotes onto.
+    s2.append_conf("pg_promoter.priority = 0");
+    s2.reload();
+    let hba = s1.data_dir().join("pg_hba.conf");
+    let rules = std::fs::read_to_string(&hba).unwrap();
+    let reject = format!("host replication all {}/32 reject\n", s2.host().unwrap().ip());
+    std::fs::write(&hba, format!("{reject}{rules}")).unwrap();
+    s1.reload();
+    p.freeze();
+    wait_until("s1 is promoted", LONG, || s1.in_recovery() == Some(false));
+    wait_until("s1 takes an ordinary commit", LONG, || {
+        psql_as(s1, "app", "INSERT INTO t VALUES (1)").is_ok()
+    });
+    let first = timeline(s1);
+    net.isolate(s1.host().unwrap());
+    s2.append_conf("pg_promoter.priority = 1");
+    s2.reload();
+    p.thaw();
+    let promoted = testbed::try_wait_until(LONG, || s2.in_recovery() == Some(false));
+    assert!(
+        promoted.is_some(),
+        "s2 was not promoted; events:\n{:#?}\nlog:\n{}",
+        events(s2),
+        s2.log_tail(30)
+    );
+    let second = timeline(s2);
+    assert!(
+        second > first,
+        "s2 promoted onto timeline {second}, s1 onto {first}; s2's events:\n{:#?}",
+        events(s2)
+    );
+    // Its history descends from timeline 1 (where it was), not from s1's timeline; the number
+    // s1 took is a placeholder here.
+    let history = s2.query(&format!("SELECT pg_read_file('pg_wal/{second:08X}.history')"));
+    assert!(history.starts_with("1\t"), "{history}");
+    let placeholder = s2.query(&format!("SELECT pg_read_file('pg_wal/{first:08X}.history')"));
+    assert!(
+        placeholder.starts_with("# pg_promoter placeholder"),
+        "{placeholder}"
+    );
+    assert!(has_event(
+        s2,
+        "vote_granted",
+        &format!("claiming timeline {first}")
+    ));
+    assert!(
+        has_event(s2, "promoted", &format!("onto timeline {second}")),
+        "{:#?}",
+        events(s2)
+    );
+    wait_until("s2 takes ordinary commits", LONG, || {
+        psql_as(s2, "app", "INSERT INTO t VALUES (2)").is_ok()
+    });
+}
+
+/// A standby that stops between its placeholder history files and the end of its promotion
+/// (a crash) would take the newest placeholder as its target timeline and refuse to recover:
+/// the library removes such placeholders when the server starts.
+#[test]
+fn placeholders_of_a_promotion_that_did_not_happen_go_at_the_next_start() {
+    let p = Node::primary("el-ph-p", FAST);
+    let s = Node::standby("el-ph-s", &p, p.port(), FAST);
+    let file = s.data_dir().join("pg_wal/00000005.history");
+    std::fs::write(&file, "# pg_promoter placeholder: timeline 5 was claimed\n").unwrap();
+    s.restart();
+    assert!(!file.exists(), "the placeholder stays; log:\n{}", s.log_tail(20));
+    assert!(s
+        .log()
+        .contains("removed the placeholder history files of timelines [5]"));
+    wait_until("the standby recovers and streams", LONG, || {
+        s.psql("SELECT status FROM pg_stat_wal_receiver").as_deref() == Ok("streaming")
+    });
+    assert_eq!(s.in_recovery(), Some(true));
+}
+
 /// A primary and two standbys on hosts of `net`, the primary isolated until a standby is
 /// promoted: the nodes, and the index of the one promoted.
 fn isolated_primary_replaced(name: &str, net: &Net) -> (Vec<Node>, usize) {

@@ -73,6 +73,47 @@ fn a_lease_grant_holds_votes_back_and_tells_an_older_leader_who_leads() {
     assert_eq!(status(&w, "lease_expires_at"), "");
 }
 
+/// `(granted, term, refusal, timeline)` of a standby's ballot that claims `claim`.
+fn claiming(node: &Node, term: i64, candidate: &str, claim: i32) -> String {
+    node.query(&format!(
+        "SELECT granted, term, refusal, timeline FROM pg_promoter_vote({term}, '{candidate}', 1, '0/3000000', 1, false, {claim})"
+    ))
+}
+
+#[test]
+fn a_vote_keeps_the_timeline_its_candidate_claimed_and_refuses_a_claim_not_above_it() {
+    let w = member("claim-w");
+    wait_until("the quiet period after the start ends", LONG, || {
+        !claiming(&w, 5, "s1", 2).contains("started recently")
+    });
+    assert_eq!(claiming(&w, 5, "s1", 2), "t|5||2");
+    let file = std::fs::read_to_string(w.data_dir().join("pg_promoter.state")).unwrap();
+    assert!(file.contains("timeline 2\n"), "{file}");
+    w.restart();
+    wait_until("the quiet period after the restart ends", LONG, || {
+        !claiming(&w, 6, "s2", 2).contains("started recently")
+    });
+    // Kept across the restart: the next term's candidate must claim above it.
+    assert_eq!(
+        claiming(&w, 6, "s2", 2),
+        "f|6|it voted for a candidate that claimed timeline 2: claim a higher one|2"
+    );
+    assert!(
+        has_event(&w, "vote_refused", "claimed timeline 2"),
+        "{:#?}",
+        events(&w)
+    );
+    assert_eq!(claiming(&w, 6, "s2", 3), "t|6||3");
+    assert!(has_event(
+        &w,
+        "vote_granted",
+        "to s2 in term 6, claiming timeline 3"
+    ));
+    // A primary claims nothing: its ballot leaves the record as it is.
+    let primary = w.query("SELECT granted, timeline FROM pg_promoter_vote(7, 'p', 1, '0/0', 1, true)");
+    assert_eq!(primary, "t|3");
+}
+
 #[test]
 fn bad_requests_are_errors_and_only_superusers_may_ask() {
     let w = member("bad-w");
@@ -88,6 +129,14 @@ fn bad_requests_are_errors_and_only_superusers_may_ask() {
         .psql("SELECT * FROM pg_promoter_vote(1, 's1', 1, 'x', 1)")
         .unwrap_err();
     assert!(err.contains("invalid WAL position \"x\""), "{err}");
+    let err = w
+        .psql("SELECT * FROM pg_promoter_vote(1, 's1', 1, '0/0', 1, false, 1)")
+        .unwrap_err();
+    assert!(err.contains("claimed timeline 1 is out of range"), "{err}");
+    let err = w
+        .psql("SELECT * FROM pg_promoter_vote(1, 'p', 1, '0/0', 1, true, 2)")
+        .unwrap_err();
+    assert!(err.contains("a primary's ballot claims no timeline"), "{err}");
     let err = w
         .psql("SELECT * FROM pg_promoter_lease(1, 'p', '0s')")
         .unwrap_err();

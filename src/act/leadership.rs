@@ -17,11 +17,11 @@ use crate::act::member;
 use crate::check::members::{Ask, Pool};
 use crate::check::probe::{self, Rows, CHECK_QUERY};
 use crate::pg::latch::Interrupted;
-use crate::pg::local;
+use crate::pg::{history, local};
 
-const VOTE: &CStr = c"SELECT granted, term, leader, refusal, refused_for \
-    FROM pg_promoter_vote($1::int8, $2, $3::int4, $4, $5::int4, $6::bool)";
-const LEASE: &CStr = c"SELECT granted, term, leader, refusal, refused_for \
+const VOTE: &CStr = c"SELECT granted, term, leader, refusal, refused_for, timeline \
+    FROM pg_promoter_vote($1::int8, $2, $3::int4, $4, $5::int4, $6::bool, NULLIF($7, '')::int4)";
+const LEASE: &CStr = c"SELECT granted, term, leader, refusal, refused_for, timeline \
     FROM pg_promoter_lease($1::int8, $2, $3::interval)";
 
 /// What the worker needs of whatever decides who leads: an election, a lease round. Each
@@ -30,8 +30,8 @@ pub trait Arbiter {
     fn stand(
         &mut self,
         settings: &Settings,
-        term: Term,
-        primary: bool,
+        candidacy: (Term, bool),
+        known_timeline: u32,
         stop: &dyn Fn() -> bool,
     ) -> Result<Input, Interrupted>;
     fn renew(
@@ -51,13 +51,14 @@ impl Arbiter for Members<'_> {
     fn stand(
         &mut self,
         settings: &Settings,
-        term: Term,
-        primary: bool,
+        (term, primary): (Term, bool),
+        known_timeline: u32,
         stop: &dyn Fn() -> bool,
     ) -> Result<Input, Interrupted> {
         let cannot = |me: String, why: String| Input::Election {
             me,
             term,
+            claim: None,
             answers: Vec::new(),
             error: Some(why),
         };
@@ -65,9 +66,15 @@ impl Arbiter for Members<'_> {
             return Ok(cannot(String::new(), not_found()));
         };
         let rank = member::rank(settings, &me);
-        if let Err(why) = member::stand(settings, term, &rank, primary) {
-            return Ok(cannot(me, why));
-        }
+        // What this server's promotion would otherwise go past: its claim goes above it.
+        let newest = match history::files() {
+            Ok(files) => policy::timeline::newest(rank.position.timeline, &files),
+            Err(why) => return Ok(cannot(me, why)),
+        };
+        let ballot = match member::stand(settings, (term, &rank, primary), newest, known_timeline) {
+            Ok(ballot) => ballot,
+            Err(why) => return Ok(cannot(me, why)),
+        };
         let position = policy::lsn::format(rank.position.lsn);
         let args = vec![
             term.to_string(),
@@ -76,6 +83,8 @@ impl Arbiter for Members<'_> {
             position,
             rank.priority.to_string(),
             primary.to_string(),
+            // Empty, read as NULL: a primary claims no timeline.
+            ballot.claim.map(|c| c.to_string()).unwrap_or_default(),
         ];
         // Its own vote is in: done once the others' votes make a majority, or cannot.
         let needed = majority(settings) - 1;
@@ -83,6 +92,7 @@ impl Arbiter for Members<'_> {
         Ok(Input::Election {
             me,
             term,
+            claim: ballot.claim,
             answers,
             error: None,
         })
@@ -177,7 +187,7 @@ fn ask_others(
         .collect())
 }
 
-/// A member's answer row: `granted, term, leader, refusal, refused_for`.
+/// A member's answer row: `granted, term, leader, refusal, refused_for, timeline`.
 fn verdict(rows: Rows) -> Result<(), Refusal> {
     let rows = rows.map_err(|o| Refusal::Unreachable(probe::reason(&o)))?;
     let cell = |i: usize| rows.first().and_then(|r| r.get(i)).cloned().flatten();
@@ -186,11 +196,13 @@ fn verdict(rows: Rows) -> Result<(), Refusal> {
         Some("f") => {
             let term = cell(1).and_then(|t| t.parse().ok()).unwrap_or(0);
             let reason = cell(3).unwrap_or_default();
+            let timeline = cell(5).and_then(|t| t.parse().ok()).unwrap_or(0);
             Err(Refusal::from_answer(
                 &cell(4).unwrap_or_default(),
                 &reason,
                 term,
                 cell(2),
+                timeline,
             ))
         }
         _ => Err(Refusal::Unreachable("it gave no answer".into())),

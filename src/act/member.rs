@@ -16,11 +16,13 @@ use policy::{Event, EventKind};
 use crate::pg::shmem::{self, MemberShared};
 use crate::pg::{local, state_file};
 
-/// An answer: granted or refused (with why), and the member's term and leader afterwards.
+/// An answer: granted or refused (with why), and the member's term, leader and highest claimed
+/// timeline afterwards.
 pub struct Answer {
     pub verdict: Result<(), Refusal>,
     pub term: u64,
     pub leader: Option<String>,
+    pub timeline: u32,
 }
 
 /// Answers a vote request, with this server's standing as the settings and local facts say,
@@ -31,7 +33,13 @@ pub fn vote(settings: &Settings, ballot: &Ballot) -> Result<Answer, String> {
     let (kind, detail) = match &a.verdict {
         Ok(()) => (
             EventKind::VoteGranted,
-            format!("vote granted to {} in term {}", ballot.rank.name, ballot.term),
+            match ballot.claim {
+                Some(c) => format!(
+                    "vote granted to {} in term {}, claiming timeline {c}",
+                    ballot.rank.name, ballot.term
+                ),
+                None => format!("vote granted to {} in term {}", ballot.rank.name, ballot.term),
+            },
         ),
         Err(r) => (
             EventKind::VoteRefused,
@@ -48,23 +56,29 @@ pub fn vote(settings: &Settings, ballot: &Ballot) -> Result<Answer, String> {
 }
 
 /// This server stands in `term`: its own vote, by the rules every member follows, on disk
-/// before anyone is asked.
-pub fn stand(settings: &Settings, term: u64, rank: &Rank, primary: bool) -> Result<(), String> {
+/// before anyone is asked. A standby claims the timeline it would promote onto: above its newest
+/// timeline history (`newest`), its own record and `known_timeline` (`leader::claim`). The
+/// ballot to send.
+pub fn stand(
+    settings: &Settings,
+    (term, rank, primary): (u64, &Rank, bool),
+    newest: u32,
+    known_timeline: u32,
+) -> Result<Ballot, String> {
     let mut shared = shmem::MEMBER.exclusive();
     load_into(&mut shared, settings)?;
     let members = policy::leading::members(settings);
-    let (_, me) = Campaign::stand(
-        &member(&shared),
+    let me = member(&shared);
+    let ballot = Ballot {
         term,
-        rank,
+        rank: rank.clone(),
         primary,
-        members,
-        local::lease_clock(),
-    )
-    .map_err(|r| r.reason())?;
+        claim: (!primary).then(|| leader::claim(newest, me.durable.timeline.max(known_timeline))),
+    };
+    let (_, me) = Campaign::stand(&me, &ballot, members, local::lease_clock()).map_err(|r| r.reason())?;
     state_file::write(shared.name.as_str(), &me.durable)?;
     store(&mut shared, &me);
-    Ok(())
+    Ok(ballot)
 }
 
 /// This server's name among the members, once known.
@@ -172,6 +186,7 @@ fn answer(settings: &Settings, rule: impl FnOnce(&Member, i64) -> leader::Answer
         verdict: a.verdict,
         term: a.member.durable.term,
         leader: a.member.durable.leader,
+        timeline: a.member.durable.timeline,
     })
 }
 
@@ -190,6 +205,7 @@ fn member(s: &MemberShared) -> Member {
             voted_for: text(&s.voted_for),
             leader: text(&s.leader),
             longest_grant: s.longest_grant,
+            timeline: s.timeline,
         },
         grant: text(&s.grant_leader).map(|leader| Grant {
             leader,
@@ -205,6 +221,7 @@ fn store(s: &mut MemberShared, m: &Member) {
     s.term = m.durable.term;
     s.voted_for = name(&m.durable.voted_for);
     s.longest_grant = m.durable.longest_grant;
+    s.timeline = m.durable.timeline;
     s.leader = name(&m.durable.leader);
     s.grant_leader = name(&m.grant.as_ref().map(|g| g.leader.clone()));
     s.grant_term = m.grant.as_ref().map_or(0, |g| g.term);

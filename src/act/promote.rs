@@ -1,6 +1,7 @@
 //! The one promotion sequence, for the worker's decision and for `pg_promoter_promote()` alike:
-//! the pre-promote command (a failure aborts), PostgreSQL's own promotion path (the `promote`
-//! signal file, then SIGUSR1 to the postmaster, as `pg_ctl promote` does), the wait until
+//! the pre-promote command (a failure aborts), PostgreSQL's own promotion path (placeholder
+//! history files so that it lands on the timeline claimed in the election, the `promote` signal
+//! file, then SIGUSR1 to the postmaster, as `pg_ctl promote` does), the wait until
 //! recovery has ended, and the post-promote command. The policy names each step
 //! (`Action::Promote`, `SignalPromotion`, `AwaitWritable`, `PostPromoteCommand`); this carries
 //! it out and returns its result, which the caller feeds back.
@@ -15,7 +16,7 @@ use policy::{Action, Event, EventKind, Promotion, Settings};
 use super::process;
 use crate::check::probe;
 use crate::pg::latch::{sleep_until, Interrupted};
-use crate::pg::{local, shmem, this_process, versions};
+use crate::pg::{history, local, shmem, this_process, versions};
 
 /// How long to wait for recovery to end (`pg_promote()`'s default wait).
 pub const WAIT: Duration = Duration::from_secs(60);
@@ -57,7 +58,15 @@ impl Sequence {
                     _ => Some(Promotion::Ready),
                 }
             }
-            Action::SignalPromotion => {
+            Action::SignalPromotion { timeline } => {
+                // Before the signal: PostgreSQL picks the new timeline when recovery ends.
+                let placed = match timeline {
+                    Some(claim) => match history::claim(*claim, local::replay_timeline().unwrap_or(1)) {
+                        Ok(placed) => placed,
+                        Err(why) => return Ok(Some(Promotion::SignalFailed(why))),
+                    },
+                    None => Vec::new(),
+                };
                 // Owed from before the signal, so that recovery ending at once finds it owed; an
                 // earlier promotion's, still pending (a forced request), stays owed if this fails.
                 let earlier = shmem::update(|s| std::mem::replace(&mut s.promotion_pending, true));
@@ -70,6 +79,7 @@ impl Sequence {
                     }
                     Err(e) => {
                         shmem::update(|s| s.promotion_pending = earlier);
+                        history::forget(&placed);
                         Promotion::SignalFailed(e)
                     }
                 })
@@ -79,6 +89,7 @@ impl Sequence {
                 Promotion::Writable {
                     waited: self.requested.elapsed(),
                     total: self.decided.elapsed(),
+                    timeline: local::insert_timeline(),
                 }
             } else {
                 Promotion::NotWritable {

@@ -1,7 +1,9 @@
-//! The server's mechanisms: settings, shared memory, local facts, the differences between
-//! majors, the log mask, the one wait, and libpq's descriptor accounting. Nothing here decides.
+//! The server's mechanisms: settings, shared memory, local facts, the state file, timeline
+//! history files, the differences between majors, the log mask, the one wait, and libpq's
+//! descriptor accounting. Nothing here decides.
 
 pub mod guc;
+pub mod history;
 pub mod latch;
 pub mod libpq;
 pub mod local;

@@ -161,6 +161,8 @@ pub struct MemberShared {
     pub leader: FixedText<64>,
     /// The longest lease ever granted, in microseconds (kept in the state file).
     pub longest_grant: i64,
+    /// The highest timeline claimed by a candidate this member voted for (kept in the state file).
+    pub timeline: u32,
     /// The lease granted: leader (empty when none), term, until (lease clock).
     pub grant_leader: FixedText<64>,
     pub grant_term: u64,
@@ -178,6 +180,7 @@ impl MemberShared {
             voted_for: FixedText::empty(),
             leader: FixedText::empty(),
             longest_grant: 0,
+            timeline: 0,
             grant_leader: FixedText::empty(),
             grant_term: 0,
             grant_until: 0,

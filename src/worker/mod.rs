@@ -315,10 +315,19 @@ impl Worker {
                 )
                 .map(|answers| Some(Input::Votes(answers)))
             }
-            Action::Stand { term, primary } => {
+            Action::Stand {
+                term,
+                primary,
+                known_timeline,
+            } => {
                 let mut arbiter = leadership::Members { pool: &mut self.pool };
                 arbiter
-                    .stand(&self.node.settings, term, primary, &stop_requested)
+                    .stand(
+                        &self.node.settings,
+                        (term, primary),
+                        known_timeline,
+                        &stop_requested,
+                    )
                     .map(Some)
             }
             Action::ReadHistory {
@@ -400,7 +409,7 @@ impl Worker {
                 self.sequence = Some(sequence);
                 Ok(result.map(Input::Promotion))
             }
-            Action::SignalPromotion | Action::AwaitWritable | Action::PostPromoteCommand => {
+            Action::SignalPromotion { .. } | Action::AwaitWritable | Action::PostPromoteCommand => {
                 // Recovery that ended after the wait for it: its post-promote command is owed.
                 if action == Action::PostPromoteCommand && self.sequence.is_none() {
                     self.sequence = Some(Sequence::new(&self.node.settings));

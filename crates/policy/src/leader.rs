@@ -91,6 +91,10 @@ pub struct Durable {
     /// The longest lease this member ever granted, in microseconds: after a restart it stays
     /// quiet that long at least, whatever its own settings say.
     pub longest_grant: Micros,
+    /// The highest timeline claimed by a candidate this member voted for (its own candidacies
+    /// included): it votes only for a candidate that claims a higher one, so that no two winners
+    /// promote onto one timeline number.
+    pub timeline: u32,
 }
 
 /// The longest member name, in bytes (names are kept in shared memory and in the state file).
@@ -101,12 +105,13 @@ pub const NAME_MAX: usize = 63;
 pub fn encode(member: &str, d: &Durable) -> String {
     let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
     format!(
-        "member {}\nterm {}\nvoted_for {}\nleader {}\nlongest_grant_us {}\n",
+        "member {}\nterm {}\nvoted_for {}\nleader {}\nlongest_grant_us {}\ntimeline {}\n",
         if member.is_empty() { "-" } else { member },
         d.term,
         or_dash(&d.voted_for),
         or_dash(&d.leader),
-        d.longest_grant
+        d.longest_grant,
+        d.timeline
     )
 }
 
@@ -135,6 +140,11 @@ pub fn decode(text: &str) -> Result<(Option<String>, Durable), String> {
                 durable.longest_grant = value
                     .parse()
                     .map_err(|_| format!("line {}: \"{value}\" is not a duration", i + 1))?;
+            }
+            "timeline" => {
+                durable.timeline = value
+                    .parse()
+                    .map_err(|_| format!("line {}: \"{value}\" is not a timeline", i + 1))?;
             }
             _ => return Err(format!("line {}: unknown key \"{key}\"", i + 1)),
         }
@@ -201,6 +211,16 @@ pub struct Ballot {
     /// The candidate is a primary seeking to lead (a cluster's first leader, or a primary whose
     /// term was left without a leader): a standby that sees a primary does not refuse it for that.
     pub primary: bool,
+    /// The timeline a standby candidate promotes onto if it wins ([`claim`]); `None` for a
+    /// primary, which stays on its own.
+    pub claim: Option<u32>,
+}
+
+/// The timeline a standby standing for election claims: above the newest timeline it has a
+/// history of (`newest_here`, what PostgreSQL would otherwise take the next of) and above every
+/// timeline it knows was claimed (`known`: its own votes', and members' refusals').
+pub fn claim(newest_here: u32, known: u32) -> u32 {
+    newest_here.max(known).saturating_add(1)
 }
 
 /// Why a member refuses a vote or a lease.
@@ -220,6 +240,9 @@ pub enum Refusal {
     Outranked { by: Rank },
     /// Another leader holds this term (a leader's lease request).
     OtherLeader { term: Term, leader: String },
+    /// The member voted for a candidate that claimed timeline `highest`, not below the
+    /// candidate's claim: promoting onto it could give two histories one number.
+    TimelineTaken { highest: u32 },
     /// Another member's refusal as it arrived (its `code()` and reason), when it is none of the
     /// above that the asker must act on.
     Remote {
@@ -256,6 +279,9 @@ impl Refusal {
                 by.priority
             ),
             Refusal::OtherLeader { term, leader } => format!("{leader} leads term {term}"),
+            Refusal::TimelineTaken { highest } => {
+                format!("it voted for a candidate that claimed timeline {highest}: claim a higher one")
+            }
             Refusal::Remote { reason, .. } => reason.clone(),
             Refusal::Unreachable(why) => format!("unreachable: {why}"),
         }
@@ -271,6 +297,7 @@ impl Refusal {
             Refusal::AlreadyVoted { .. } => "already_voted",
             Refusal::Outranked { .. } => "outranked",
             Refusal::OtherLeader { .. } => "other_leader",
+            Refusal::TimelineTaken { .. } => "timeline_taken",
             Refusal::Remote { code, .. } => code,
             Refusal::Unreachable(_) => "unreachable",
         }
@@ -290,14 +317,22 @@ impl Refusal {
         }
     }
 
-    /// A member's answer read back: `code` and `reason` as it gave them, `term` and `leader` its
-    /// own afterwards. Only a newer term's refusal is rebuilt, since the asker acts on it.
-    pub fn from_answer(code: &str, reason: &str, term: Term, leader: Option<String>) -> Refusal {
+    /// A member's answer read back: `code` and `reason` as it gave them, `term`, `leader` and
+    /// `timeline` (the highest it knows claimed) its own afterwards. Only the refusals the asker
+    /// acts on are rebuilt: a newer term's, and a taken timeline's.
+    pub fn from_answer(
+        code: &str,
+        reason: &str,
+        term: Term,
+        leader: Option<String>,
+        timeline: u32,
+    ) -> Refusal {
         match code {
             "stale_term" => Refusal::StaleTerm {
                 current: term,
                 leader,
             },
+            "timeline_taken" => Refusal::TimelineTaken { highest: timeline },
             _ => Refusal::Remote {
                 code: code.to_string(),
                 reason: reason.to_string(),
@@ -367,19 +402,24 @@ pub fn vote(member: &Member, standing: &Standing, ballot: &Ballot, now: Micros) 
         };
         persist = true;
     }
+    let highest = m.durable.timeline;
     let verdict = match &m.durable.voted_for {
         Some(other) if *other != ballot.rank.name => Err(Refusal::AlreadyVoted {
             term: m.durable.term,
             candidate: other.clone(),
         }),
+        // The same ballot again (a retry): the claim it recorded, and no other.
+        Some(_) if ballot.claim.is_some_and(|c| c != highest) => Err(Refusal::TimelineTaken { highest }),
         Some(_) => Ok(()),
         None => match standing {
             // A primary seeking to lead is ahead of its standbys, whatever their names.
             Standing::Standby { rank, .. } if !ballot.primary && outranks(rank, &ballot.rank) => {
                 Err(Refusal::Outranked { by: rank.clone() })
             }
+            _ if ballot.claim.is_some_and(|c| c <= highest) => Err(Refusal::TimelineTaken { highest }),
             _ => {
                 m.durable.voted_for = Some(ballot.rank.name.clone());
+                m.durable.timeline = highest.max(ballot.claim.unwrap_or(0));
                 persist = true;
                 Ok(())
             }
@@ -481,32 +521,26 @@ impl Campaign {
     /// candidate votes by the rules every member follows, so it cannot stand while its own grant
     /// to a leader holds, or in the quiet period after its start: with three members, that
     /// grant may be the one that makes the leader's majority.
-    /// `term` must be above the candidate's own.
+    /// The ballot's term must be above the candidate's own, and its claim (a standby's) above
+    /// every timeline the candidate voted for.
     pub fn stand(
         me: &Member,
-        term: Term,
-        rank: &Rank,
-        primary: bool,
+        ballot: &Ballot,
         members: usize,
         now: Micros,
     ) -> Result<(Campaign, Member), Refusal> {
-        if term <= me.durable.term {
+        if ballot.term <= me.durable.term {
             return Err(Refusal::StaleTerm {
                 current: me.durable.term,
                 leader: me.durable.leader.clone(),
             });
         }
-        let ballot = Ballot {
-            term,
-            rank: rank.clone(),
-            primary,
-        };
-        let answer = vote(me, &Standing::Witness, &ballot, now);
+        let answer = vote(me, &Standing::Witness, ballot, now);
         answer.verdict?;
         let campaign = Campaign {
             term: ballot.term,
             members,
-            votes: vec![rank.name.clone()],
+            votes: vec![ballot.rank.name.clone()],
             refusals: Vec::new(),
         };
         Ok((campaign, answer.member))
@@ -627,7 +661,34 @@ mod tests {
             term,
             rank: rank(name, lsn, 1),
             primary: false,
+            claim: None,
         }
+    }
+
+    /// A standby's ballot that claims `timeline`.
+    fn claiming(term: Term, name: &str, timeline: u32) -> Ballot {
+        Ballot {
+            claim: Some(timeline),
+            ..ballot(term, name, 10)
+        }
+    }
+
+    /// `Campaign::stand` with a standby's ballot that claims nothing, or a primary's.
+    fn stand(
+        me: &Member,
+        term: Term,
+        rank: &Rank,
+        primary: bool,
+        members: usize,
+        now: Micros,
+    ) -> Result<(Campaign, Member), Refusal> {
+        let ballot = Ballot {
+            term,
+            rank: rank.clone(),
+            primary,
+            claim: None,
+        };
+        Campaign::stand(me, &ballot, members, now)
     }
 
     fn member(term: Term) -> Member {
@@ -638,6 +699,7 @@ mod tests {
                 leader: Some("p".into()),
                 // It granted leases of this length before.
                 longest_grant: micros(LEASE),
+                timeline: 0,
             },
             grant: None,
             quiet_until: 0,
@@ -668,14 +730,19 @@ mod tests {
             voted_for: Some("s1".into()),
             leader: None,
             longest_grant: 2_000_000,
+            timeline: 3,
         };
         let text = encode("pg2", &d);
         assert_eq!(
             text,
-            "member pg2\nterm 7\nvoted_for s1\nleader -\nlongest_grant_us 2000000\n"
+            "member pg2\nterm 7\nvoted_for s1\nleader -\nlongest_grant_us 2000000\ntimeline 3\n"
         );
-        // A file written before the longest grant was kept reads as none.
+        // A file written before the longest grant, or the timeline, was kept reads as none.
         assert_eq!(decode("term 7\n").unwrap().1.longest_grant, 0);
+        assert_eq!(decode("term 7\n").unwrap().1.timeline, 0);
+        assert!(decode("term 1\ntimeline two\n")
+            .unwrap_err()
+            .contains("not a timeline"));
         assert_eq!(decode(&text), Ok((Some("pg2".into()), d)));
         assert_eq!(decode("term 0\n").unwrap().1, Durable::default());
         assert!(decode("member x\n").unwrap_err().contains("no term"));
@@ -863,7 +930,7 @@ mod tests {
     fn a_leader_whose_own_grant_holds_may_stand_again_but_no_one_else_may() {
         let granted = leased_to_p(0);
         let rank_p = rank("p", 10, 1);
-        assert!(Campaign::stand(&granted, 4, &rank_p, true, 3, SEC).is_ok());
+        assert!(stand(&granted, 4, &rank_p, true, 3, SEC).is_ok());
         assert!(matches!(
             vote(&granted, &Standing::Witness, &ballot(4, "s1", 10), SEC).verdict,
             Err(Refusal::LeaseHeld { .. })
@@ -873,7 +940,7 @@ mod tests {
     #[test]
     fn a_candidate_cannot_stand_while_its_own_grant_holds_or_while_quiet() {
         let me = leased_to_p(SEC);
-        let refused = Campaign::stand(
+        let refused = stand(
             &me,
             4,
             &rank("s1", 10, 1),
@@ -882,7 +949,7 @@ mod tests {
             SEC + LEASE.as_micros() as i64 - 1,
         );
         assert!(matches!(refused, Err(Refusal::LeaseHeld { .. })), "{refused:?}");
-        assert!(Campaign::stand(
+        assert!(stand(
             &me,
             4,
             &rank("s1", 10, 1),
@@ -892,12 +959,12 @@ mod tests {
         )
         .is_ok());
         assert!(matches!(
-            Campaign::stand(&me, 3, &rank("s1", 10, 1), false, 3, 10 * SEC),
+            stand(&me, 3, &rank("s1", 10, 1), false, 3, 10 * SEC),
             Err(Refusal::StaleTerm { current: 3, .. })
         ));
         let starting = Member::start(me.durable.clone(), 0, LEASE);
         assert!(matches!(
-            Campaign::stand(&starting, 4, &rank("s1", 10, 1), false, 3, 0),
+            stand(&starting, 4, &rank("s1", 10, 1), false, 3, 0),
             Err(Refusal::Starting { .. })
         ));
     }
@@ -918,8 +985,64 @@ mod tests {
     }
 
     #[test]
+    fn a_vote_records_the_claimed_timeline_and_only_a_higher_claim_gets_the_next_one() {
+        let lost = lost("w", 5);
+        let first = vote(&member(3), &lost, &claiming(4, "s1", 2), SEC);
+        assert_eq!(first.verdict, Ok(()));
+        assert!(first.persist);
+        assert_eq!(first.member.durable.timeline, 2);
+        // The same ballot again: granted; the same candidate with another claim: refused.
+        assert_eq!(
+            vote(&first.member, &lost, &claiming(4, "s1", 2), SEC).verdict,
+            Ok(())
+        );
+        assert_eq!(
+            vote(&first.member, &lost, &claiming(4, "s1", 3), SEC).verdict,
+            Err(Refusal::TimelineTaken { highest: 2 })
+        );
+        // The next term: a claim of the same number is refused, with the term taken all the same.
+        let again = vote(&first.member, &lost, &claiming(5, "s2", 2), SEC);
+        assert_eq!(again.verdict, Err(Refusal::TimelineTaken { highest: 2 }));
+        assert_eq!(again.member.durable.term, 5);
+        assert_eq!(again.member.durable.voted_for, None);
+        let higher = vote(&again.member, &lost, &claiming(5, "s2", 3), SEC);
+        assert_eq!(higher.verdict, Ok(()));
+        assert_eq!(higher.member.durable.timeline, 3);
+        // A primary claims nothing (it stays on its timeline) and leaves the record as it is.
+        let primary = Ballot {
+            primary: true,
+            ..ballot(6, "p", 10)
+        };
+        let p = vote(&higher.member, &lost, &primary, SEC);
+        assert_eq!(p.verdict, Ok(()));
+        assert_eq!(p.member.durable.timeline, 3);
+        // A candidate's own vote follows the same rule: it must claim above its own record.
+        let mine = Member {
+            durable: Durable {
+                timeline: 4,
+                ..member(3).durable
+            },
+            ..member(3)
+        };
+        assert_eq!(
+            Campaign::stand(&mine, &claiming(4, "s1", 4), 3, SEC).map(|_| ()),
+            Err(Refusal::TimelineTaken { highest: 4 })
+        );
+        let (_, me) = Campaign::stand(&mine, &claiming(4, "s1", claim(1, 4)), 3, SEC).unwrap();
+        assert_eq!(me.durable.timeline, 5);
+        assert_eq!(claim(7, 4), 8, "above the newest history it has, too");
+        assert_eq!(
+            Refusal::from_answer("timeline_taken", "it voted", 5, None, 6),
+            Refusal::TimelineTaken { highest: 6 }
+        );
+        assert!(Refusal::TimelineTaken { highest: 6 }
+            .reason()
+            .contains("claimed timeline 6"));
+    }
+
+    #[test]
     fn a_campaign_needs_a_majority_of_the_configured_members() {
-        let (mut c, me) = Campaign::stand(&member(3), 4, &rank("s1", 10, 1), false, 4, 0).unwrap();
+        let (mut c, me) = stand(&member(3), 4, &rank("s1", 10, 1), false, 4, 0).unwrap();
         assert_eq!(c.term, 4);
         assert_eq!(me.durable.voted_for.as_deref(), Some("s1"));
         c.count("w", Ok(()));

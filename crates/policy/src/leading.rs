@@ -74,6 +74,11 @@ pub struct State {
     pub stand_after: Option<Micros>,
     /// The highest term a member named in a refusal: the next stand goes above it.
     pub seen_term: Term,
+    /// The highest timeline a member's refusal said was claimed: the next claim goes above it.
+    pub seen_timeline: u32,
+    /// The timeline claimed in the election this server won (a standby's): its promotion must
+    /// land on it.
+    pub claimed: Option<u32>,
     /// A lease was held since the worker started (a primary that never held one is not fenced
     /// for the lack of it: its commits wait at the pre-commit check, and a starting cluster or a
     /// restarted worker is not shut down by `fence_action = shutdown`).
@@ -98,8 +103,12 @@ impl State {
 
     fn see(&mut self, answers: &Answers) {
         for (_, v) in answers {
-            if let Err(Refusal::StaleTerm { current, .. }) = v {
-                self.seen_term = self.seen_term.max(*current);
+            match v {
+                Err(Refusal::StaleTerm { current, .. }) => self.seen_term = self.seen_term.max(*current),
+                Err(Refusal::TimelineTaken { highest }) => {
+                    self.seen_timeline = self.seen_timeline.max(*highest)
+                }
+                _ => {}
             }
         }
     }
@@ -136,7 +145,7 @@ pub fn elected(
     state: &State,
     settings: &Settings,
     me: &str,
-    term: Term,
+    (term, claim): (Term, Option<u32>),
     answers: &Answers,
     (clock, at, random): (Micros, Micros, u32),
 ) -> (Outcome, State, Event) {
@@ -147,9 +156,11 @@ pub fn elected(
     s.valid_until = None;
     if outcome == Outcome::Won {
         s.leads = Some(term);
+        s.claimed = claim;
         s.stand_after = None;
     } else {
         s.leads = None;
+        s.claimed = None;
         s.stand_after = Some(clock + wait_after_loss(settings, &outcome, random));
     }
     (outcome, s, event)

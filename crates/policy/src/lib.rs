@@ -24,6 +24,7 @@ pub mod settings;
 pub mod standby;
 pub mod text;
 pub mod time;
+pub mod timeline;
 
 pub use classify::{classify, Outcome, Verdict};
 pub use event::{Event, EventKind};

@@ -20,10 +20,13 @@ pub enum Action {
     AskWitnesses,
     /// Stand for election in `term` (leadership): vote for this server, durably, by the rules
     /// every member follows, then ask every other member; feed [`Input::Election`]. `primary`:
-    /// this server is a primary seeking to lead.
+    /// this server is a primary seeking to lead. A standby claims the timeline it would promote
+    /// onto (`leader::claim`): above its newest timeline history, its state file's record and
+    /// `known_timeline`, the highest that members' refusals named.
     Stand {
         term: Term,
         primary: bool,
+        known_timeline: u32,
     },
     /// Ask every member, this server included, for the lease of `term`; feed [`Input::Leases`]
     /// with the time the requests left.
@@ -55,8 +58,13 @@ pub enum Action {
     /// [`Promotion::Ready`] or [`Promotion::PreCommandFailed`]. Each step's result comes back as
     /// an [`Input::Promotion`] and the policy names the next step.
     Promote,
-    /// Ask the postmaster to end recovery; feed back `Requested` or `SignalFailed`.
-    SignalPromotion,
+    /// Ask the postmaster to end recovery; feed back `Requested` or `SignalFailed`. `timeline`:
+    /// the timeline this server claimed when it was elected: first make PostgreSQL pick it (a
+    /// placeholder history file for each lower number it has none of), and fail rather than
+    /// signal if this server has that timeline's history already.
+    SignalPromotion {
+        timeline: Option<u32>,
+    },
     /// Wait until recovery has ended; feed back `Writable` or `NotWritable`.
     AwaitWritable,
     /// Run the post-promote command, if any (the server is writable).
@@ -149,11 +157,12 @@ pub enum Input {
     },
     /// A primary's round is due (leadership): renew the lease, or stand to lead.
     Due,
-    /// The members answered this server's candidacy in `term`, as `me`; `error` when it could
-    /// not stand at all.
+    /// The members answered this server's candidacy in `term`, as `me`, claiming `claim` (a
+    /// standby's timeline); `error` when it could not stand at all.
     Election {
         me: String,
         term: Term,
+        claim: Option<u32>,
         answers: Answers,
         error: Option<String>,
     },
@@ -401,12 +410,13 @@ pub fn step(node: &Node, input: Input, local: &Local) -> Step {
         Input::Election {
             me,
             term,
+            claim,
             answers,
             error,
         } => election(
             &mut next,
             &me,
-            term,
+            (term, claim),
             &answers,
             error,
             local,
@@ -540,7 +550,10 @@ pub fn step(node: &Node, input: Input, local: &Local) -> Step {
             events.push(Event::new(now, EventKind::PromoteFailed, detail));
         }
         Input::Promotion(result) => {
-            let t = standby::promotion(&node.standby, &result, now, &node.settings);
+            // The timeline claimed in the election won for this promotion; a manual promotion
+            // claims none.
+            let claim = node.leading.claimed.filter(|_| !node.standby.manual);
+            let t = standby::promotion(&node.standby, &result, now, &node.settings, claim);
             next.standby = t.state;
             // Before the post-promote command, which may take long.
             if matches!(result, Promotion::Writable { .. }) && !node.slots_after_promotion.is_empty() {
@@ -636,7 +649,11 @@ fn apply_standby(
         // promotes once elected and holding the lease (see `leases`).
         let term = node.leading.next_term(local.term);
         t.actions.retain(|a| *a != Action::Promote);
-        t.actions.push(Action::Stand { term, primary: false });
+        t.actions.push(Action::Stand {
+            term,
+            primary: false,
+            known_timeline: node.leading.seen_timeline,
+        });
         t.state.phase = Phase::Electing;
         let detail = format!(
             "standing for election in term {term}: asking the other {} members",
@@ -661,7 +678,11 @@ fn due(node: &Node, local: &Local) -> Transition<leading::State> {
             actions.push(Action::RenewLease { term });
         } else if l.wait_to_stand(local.lease_clock).is_none() {
             let term = l.next_term(local.term);
-            actions.push(Action::Stand { term, primary: true });
+            actions.push(Action::Stand {
+                term,
+                primary: true,
+                known_timeline: l.seen_timeline,
+            });
             let detail = format!("this primary leads no term: standing for election in term {term}");
             events.push(Event::new(local.now, EventKind::ElectionStarted, detail));
         }
@@ -677,7 +698,7 @@ fn due(node: &Node, local: &Local) -> Transition<leading::State> {
 fn election(
     node: &mut Node,
     me: &str,
-    term: Term,
+    (term, claim): (Term, Option<u32>),
     answers: &Answers,
     error: Option<String>,
     local: &Local,
@@ -690,7 +711,7 @@ fn election(
             &node.leading,
             &node.settings,
             me,
-            term,
+            (term, None),
             &Vec::new(),
             (local.lease_clock, local.now, local.random),
         );
@@ -707,7 +728,7 @@ fn election(
         &node.leading,
         &node.settings,
         me,
-        term,
+        (term, claim),
         answers,
         (local.lease_clock, local.now, local.random),
     );
@@ -1145,12 +1166,13 @@ mod tests {
             down_then(vec![Input::Promotion(Promotion::Writable {
                 waited: Duration::from_millis(26),
                 total: Duration::from_millis(30),
+                timeline: Some(2),
             })]),
         );
         let last = steps.pop().unwrap();
         assert_eq!(
             last.events[0].detail,
-            "recovery ended 26 ms after the request; decision to writable 30 ms"
+            "recovery ended 26 ms after the request; decision to writable 30 ms, onto timeline 2"
         );
         assert_eq!(last.actions, vec![Action::PostPromoteCommand]);
         // The role change is recorded at once, before the post-promote command runs.
@@ -1185,7 +1207,7 @@ mod tests {
             Input::Promotion(Promotion::Ready),
             &standby_at(T0 + 1),
         );
-        assert_eq!(ready.actions, vec![Action::SignalPromotion]);
+        assert_eq!(ready.actions, vec![Action::SignalPromotion { timeline: None }]);
         assert!(ready.events.is_empty());
         assert_eq!(forced.events[0].detail, "manual promotion requested (force)");
         let done = step(
@@ -1193,6 +1215,7 @@ mod tests {
             Input::Promotion(Promotion::Writable {
                 waited: Duration::from_millis(20),
                 total: Duration::from_millis(21),
+                timeline: None,
             }),
             &standby_at(T0 + 1),
         );
@@ -1502,6 +1525,7 @@ mod tests {
         let lost = |refusal: crate::leader::Refusal| Input::Election {
             me: "s2".into(),
             term: 9,
+            claim: None,
             answers: vec![
                 (
                     "p".into(),
@@ -1561,7 +1585,8 @@ mod tests {
             decided.actions,
             vec![Action::Stand {
                 term: 1,
-                primary: false
+                primary: false,
+                known_timeline: 0
             }]
         );
         assert_eq!(decided.state.standby.phase, Phase::Electing);
@@ -1574,6 +1599,7 @@ mod tests {
         let won = Input::Election {
             me: "s1".into(),
             term: 1,
+            claim: Some(2),
             answers: ok(&["s2"]),
             error: None,
         };
@@ -1593,9 +1619,10 @@ mod tests {
         assert_eq!(promoting.actions, vec![Action::Promote]);
         assert_eq!(promoting.state.standby.phase, Phase::Promoting);
         assert_eq!(promoting.state.leading.leads, Some(1));
-        // The pre-promote command ends within the lease: on. After it: aborted.
+        // The pre-promote command ends within the lease: on, onto the timeline it claimed. After
+        // it: aborted.
         let ready = step(&promoting.state, Input::Promotion(Promotion::Ready), &local);
-        assert_eq!(ready.actions, vec![Action::SignalPromotion]);
+        assert_eq!(ready.actions, vec![Action::SignalPromotion { timeline: Some(2) }]);
         local.lease_clock += 2 * SEC;
         let late = step(&promoting.state, Input::Promotion(Promotion::Ready), &local);
         assert!(late.actions.is_empty());
@@ -1616,7 +1643,11 @@ mod tests {
         let lost = Input::Election {
             me: "s1".into(),
             term: 1,
-            answers: vec![("s2".into(), Err(crate::leader::Refusal::SeesPrimary))],
+            claim: Some(2),
+            answers: vec![(
+                "s2".into(),
+                Err(crate::leader::Refusal::TimelineTaken { highest: 3 }),
+            )],
             error: None,
         };
         let after = step(&steps[2].state, lost, &local);
@@ -1624,7 +1655,7 @@ mod tests {
         assert!(after.actions.is_empty());
         assert_eq!(kinds(&after), vec![EventKind::ElectionLost]);
         // Within 1.5 s the next check refuses with the reason; after it, it stands again in term 2
-        // (its own vote in term 1 is on disk).
+        // (its own vote in term 1 is on disk), claiming above the timeline s2 named.
         local.term = 1;
         local.lease_clock += SEC;
         let held = step(&after.state, Input::Checked(refused()), &local);
@@ -1638,7 +1669,8 @@ mod tests {
             again.actions,
             vec![Action::Stand {
                 term: 2,
-                primary: false
+                primary: false,
+                known_timeline: 3
             }]
         );
     }
@@ -1658,6 +1690,7 @@ mod tests {
         let lost = Input::Election {
             me: "p".into(),
             term: 44,
+            claim: None,
             answers: vec![("s1".into(), held("s1")), ("s2".into(), held("s1"))],
             error: None,
         };
@@ -1677,6 +1710,7 @@ mod tests {
         let one = Input::Election {
             me: "p".into(),
             term: 44,
+            claim: None,
             answers: vec![
                 ("s1".into(), held("s1")),
                 (
@@ -1704,12 +1738,14 @@ mod tests {
             stand.actions,
             vec![Action::Stand {
                 term: 1,
-                primary: true
+                primary: true,
+                known_timeline: 0
             }]
         );
         let won = Input::Election {
             me: "p".into(),
             term: 1,
+            claim: None,
             answers: ok(&["s1", "s2"]),
             error: None,
         };
@@ -2086,6 +2122,7 @@ mod tests {
         let won = Input::Election {
             me: "s1".into(),
             term: 1,
+            claim: Some(3),
             answers: ok(&["s2"]),
             error: None,
         };
@@ -2095,8 +2132,13 @@ mod tests {
         let writable = Promotion::Writable {
             waited: Duration::from_millis(5),
             total: Duration::from_millis(9),
+            timeline: Some(4),
         };
         let promoted = step(&elected.state, Input::Promotion(writable), &local);
+        // Landed past its claim: said, not hidden.
+        assert!(promoted.events[0]
+            .detail
+            .ends_with("onto timeline 4, not timeline 3 claimed in the election (PostgreSQL found a history file of timeline 3, in pg_wal or the archive)"));
         assert_eq!(
             promoted.actions.first(),
             Some(&Action::CreateSlots {

@@ -520,19 +520,31 @@ pub enum Promotion {
     SignalFailed(String),
     /// The postmaster was signalled, `took` after the decision.
     Requested { took: Duration },
-    /// Recovery ended `waited` after the request, `total` after the decision.
-    Writable { waited: Duration, total: Duration },
+    /// Recovery ended `waited` after the request, `total` after the decision, onto `timeline`
+    /// (the one new WAL is written on, when read).
+    Writable {
+        waited: Duration,
+        total: Duration,
+        timeline: Option<u32>,
+    },
     /// Recovery had not ended `waited` after the request.
     NotWritable { waited: Duration },
 }
 
-/// The next state after a step of the promotion sequence, and what to record.
-pub fn promotion(state: &State, step: &Promotion, now: Micros, settings: &Settings) -> Decision {
+/// The next state after a step of the promotion sequence, and what to record. `timeline`: the
+/// timeline claimed in the election won for this promotion, which the signal must land on.
+pub fn promotion(
+    state: &State,
+    step: &Promotion,
+    now: Micros,
+    settings: &Settings,
+    timeline: Option<u32>,
+) -> Decision {
     let mut s = state.clone();
     let mut actions = Vec::new();
     let (kind, detail) = match step {
         Promotion::Ready => {
-            actions.push(Action::SignalPromotion);
+            actions.push(Action::SignalPromotion { timeline });
             return Decision {
                 state: s,
                 actions,
@@ -570,11 +582,25 @@ pub fn promotion(state: &State, step: &Promotion, now: Micros, settings: &Settin
                 format!("promote signal sent to the postmaster in {} ms", took.as_millis()),
             )
         }
-        Promotion::Writable { waited, total } => {
+        Promotion::Writable {
+            waited,
+            total,
+            timeline: landed,
+        } => {
             actions.push(Action::PostPromoteCommand);
             let from = if s.manual { "request" } else { "decision" };
+            let onto = match (landed, timeline) {
+                // Only a history file that appeared after the placeholders were checked, or one
+                // restore_command found in the archive, makes PostgreSQL go past the claim.
+                (Some(l), Some(c)) if *l != c => format!(
+                    ", onto timeline {l}, not timeline {c} claimed in the election (PostgreSQL found a \
+                     history file of timeline {c}, in pg_wal or the archive)"
+                ),
+                (Some(l), _) => format!(", onto timeline {l}"),
+                (None, _) => String::new(),
+            };
             let promoted = format!(
-                "recovery ended {} ms after the request; {from} to writable {} ms",
+                "recovery ended {} ms after the request; {from} to writable {} ms{onto}",
                 waited.as_millis(),
                 total.as_millis()
             );
@@ -990,6 +1016,7 @@ mod tests {
             &Promotion::Requested { took: Duration::ZERO },
             T0,
             &SETTINGS,
+            None,
         );
         let late = promotion(
             &requested.state,
@@ -998,6 +1025,7 @@ mod tests {
             },
             T0,
             &SETTINGS,
+            None,
         );
         assert!(late.events[0]
             .detail
@@ -1057,9 +1085,11 @@ mod tests {
             &Promotion::Writable {
                 waited: Duration::ZERO,
                 total: Duration::ZERO,
+                timeline: None,
             },
             T0,
             &SETTINGS,
+            None,
         );
         assert_eq!(writable.actions, vec![Action::PostPromoteCommand]);
         assert!(decide(&writable.state, None, &taken, &SETTINGS)

@@ -19,9 +19,11 @@
 //!   never counted. Which answers arrived is chosen at the close ([`Arrived`]): the three choices
 //!   give every outcome `renew` can have for some set of them;
 //! - a standby stands whenever its own rules let it ([`Campaign::stand`], its own vote durable at once) and
-//!   asks every other member; once the votes that have arrived make a majority
-//!   (`Campaign::count`, `won`), it may count them and lead that term, with no lease until its
-//!   first round;
+//!   asks every other member, claiming the timeline [`claim`] gives from the newest timeline it
+//!   has a history of and its own record; once the votes that have arrived make a majority
+//!   (`Campaign::count`, `won`), it may count them, lead that term (with no lease until its
+//!   first round) and promote onto the timeline it claimed, which becomes its newest (kept
+//!   across crashes, as history files are);
 //! - a member answers a request when it is delivered, on its clock at that instant; its durable
 //!   part changes together with the answer (the write is atomic with the answer);
 //! - requests travel in a bounded multiset: any of them may be delivered in any order, delivered
@@ -57,8 +59,8 @@
 //! **Invariants**, checked in every reached state (a lease becomes valid only at a reached state,
 //! so two leases that overlap do so in one): at most one winner per term; never two nodes for
 //! which `may_commit` holds at the same real instant; no member gives its vote to two candidates
-//! in one term, across restarts. Histories of winners and votes are kept in the state for the
-//! first and the third.
+//! in one term, across restarts; no two winners promote onto one timeline number. Histories of
+//! winners, votes and promotions are kept in the state for the first, the third and the fourth.
 //!
 //! **Runs.** Breadth-first searches, complete within their bounds: every run of at most 6
 //! steps (a crash, duplicates, three terms, both standbys); every run of the elections alone (a
@@ -73,8 +75,8 @@ use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant};
 
 use policy::leader::{
-    lease, lease_duration, may_commit, renew, vote, Ballot, Campaign, Durable, Lease, LeaseRequest, Member,
-    Position, Rank, Refusal, Renewal, Round, Standing, Term, DRIFT_PPM,
+    claim, lease, lease_duration, may_commit, renew, vote, Ballot, Campaign, Durable, Lease, LeaseRequest,
+    Member, Position, Rank, Refusal, Renewal, Round, Standing, Term, DRIFT_PPM,
 };
 use policy::time::{micros, Micros, MS, SEC};
 use stateright::{Checker, HasDiscoveries, Model, Path, Property};
@@ -95,6 +97,7 @@ const FAST: Drift = DRIFT_PPM;
 const ONE_WINNER: &str = "at most one winner per term";
 const ONE_LEASE: &str = "at most one node may commit at any instant";
 const ONE_VOTE: &str = "at most one vote per member and term";
+const ONE_TIMELINE: &str = "no two winners promote onto one timeline";
 const STANDBY_WINS: &str = "a standby wins a term";
 const STANDBY_COMMITS: &str = "a standby that won may commit";
 const PRIMARY_COMMITS: &str = "the first primary may commit";
@@ -123,8 +126,12 @@ enum Bug {
     /// A leader counts its lease from `sent_at` for the whole duration, without the shortening
     /// by the drift bound.
     NoDriftShortening,
-    /// A member forgets whom it voted for when it restarts (its term is kept).
+    /// A member forgets its vote when it restarts: whom it voted for, and the timeline that vote
+    /// claimed (its term is kept).
     ForgetVote,
+    /// A winner promotes onto the timeline after the newest it has a history of, whatever it
+    /// claimed (what PostgreSQL does unless told otherwise).
+    PromoteOntoNext,
 }
 
 /// The model: its bounds and the choices open at the start.
@@ -198,6 +205,7 @@ fn key(v: &Result<(), Refusal>) -> Key<'_> {
                 )),
             ),
             Refusal::OtherLeader { term, leader } => (7, *term, Some(leader), None),
+            Refusal::TimelineTaken { highest } => (10, u64::from(*highest), None, None),
             // Never made by the rules the model drives: only by the shell reading answers.
             Refusal::Remote { code, .. } => (8, 0, Some(code), None),
             Refusal::Unreachable(why) => (9, 0, Some(why), None),
@@ -240,12 +248,14 @@ fn hash_refusals<H: Hasher>(refusals: &[(String, Refusal)], h: &mut H) {
     }
 }
 
-/// A campaign under way: leader.rs's own [`Campaign`], hashed for the state.
+/// A campaign under way: leader.rs's own [`Campaign`] and the timeline its ballots claim,
+/// hashed for the state.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Tally(Campaign);
+struct Tally(Campaign, u32);
 
 impl Hash for Tally {
     fn hash<H: Hasher>(&self, h: &mut H) {
+        self.1.hash(h);
         self.0.term.hash(h);
         self.0.members.hash(h);
         self.0.votes.hash(h);
@@ -280,13 +290,21 @@ struct Node {
     member: Member,
     campaign: Option<Tally>,
     leading: Option<Leading>,
+    /// The newest timeline this node has a history of (on disk: it survives a crash): its own
+    /// after it promoted.
+    newest: u32,
 }
 
 /// A message; nodes by index in [`NAMES`].
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Msg {
-    /// A candidate's [`Ballot`] (its rank is fixed for the run).
-    Ballot { from: usize, to: usize, term: Term },
+    /// A candidate's [`Ballot`] (its rank is fixed for the run), claiming `claim`.
+    Ballot {
+        from: usize,
+        to: usize,
+        term: Term,
+        claim: u32,
+    },
     Vote {
         from: usize,
         to: usize,
@@ -342,6 +360,8 @@ struct State {
     /// History: whom each member granted its vote in each term (a candidate votes for itself),
     /// as (member, term, candidate).
     votes: Vec<(usize, Term, usize)>,
+    /// History: the timeline each winner promoted onto, as (timeline, term).
+    promotions: Vec<(u32, Term)>,
 }
 
 impl State {
@@ -402,7 +422,7 @@ impl State {
 
     /// The campaign of candidate `i` counting the votes that arrived, if they make it win.
     fn won(&self, i: usize) -> Option<Campaign> {
-        let Tally(mut c) = self.nodes[i].campaign.clone()?;
+        let Tally(mut c, _) = self.nodes[i].campaign.clone()?;
         for m in &self.net {
             if let Msg::Vote {
                 from,
@@ -487,11 +507,17 @@ impl Leadership {
     /// Member `to` answers a request; its durable state is written with the answer.
     fn deliver(&self, s: &mut State, m: Msg) {
         match m {
-            Msg::Ballot { from, to, term } => {
+            Msg::Ballot {
+                from,
+                to,
+                term,
+                claim,
+            } => {
                 let ballot = Ballot {
                     term,
                     rank: s.rank(from),
                     primary: false,
+                    claim: Some(claim),
                 };
                 let answer = vote(&s.nodes[to].member, &s.standing(to), &ballot, s.clock(to));
                 s.nodes[to].member = answer.member;
@@ -587,6 +613,7 @@ impl Model for Leadership {
             leader: Some(NAMES[P].to_string()),
             // Every lease in the model has one length, granted before the start.
             longest_grant: lease_length().as_micros() as i64,
+            timeline: 0,
         };
         let member = Member {
             durable,
@@ -597,6 +624,7 @@ impl Model for Leadership {
             member: member.clone(),
             campaign: None,
             leading,
+            newest: 1,
         };
         let p = node(Some(Leading {
             lease: Lease {
@@ -623,6 +651,7 @@ impl Model for Leadership {
                 rounds: 0,
                 winners: vec![(1, P)],
                 votes: Vec::new(),
+                promotions: Vec::new(),
             };
             let state = prefix.iter().fold(state, |s, a| {
                 let mut enabled = Vec::new();
@@ -696,27 +725,46 @@ impl Model for Leadership {
             Action::Wait(t) => s.now = t,
             Action::Stand(i) => {
                 // A stand its own rules refuse (a live grant, the quiet period) does not happen.
-                let (campaign, member) = Campaign::stand(
-                    &s.nodes[i].member,
-                    s.nodes[i].member.durable.term + 1,
-                    &s.rank(i),
-                    false,
-                    N,
-                    s.clock(i),
-                )
-                .ok()?;
+                let n = &s.nodes[i];
+                let claim = claim(n.newest, n.member.durable.timeline);
+                let ballot = Ballot {
+                    term: n.member.durable.term + 1,
+                    rank: s.rank(i),
+                    primary: false,
+                    claim: Some(claim),
+                };
+                let (campaign, member) = Campaign::stand(&n.member, &ballot, N, s.clock(i)).ok()?;
                 let term = campaign.term;
                 record(&mut s.votes, (i, term, i));
                 s.nodes[i].member = member;
-                s.nodes[i].campaign = Some(Tally(campaign));
+                s.nodes[i].campaign = Some(Tally(campaign, claim));
                 s.forget_answers(i);
                 for to in (0..N).filter(|to| *to != i) {
-                    self.send(&mut s, Msg::Ballot { from: i, to, term });
+                    self.send(
+                        &mut s,
+                        Msg::Ballot {
+                            from: i,
+                            to,
+                            term,
+                            claim,
+                        },
+                    );
                 }
             }
             Action::Win(i) => {
                 let c = s.won(i)?;
                 record(&mut s.winners, (c.term, i));
+                // It promotes (a leader standing again stays on its timeline in the real
+                // worker; here it takes a new one, which only adds promotions to check).
+                let Tally(_, claimed) = s.nodes[i].campaign.clone()?;
+                let onto = if self.broken == Some(Bug::PromoteOntoNext) {
+                    s.nodes[i].newest + 1
+                } else {
+                    claimed
+                };
+                s.promotions.push((onto, c.term));
+                s.promotions.sort_unstable();
+                s.nodes[i].newest = s.nodes[i].newest.max(onto);
                 s.nodes[i].campaign = None;
                 s.nodes[i].leading = Some(Leading {
                     lease: Lease {
@@ -769,12 +817,14 @@ impl Model for Leadership {
                 let mut durable = s.nodes[i].member.durable.clone();
                 if self.broken == Some(Bug::ForgetVote) {
                     durable.voted_for = None;
+                    durable.timeline = 0;
                 }
                 let leads = durable.leader.as_deref() == Some(NAMES[i]);
                 let term = durable.term;
                 let now = s.clock(i);
                 s.nodes[i] = Node {
                     member: Member::start(durable, now, lease_length()),
+                    newest: s.nodes[i].newest,
                     campaign: None,
                     leading: leads.then_some(Leading {
                         lease: Lease {
@@ -807,6 +857,9 @@ impl Model for Leadership {
             }),
             Property::always(ONE_VOTE, |_, s: &State| {
                 s.votes.windows(2).all(|v| (v[0].0, v[0].1) != (v[1].0, v[1].1))
+            }),
+            Property::always(ONE_TIMELINE, |_, s: &State| {
+                s.promotions.windows(2).all(|p| p[0].0 != p[1].0)
             }),
         ];
         if !self.examples {
@@ -917,7 +970,7 @@ fn trace(path: &Path<State, Action>) -> String {
 
 /// The three invariants hold in every state the checker reached.
 fn assert_invariants<C: Checker<Leadership>>(checker: &C) {
-    for name in [ONE_WINNER, ONE_LEASE, ONE_VOTE] {
+    for name in INVARIANTS {
         if let Some(path) = checker.discovery(name) {
             panic!("\"{name}\" violated:\n{}", trace(&path));
         }
@@ -1079,7 +1132,7 @@ struct Simulated {
     reached: BTreeSet<&'static str>,
 }
 
-const INVARIANTS: [&str; 3] = [ONE_WINNER, ONE_LEASE, ONE_VOTE];
+const INVARIANTS: [&str; 4] = [ONE_WINNER, ONE_LEASE, ONE_VOTE, ONE_TIMELINE];
 
 /// Every behaviour of at most 6 steps, with a crash, duplicates, three terms and both standbys
 /// standing: complete to that depth.
@@ -1183,6 +1236,33 @@ fn a_vote_forgotten_on_restart_is_caught() {
     println!("{}", trace(&path));
 }
 
+/// A winner that promotes onto the timeline after its newest, as PostgreSQL does by itself,
+/// rather than onto the one it claimed: two winners end on one timeline number (the finding of
+/// the chaos run's seed 3). The checker finds it: s1 wins term 2 and promotes onto timeline 2;
+/// s2, which voted for s1 but never followed it, wins term 3 and promotes onto 2 as well.
+#[test]
+fn a_promotion_onto_the_next_timeline_rather_than_the_claimed_one_is_caught() {
+    let model = Leadership {
+        broken: Some(Bug::PromoteOntoNext),
+        s2_ahead: vec![false],
+        max_term: 3,
+        max_crashes: 0,
+        ..elections()
+    };
+    let started = Instant::now();
+    let checker = model
+        .checker()
+        .finish_when(HasDiscoveries::AnyOf([ONE_TIMELINE].into()))
+        .spawn_bfs()
+        .join();
+    report("promotion onto the next timeline", &checker, started);
+    let path = checker.assert_any_discovery(ONE_TIMELINE);
+    println!("{}", trace(&path));
+    let last = path.last_state();
+    assert_eq!(last.promotions.len(), 2);
+    assert_eq!(last.promotions[0].0, last.promotions[1].0);
+}
+
 /// The drift bound is between the members' rates, as leader.rs says, not between each rate and
 /// real time: with p slow by the bound and the others fast by it (rates twice the bound apart),
 /// s1 is elected and renewed while p's lease still holds. The checker finds it, and the path
@@ -1215,6 +1295,7 @@ fn rates_twice_the_drift_bound_apart_break_the_lease() {
         from: S1,
         to,
         term: 2,
+        claim: 2,
     };
     // p asks at 0 on its clock and relies on its lease until 1.98 s on its clock, 2 s of real
     // time; s2's and w's grants end at 2 s on their clocks, 1.980199 s of real time.
