@@ -293,14 +293,15 @@ fn main() {
         failed |= cost_mode(&args, &tools);
     }
     if args.mode == "chaos" {
-        let (runs, length) = if args.regressions {
-            let runs = chaos::REGRESSIONS.map(|(seed, setup, hosts, _)| (seed, setup, hosts));
-            (runs.to_vec(), Duration::from_secs(60))
+        let runs = if args.regressions {
+            let runs = chaos::REGRESSIONS
+                .map(|(seed, setup, hosts, secs, _)| (seed, setup, hosts, Duration::from_secs(secs)));
+            runs.to_vec()
         } else {
-            let runs = chaos::runs(args.seed, args.schedules, &args.setups);
-            (runs, Duration::from_secs(args.chaos_secs))
+            let length = Duration::from_secs(args.chaos_secs);
+            chaos::runs(args.seed, args.schedules, &args.setups, length)
         };
-        failed |= chaos::run(&runs, length, args.parallel, &args.out);
+        failed |= chaos::run(&runs, args.parallel, &args.out);
     }
     eprintln!("bench: results in {}", args.out.display());
     if failed {

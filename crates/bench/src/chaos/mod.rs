@@ -474,10 +474,13 @@ pub fn table(outcomes: &[Outcome]) -> String {
     text
 }
 
-/// The schedules that once found a violation of pg_promoter's, each 60 s long and drawn for the
-/// three hosts the setup had, with what it was; `bench chaos --regressions` runs them again (CI
-/// does).
-pub const REGRESSIONS: [(u64, Setup, usize, &str); 2] = [
+/// A schedule to run: its seed, the setup, the hosts it is drawn for, and its length.
+pub type Run = (u64, Setup, usize, Duration);
+
+/// The schedules that once found a violation of pg_promoter's, each with the hosts it was drawn
+/// for, its length in seconds and what it found; `bench chaos --regressions` runs them again
+/// (CI does).
+pub const REGRESSIONS: [(u64, Setup, usize, u64, &str); 3] = [
     (
         1054,
         Setup::PgPromoter {
@@ -485,6 +488,7 @@ pub const REGRESSIONS: [(u64, Setup, usize, &str); 2] = [
             synchronous: false,
         },
         3,
+        60,
         "a standby started on the old primary's data never followed the leader (64f1d2d)",
     ),
     (
@@ -494,14 +498,26 @@ pub const REGRESSIONS: [(u64, Setup, usize, &str); 2] = [
             synchronous: true,
         },
         3,
+        60,
         "an old primary whose term had passed the leader's was never superseded (56decc0)",
+    ),
+    (
+        3,
+        Setup::PgPromoter {
+            witness: false,
+            synchronous: false,
+        },
+        4,
+        20,
+        "a second winner promoted onto the timeline number the first had taken (two histories \
+         numbered 2)",
     ),
 ];
 
 /// Which setup runs which seed: every schedule once per tool among `setups` (pg_promoter,
 /// Patroni, repmgrd), each tool's setups taking the seeds in turn, so that every tool meets the
 /// same faults at the same moments.
-pub fn runs(first_seed: u64, schedules: usize, setups: &[Setup]) -> Vec<(u64, Setup, usize)> {
+pub fn runs(first_seed: u64, schedules: usize, setups: &[Setup], length: Duration) -> Vec<Run> {
     let mut tools: Vec<Vec<Setup>> = Vec::new();
     for &setup in setups {
         let tool = std::mem::discriminant(&setup);
@@ -515,23 +531,23 @@ pub fn runs(first_seed: u64, schedules: usize, setups: &[Setup]) -> Vec<(u64, Se
             let tools = &tools;
             tools
                 .iter()
-                .map(move |t| (first_seed + k as u64, t[k % t.len()], schedule::HOSTS))
+                .map(move |t| (first_seed + k as u64, t[k % t.len()], schedule::HOSTS, length))
         })
         .collect()
 }
 
-/// `bench chaos`: schedules of `length`, each seed on its setup ([`runs`], [`REGRESSIONS`]),
+/// `bench chaos`: each seed on its setup, for its length ([`runs`], [`REGRESSIONS`]),
 /// `parallel` at a time (each on its own cluster and network); writes chaos.txt
 /// (the table, then every schedule in seed order) under `out`, after each schedule. True when a
 /// schedule of pg_promoter's found a violation, or any could not run.
-pub fn run(runs: &[(u64, Setup, usize)], length: Duration, parallel: usize, out: &Path) -> bool {
+pub fn run(runs: &[Run], parallel: usize, out: &Path) -> bool {
     let next = std::sync::atomic::AtomicUsize::new(0);
     let outcomes: std::sync::Mutex<Vec<Outcome>> = std::sync::Mutex::new(Vec::new());
     std::thread::scope(|scope| {
         for _ in 0..parallel.max(1) {
             scope.spawn(|| loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(&(seed, setup, hosts)) = runs.get(i) else {
+                let Some(&(seed, setup, hosts, length)) = runs.get(i) else {
                     break;
                 };
                 let schedule = schedule::generate(seed, length, hosts);
@@ -568,7 +584,7 @@ mod tests {
 
     #[test]
     fn every_tool_meets_every_seed_and_its_setups_take_turns() {
-        let runs = runs(10, 4, &Setup::ALL);
+        let runs = runs(10, 4, &Setup::ALL, Duration::from_secs(20));
         assert_eq!(runs.len(), 12);
         for seed in 10..14 {
             let tools: Vec<String> = runs
