@@ -55,7 +55,7 @@ impl Arbiter for Members<'_> {
         known_timeline: u32,
         stop: &dyn Fn() -> bool,
     ) -> Result<Input, Interrupted> {
-        let cannot = |me: String, why: String| Input::Election {
+        let cannot = |me: String, why: Refusal| Input::Election {
             me,
             term,
             claim: None,
@@ -63,13 +63,13 @@ impl Arbiter for Members<'_> {
             error: Some(why),
         };
         let Some(me) = find_name(self.pool, settings, stop)? else {
-            return Ok(cannot(String::new(), not_found()));
+            return Ok(cannot(String::new(), Refusal::Failed(not_found())));
         };
         let rank = member::rank(settings, &me);
         // What this server's promotion would otherwise go past: its claim goes above it.
         let newest = match history::files() {
             Ok(files) => policy::timeline::newest(rank.position.timeline, &files),
-            Err(why) => return Ok(cannot(me, why)),
+            Err(why) => return Ok(cannot(me, Refusal::Failed(why))),
         };
         let ballot = match member::stand(settings, (term, &rank, primary), newest, known_timeline) {
             Ok(ballot) => ballot,

@@ -58,15 +58,15 @@ pub fn vote(settings: &Settings, ballot: &Ballot) -> Result<Answer, String> {
 /// This server stands in `term`: its own vote, by the rules every member follows, on disk
 /// before anyone is asked. A standby claims the timeline it would promote onto: above its newest
 /// timeline history (`newest`), its own record and `known_timeline` (`leader::claim`). The
-/// ballot to send.
+/// ballot to send, or why its own vote is refused (`Refusal::Failed` when it could not vote).
 pub fn stand(
     settings: &Settings,
     (term, rank, primary): (u64, &Rank, bool),
     newest: u32,
     known_timeline: u32,
-) -> Result<Ballot, String> {
+) -> Result<Ballot, Refusal> {
     let mut shared = shmem::MEMBER.exclusive();
-    load_into(&mut shared, settings)?;
+    load_into(&mut shared, settings).map_err(Refusal::Failed)?;
     let members = policy::leading::members(settings);
     let me = member(&shared);
     let ballot = Ballot {
@@ -75,8 +75,8 @@ pub fn stand(
         primary,
         claim: (!primary).then(|| leader::claim(newest, me.durable.timeline.max(known_timeline))),
     };
-    let (_, me) = Campaign::stand(&me, &ballot, members, local::lease_clock()).map_err(|r| r.reason())?;
-    state_file::write(shared.name.as_str(), &me.durable)?;
+    let (_, me) = Campaign::stand(&me, &ballot, members, local::lease_clock())?;
+    state_file::write(shared.name.as_str(), &me.durable).map_err(Refusal::Failed)?;
     store(&mut shared, &me);
     Ok(ballot)
 }

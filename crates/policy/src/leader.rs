@@ -253,6 +253,8 @@ pub enum Refusal {
     },
     /// The member could not be asked.
     Unreachable(String),
+    /// The member could not answer: its state file, or its own name among the members.
+    Failed(String),
 }
 
 impl Refusal {
@@ -284,6 +286,7 @@ impl Refusal {
             }
             Refusal::Remote { reason, .. } => reason.clone(),
             Refusal::Unreachable(why) => format!("unreachable: {why}"),
+            Refusal::Failed(why) => why.clone(),
         }
     }
 
@@ -300,6 +303,7 @@ impl Refusal {
             Refusal::TimelineTaken { .. } => "timeline_taken",
             Refusal::Remote { code, .. } => code,
             Refusal::Unreachable(_) => "unreachable",
+            Refusal::Failed(_) => "failed",
         }
     }
 

@@ -79,6 +79,9 @@ pub struct State {
     /// The timeline claimed in the election this server won (a standby's): its promotion must
     /// land on it.
     pub claimed: Option<u32>,
+    /// A primary that could not stand because its own member grants another leader a live
+    /// lease: that leader, and since when (the lease clock) every stand met it.
+    pub own_grant_to: Option<(String, Micros)>,
     /// A lease was held since the worker started (a primary that never held one is not fenced
     /// for the lack of it: its commits wait at the pre-commit check, and a starting cluster or a
     /// restarted worker is not shut down by `fence_action = shutdown`).

@@ -5,7 +5,7 @@
 
 use crate::classify::{classify, Outcome, Verdict};
 use crate::event::{Event, EventKind};
-use crate::leader::{Renewal, Term};
+use crate::leader::{Refusal, Renewal, Term};
 use crate::leading::{self, Answers, Outcome as Election};
 use crate::members::Member;
 use crate::primary::{self, Answer, Fence};
@@ -158,13 +158,14 @@ pub enum Input {
     /// A primary's round is due (leadership): renew the lease, or stand to lead.
     Due,
     /// The members answered this server's candidacy in `term`, as `me`, claiming `claim` (a
-    /// standby's timeline); `error` when it could not stand at all.
+    /// standby's timeline); `error` when it could not stand at all (its own vote refused, or
+    /// `Refusal::Failed`).
     Election {
         me: String,
         term: Term,
         claim: Option<u32>,
         answers: Answers,
-        error: Option<String>,
+        error: Option<Refusal>,
     },
     /// What this member's state says of who leads (on a change): the leader it knows, its own
     /// name, and whether its upstream (`primary_conninfo`) already is that leader.
@@ -700,13 +701,13 @@ fn election(
     me: &str,
     (term, claim): (Term, Option<u32>),
     answers: &Answers,
-    error: Option<String>,
+    error: Option<Refusal>,
     local: &Local,
     actions: &mut Vec<Action>,
     events: &mut Vec<Event>,
 ) {
     let standing = local.in_recovery && node.standby.phase == Phase::Electing;
-    if let Some(why) = error {
+    if let Some(refusal) = error {
         let (_, state, _) = leading::elected(
             &node.leading,
             &node.settings,
@@ -716,14 +717,24 @@ fn election(
             (local.lease_clock, local.now, local.random),
         );
         node.leading = state;
-        let detail = format!("could not stand in term {term}: {why}");
+        let detail = format!("could not stand in term {term}: {}", refusal.reason());
         events.push(Event::new(local.now, EventKind::ElectionLost, detail.clone()));
         if standing {
             node.standby.phase = Phase::Refusing;
         }
+        if own_grant_outlasts_a_lease(node, me, &refusal, local) {
+            let leader = refusal.lease_holder().unwrap_or_default().to_string();
+            let why = format!(
+                "this server's own member has granted {leader} the lease of a newer term for longer than one \
+                 lease: {leader} leads, and this primary leads no term"
+            );
+            supersede(node, &why, &leader, local, actions, events);
+            return;
+        }
         fence_without_lease(node, &detail, local, actions, events);
         return;
     }
+    node.leading.own_grant_to = None;
     let (outcome, state, event) = leading::elected(
         &node.leading,
         &node.settings,
@@ -794,6 +805,26 @@ fn election(
             fence_without_lease(node, &lost, local, actions, events);
         }
     }
+}
+
+/// Whether a primary that could not stand (`refusal`, its own vote's) has met its own member's
+/// live grant to one other leader at every stand for longer than one lease: that leader renewed
+/// it since, so it is alive and elected (a lease is asked only by the winner of its term), and
+/// this primary, which leads no term, was failed over from or promoted outside an election. A
+/// leader that stopped is not mistaken for a live one: its grant runs out within a lease (a
+/// switchover by hand goes on once it has).
+fn own_grant_outlasts_a_lease(node: &mut Node, me: &str, refusal: &Refusal, local: &Local) -> bool {
+    let holder = refusal.lease_holder().filter(|l| *l != me && !local.in_recovery);
+    let Some(holder) = holder else {
+        node.leading.own_grant_to = None;
+        return false;
+    };
+    let since = match &node.leading.own_grant_to {
+        Some((l, at)) if l == holder => *at,
+        _ => local.lease_clock,
+    };
+    node.leading.own_grant_to = Some((holder.to_string(), since));
+    local.lease_clock - since > crate::time::micros(leading::lease_duration(&node.settings))
 }
 
 /// Re-points this standby to `leader` (its own slot named after `me`, where members use slots).
@@ -1726,6 +1757,58 @@ mod tests {
             .actions
             .iter()
             .any(|a| matches!(a, Action::Fence { permanent: true, .. })));
+    }
+
+    #[test]
+    fn a_primary_whose_own_grant_to_another_leader_outlasts_a_lease_is_superseded() {
+        // The chaos run's seed 3, replayed alongside others: an old primary whose worker never
+        // held a lease since it started, and whose own member grants s2 the lease of term 7,
+        // cannot stand at all: no member is even asked.
+        let node = Node::new(three_members(), T0, false);
+        let mut local = primary_at(T0);
+        local.lease_clock = 10 * SEC;
+        let own = |leader: &str| Input::Election {
+            me: "p".into(),
+            term: 8,
+            claim: None,
+            answers: Vec::new(),
+            error: Some(Refusal::LeaseHeld {
+                leader: leader.into(),
+                left: 2 * SEC,
+            }),
+        };
+        let first = step(&node, own("s2"), &local);
+        assert_eq!(kinds(&first), vec![EventKind::ElectionLost]);
+        assert!(
+            first.actions.is_empty(),
+            "a leader that stopped would let its grant run out"
+        );
+        // Another leader, or a stand that went through, starts the count again.
+        local.lease_clock += 3 * SEC;
+        let other = step(&first.state, own("s1"), &local);
+        assert!(other.actions.is_empty());
+        local.lease_clock += SEC;
+        let still = step(&other.state, own("s1"), &local);
+        assert!(still.actions.is_empty(), "one second of a 2 s lease");
+        // Renewed past one lease: s1 is alive and elected.
+        local.lease_clock += 1100 * crate::time::MS;
+        let out = step(&still.state, own("s1"), &local);
+        assert!(matches!(out.state.primary.fence, Fence::Superseded { ref by, .. } if by == "s1"));
+        assert!(out.events[1].detail.starts_with(
+            "this server's own member has granted s1 the lease of a newer term for longer than one lease"
+        ));
+        assert!(matches!(
+            &out.actions[..],
+            [Action::Fence { permanent: true, .. }]
+        ));
+        // A standby that cannot stand for its own grant follows that leader instead: never fenced.
+        let mut standby = primary_at(T0);
+        standby.in_recovery = true;
+        standby.lease_clock = 100 * SEC;
+        let s = step(&node, own("s1"), &standby);
+        standby.lease_clock += 10 * SEC;
+        let s = step(&s.state, own("s1"), &standby);
+        assert!(!s.actions.iter().any(|a| matches!(a, Action::Fence { .. })));
     }
 
     #[test]

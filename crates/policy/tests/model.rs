@@ -209,6 +209,7 @@ fn key(v: &Result<(), Refusal>) -> Key<'_> {
             // Never made by the rules the model drives: only by the shell reading answers.
             Refusal::Remote { code, .. } => (8, 0, Some(code), None),
             Refusal::Unreachable(why) => (9, 0, Some(why), None),
+            Refusal::Failed(why) => (11, 0, Some(why), None),
         },
     }
 }
