@@ -22,15 +22,6 @@ pub extern "C-unwind" fn _PG_init() {
     // functions then say so (shmem::require) instead of failing here, so that
     // CREATE EXTENSION works on any node.
     if pg::local::preloading() {
-        // Before the startup process reads them (docs/leadership.md, "Timelines").
-        match pg::history::remove_stale() {
-            Ok(removed) if !removed.is_empty() => pgrx::log!(
-                "pg_promoter: removed the placeholder history files of timelines {removed:?}, left by a \
-                 promotion that did not happen"
-            ),
-            Ok(_) => {}
-            Err(why) => pgrx::warning!("pg_promoter: could not look for placeholder history files: {why}"),
-        }
         pg::logmask::init();
         gate::init();
         pg::shmem::init();

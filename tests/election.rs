@@ -269,7 +269,7 @@ fn a_standby_promoted_by_hand_while_the_primary_leads_takes_no_ordinary_commit()
     let fenced = testbed::try_wait_until(LONG, || state(s1) == "fenced");
     assert!(fenced.is_some(), "{:#?}", events(s1));
     assert!(
-        has_event(s1, "fenced", "own member has granted p the lease"),
+        has_event(s1, "fenced", "own member has renewed p"),
         "{:#?}",
         events(s1)
     );
@@ -578,22 +578,38 @@ fn a_second_winner_never_reuses_the_timeline_number_of_the_first() {
 }
 
 /// A standby that stops between its placeholder history files and the end of its promotion
-/// (a crash) would take the newest placeholder as its target timeline and refuse to recover:
-/// the library removes such placeholders when the server starts.
+/// would take the newest placeholder as its target timeline and refuse to recover (FATAL:
+/// requested timeline 2 is not a child of this server's history): the library removes such
+/// placeholders each time the postmaster makes shared memory, at a start and after a crash.
 #[test]
-fn placeholders_of_a_promotion_that_did_not_happen_go_at_the_next_start() {
+fn placeholders_of_a_promotion_that_did_not_happen_go_at_the_next_start_or_crash() {
     let p = Node::primary("el-ph-p", FAST);
+    p.query("CREATE EXTENSION pg_promoter");
     let s = Node::standby("el-ph-s", &p, p.port(), FAST);
-    let file = s.data_dir().join("pg_wal/00000005.history");
-    std::fs::write(&file, "# pg_promoter placeholder: timeline 5 was claimed\n").unwrap();
+    let placeholder = || {
+        let file = s.data_dir().join("pg_wal/00000002.history");
+        std::fs::write(&file, "# pg_promoter placeholder: timeline 2 was claimed\n").unwrap();
+        file
+    };
+    let streaming = || s.psql("SELECT status FROM pg_stat_wal_receiver").as_deref() == Ok("streaming");
+    let file = placeholder();
     s.restart();
     assert!(!file.exists(), "the placeholder stays; log:\n{}", s.log_tail(20));
     assert!(s
         .log()
-        .contains("removed the placeholder history files of timelines [5]"));
-    wait_until("the standby recovers and streams", LONG, || {
-        s.psql("SELECT status FROM pg_stat_wal_receiver").as_deref() == Ok("streaming")
+        .contains("removed the placeholder history files 00000002.history, left by a promotion"));
+    wait_until("the standby recovers and streams", LONG, streaming);
+    // A crash: the postmaster starts every process again, the startup process first.
+    let file = placeholder();
+    let worker = status(&s, "worker_pid");
+    let killed = std::process::Command::new("kill").args(["-9", &worker]).status();
+    assert!(killed.expect("kill runs").success());
+    wait_until("a new worker runs", LONG, || {
+        let pid = status(&s, "worker_pid");
+        !pid.is_empty() && pid != worker
     });
+    assert!(!file.exists(), "the placeholder stays; log:\n{}", s.log_tail(20));
+    wait_until("the standby recovers and streams", LONG, streaming);
     assert_eq!(s.in_recovery(), Some(true));
 }
 

@@ -1,10 +1,11 @@
 //! Timeline history files in `pg_wal`: which there are, and the placeholders that make a
 //! promotion land on the timeline claimed in an election (`policy::timeline` says which).
 
-use std::fs;
-use std::path::PathBuf;
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
 
-use policy::timeline::{self, File, MARKER};
+use policy::timeline::{self, File as History, MARKER};
 
 use super::local;
 
@@ -17,7 +18,7 @@ fn path(timeline: u32) -> PathBuf {
 }
 
 /// The history files in `pg_wal`: each timeline, and whether it is a placeholder.
-pub fn files() -> Result<Vec<File>, String> {
+pub fn files() -> Result<Vec<History>, String> {
     let dir = dir();
     let entries =
         fs::read_dir(&dir).map_err(|e| format!("could not open directory \"{}\": {e}", dir.display()))?;
@@ -40,23 +41,40 @@ pub fn files() -> Result<Vec<File>, String> {
     Ok(found)
 }
 
+fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir).and_then(|d| d.sync_all())
+}
+
 /// Writes the placeholders that make the promotion of this server, recovering `from`, land on
-/// `claim`; the ones written.
+/// `claim`; the ones written. Each is fsynced under a temporary name and linked into place: the
+/// startup process never reads half a file, a crash never leaves an empty one, and a real file
+/// that arrived meanwhile (the WAL receiver's) is never replaced.
 pub fn claim(claim: u32, from: u32) -> Result<Vec<u32>, String> {
     let wanted = timeline::placeholders(claim, from, &files()?)?;
     let mut written = Vec::new();
     for n in wanted {
         let target = path(n);
-        // Renamed into place, so that the startup process never reads half a file.
         let temp = target.with_extension("history.pg_promoter");
-        if let Err(e) =
-            fs::write(&temp, timeline::placeholder(n, claim)).and_then(|()| fs::rename(&temp, &target))
-        {
-            forget(&written);
-            return Err(format!("could not write file \"{}\": {e}", target.display()));
+        let placed = File::create(&temp)
+            .and_then(|mut f| {
+                f.write_all(timeline::placeholder(n, claim).as_bytes())?;
+                f.sync_all()
+            })
+            .and_then(|()| match fs::hard_link(&temp, &target) {
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+                linked => linked.map(|()| true),
+            });
+        let _ = fs::remove_file(&temp);
+        match placed {
+            Ok(true) => written.push(n),
+            Ok(false) => {}
+            Err(e) => {
+                forget(&written);
+                return Err(format!("could not write file \"{}\": {e}", target.display()));
+            }
         }
-        written.push(n);
     }
+    fsync_dir(&dir()).map_err(|e| format!("could not fsync directory \"{}\": {e}", dir().display()))?;
     Ok(written)
 }
 
@@ -67,9 +85,18 @@ pub fn forget(placeholders: &[u32]) {
     }
 }
 
-/// Removes the placeholders a promotion that did not happen left (`policy::timeline::stale`).
-pub fn remove_stale() -> Result<Vec<u32>, String> {
+/// Undoes a promotion that did not happen, each time the postmaster makes shared memory (at its
+/// start, and after a crash of any process, before the startup process recovers): the
+/// placeholders with no real history above them (`policy::timeline::stale`), which a standby
+/// would take as its target timeline and refuse to recover, and then the `promote` signal file
+/// of that promotion, which would otherwise promote past the claim. Returns the placeholders
+/// removed, and whether there was a signal file.
+pub fn undo_unfinished_promotion() -> Result<(Vec<u32>, bool), String> {
     let stale = timeline::stale(&files()?);
+    if stale.is_empty() {
+        return Ok((stale, false));
+    }
     forget(&stale);
-    Ok(stale)
+    let signal = fs::remove_file(PathBuf::from(local::data_dir()).join("promote")).is_ok();
+    Ok((stale, signal))
 }

@@ -222,6 +222,11 @@ pub static SUPERUSER_SESSIONS: PgAtomic<AtomicI64> =
 static AVAILABLE: AtomicBool = AtomicBool::new(false);
 
 pub fn init() {
+    // SAFETY: the postmaster loads preloaded libraries alone, before any other process runs.
+    unsafe {
+        PREVIOUS_SHMEM_STARTUP = pg_sys::shmem_startup_hook;
+        pg_sys::shmem_startup_hook = Some(shmem_startup);
+    }
     pg_shmem_init!(SHARED = Shared::new());
     pg_shmem_init!(MEMBER = MemberShared::new());
     pg_shmem_init!(FENCED = AtomicBool::new(false));
@@ -229,6 +234,38 @@ pub fn init() {
     pg_shmem_init!(LEASE_UNTIL = AtomicI64::new(first_lease_until()));
     pg_shmem_init!(SUPERUSER_SESSIONS = AtomicI64::new(0));
     AVAILABLE.store(true, Ordering::Relaxed);
+}
+
+static mut PREVIOUS_SHMEM_STARTUP: pg_sys::shmem_startup_hook_type = None;
+
+/// Each time the postmaster makes shared memory (at its start, and after a crash), before the
+/// startup process recovers: undoes a promotion that did not happen (`history`).
+#[pg_guard]
+extern "C-unwind" fn shmem_startup() {
+    // SAFETY: set once in `init`, before the postmaster calls this hook; the previous hook is
+    // another library's, called as PostgreSQL would.
+    unsafe {
+        if let Some(previous) = PREVIOUS_SHMEM_STARTUP {
+            previous();
+        }
+    }
+    match super::history::undo_unfinished_promotion() {
+        Ok((removed, signal)) if !removed.is_empty() => {
+            let names: Vec<String> = removed.iter().map(|t| format!("{t:08X}.history")).collect();
+            pgrx::log!(
+                "pg_promoter: removed the placeholder history files {}{}, left by a promotion that did \
+                 not happen",
+                names.join(", "),
+                if signal {
+                    " and the promote signal file"
+                } else {
+                    ""
+                }
+            );
+        }
+        Ok(_) => {}
+        Err(why) => pgrx::warning!("pg_promoter: could not look for placeholder history files: {why}"),
+    }
 }
 
 /// With leadership configured (as the postmaster reads it when shared memory is made, after a

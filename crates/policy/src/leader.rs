@@ -423,7 +423,8 @@ pub fn vote(member: &Member, standing: &Standing, ballot: &Ballot, now: Micros) 
             _ if ballot.claim.is_some_and(|c| c <= highest) => Err(Refusal::TimelineTaken { highest }),
             _ => {
                 m.durable.voted_for = Some(ballot.rank.name.clone());
-                m.durable.timeline = highest.max(ballot.claim.unwrap_or(0));
+                // A primary's own timeline is taken too (it may have come by a promotion by hand).
+                m.durable.timeline = highest.max(ballot.claim.unwrap_or(ballot.rank.position.timeline));
                 persist = true;
                 Ok(())
             }
@@ -1012,14 +1013,19 @@ mod tests {
         let higher = vote(&again.member, &lost, &claiming(5, "s2", 3), SEC);
         assert_eq!(higher.verdict, Ok(()));
         assert_eq!(higher.member.durable.timeline, 3);
-        // A primary claims nothing (it stays on its timeline) and leaves the record as it is.
-        let primary = Ballot {
+        // A primary claims nothing (it stays on its timeline); a vote for it records its own
+        // timeline when that is higher (a promotion by hand made it, outside any claim).
+        let mut primary = Ballot {
             primary: true,
             ..ballot(6, "p", 10)
         };
         let p = vote(&higher.member, &lost, &primary, SEC);
         assert_eq!(p.verdict, Ok(()));
         assert_eq!(p.member.durable.timeline, 3);
+        primary.term = 7;
+        primary.rank.position.timeline = 5;
+        let p = vote(&p.member, &lost, &primary, SEC);
+        assert_eq!(p.member.durable.timeline, 5);
         // A candidate's own vote follows the same rule: it must claim above its own record.
         let mine = Member {
             durable: Durable {

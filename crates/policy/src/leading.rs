@@ -80,7 +80,7 @@ pub struct State {
     /// land on it.
     pub claimed: Option<u32>,
     /// A primary that could not stand because its own member grants another leader a live
-    /// lease: that leader, and since when (the lease clock) every stand met it.
+    /// lease: that leader, and when (the lease clock) the grant first seen was to end.
     pub own_grant_to: Option<(String, Micros)>,
     /// A lease was held since the worker started (a primary that never held one is not fenced
     /// for the lack of it: its commits wait at the pre-commit check, and a starting cluster or a

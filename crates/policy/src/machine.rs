@@ -725,8 +725,8 @@ fn election(
         if own_grant_outlasts_a_lease(node, me, &refusal, local) {
             let leader = refusal.lease_holder().unwrap_or_default().to_string();
             let why = format!(
-                "this server's own member has granted {leader} the lease of a newer term for longer than one \
-                 lease: {leader} leads, and this primary leads no term"
+                "this server's own member has renewed {leader}'s lease of a newer term past the end it first \
+                 had: {leader} leads, and this primary leads no term"
             );
             supersede(node, &why, &leader, local, actions, events);
             return;
@@ -808,23 +808,26 @@ fn election(
 }
 
 /// Whether a primary that could not stand (`refusal`, its own vote's) has met its own member's
-/// live grant to one other leader at every stand for longer than one lease: that leader renewed
-/// it since, so it is alive and elected (a lease is asked only by the winner of its term), and
-/// this primary, which leads no term, was failed over from or promoted outside an election. A
-/// leader that stopped is not mistaken for a live one: its grant runs out within a lease (a
-/// switchover by hand goes on once it has).
+/// live grant to one other leader at every stand since, past the end that grant had when first
+/// seen: that leader renewed it, so it is alive and elected (a lease is asked only by the winner
+/// of its term), and this primary, which leads no term, was failed over from or promoted outside
+/// an election. A leader that stopped is not mistaken for a live one: its grant runs out at that
+/// end (a switchover by hand goes on once it has).
 fn own_grant_outlasts_a_lease(node: &mut Node, me: &str, refusal: &Refusal, local: &Local) -> bool {
-    let holder = refusal.lease_holder().filter(|l| *l != me && !local.in_recovery);
-    let Some(holder) = holder else {
+    let holder = match refusal {
+        Refusal::LeaseHeld { leader, left } if leader != me && !local.in_recovery => Some((leader, *left)),
+        _ => None,
+    };
+    let Some((holder, left)) = holder else {
         node.leading.own_grant_to = None;
         return false;
     };
-    let since = match &node.leading.own_grant_to {
+    let ends = match &node.leading.own_grant_to {
         Some((l, at)) if l == holder => *at,
-        _ => local.lease_clock,
+        _ => local.lease_clock.saturating_add(left),
     };
-    node.leading.own_grant_to = Some((holder.to_string(), since));
-    local.lease_clock - since > crate::time::micros(leading::lease_duration(&node.settings))
+    node.leading.own_grant_to = Some((holder.clone(), ends));
+    local.lease_clock > ends
 }
 
 /// Re-points this standby to `leader` (its own slot named after `me`, where members use slots).
@@ -1774,7 +1777,7 @@ mod tests {
             answers: Vec::new(),
             error: Some(Refusal::LeaseHeld {
                 leader: leader.into(),
-                left: 2 * SEC,
+                left: 5 * SEC,
             }),
         };
         let first = step(&node, own("s2"), &local);
@@ -1784,18 +1787,20 @@ mod tests {
             "a leader that stopped would let its grant run out"
         );
         // Another leader, or a stand that went through, starts the count again.
-        local.lease_clock += 3 * SEC;
+        local.lease_clock += 6 * SEC;
         let other = step(&first.state, own("s1"), &local);
         assert!(other.actions.is_empty());
-        local.lease_clock += SEC;
+        // The grant's end as the member reported it first (another node's settings may ask for
+        // a longer lease than this one's).
+        local.lease_clock += 5 * SEC;
         let still = step(&other.state, own("s1"), &local);
-        assert!(still.actions.is_empty(), "one second of a 2 s lease");
-        // Renewed past one lease: s1 is alive and elected.
-        local.lease_clock += 1100 * crate::time::MS;
+        assert!(still.actions.is_empty(), "up to the end the grant first had");
+        // Still held past that end: s1 renewed it, so it is alive and elected.
+        local.lease_clock += 1;
         let out = step(&still.state, own("s1"), &local);
         assert!(matches!(out.state.primary.fence, Fence::Superseded { ref by, .. } if by == "s1"));
         assert!(out.events[1].detail.starts_with(
-            "this server's own member has granted s1 the lease of a newer term for longer than one lease"
+            "this server's own member has renewed s1's lease of a newer term past the end it first had"
         ));
         assert!(matches!(
             &out.actions[..],

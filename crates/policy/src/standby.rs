@@ -592,9 +592,16 @@ pub fn promotion(
             let onto = match (landed, timeline) {
                 // Only a history file that appeared after the placeholders were checked, or one
                 // restore_command found in the archive, makes PostgreSQL go past the claim.
-                (Some(l), Some(c)) if *l != c => format!(
+                (Some(l), Some(c)) if *l > c => format!(
                     ", onto timeline {l}, not timeline {c} claimed in the election (PostgreSQL found a \
                      history file of timeline {c}, in pg_wal or the archive)"
+                ),
+                // Below the claim: a placeholder went missing, and the number may be another
+                // member's.
+                (Some(l), Some(c)) if *l < c => format!(
+                    ", onto timeline {l}, BELOW timeline {c} claimed in the election: a placeholder \
+                     history file was missing, and timeline {l} may be another member's too; check \
+                     the other members' timelines before rejoining any of them"
                 ),
                 (Some(l), _) => format!(", onto timeline {l}"),
                 (None, _) => String::new(),
