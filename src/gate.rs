@@ -172,8 +172,8 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut c
             "A session named pg_promoter is let in before the first check of the cluster after a start, for reading only.",
         );
     }
-    // SAFETY: the current role of this backend.
-    let exempt = || is_superuser(unsafe { pg_sys::GetUserId() }) && !is_logical_apply();
+    // SAFETY: the current role of this backend (autovacuum's launcher has none: not asked).
+    let exempt = || is_autovacuum() || (is_superuser(unsafe { pg_sys::GetUserId() }) && !is_logical_apply());
     if !(fenced || lease_out) {
         // Remembered for the end of the commit (`withhold_if_out_of_lease`).
         let ordinary = event == pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT && wrote() && !exempt();
@@ -232,6 +232,16 @@ fn withhold_if_out_of_lease() {
              but its acknowledgement is withheld and the session ends"
         ));
     }
+}
+
+/// Whether this process is autovacuum's launcher or one of its workers: maintenance, run as no
+/// role (the launcher reads the database list in transactions of its own) or as the bootstrap
+/// superuser, never an ordinary commit. Ending the launcher would take the whole server down:
+/// the postmaster treats its exit with an error as a crash.
+fn is_autovacuum() -> bool {
+    // SAFETY: a plain value of this process, set when it started.
+    let kind = unsafe { pg_sys::MyBackendType };
+    kind == pg_sys::BackendType::B_AUTOVAC_LAUNCHER || kind == pg_sys::BackendType::B_AUTOVAC_WORKER
 }
 
 /// Whether this process is a logical replication worker (apply, table sync, parallel apply):

@@ -11,6 +11,7 @@ fn an_old_primary_coming_back_after_a_failover_fences_itself_for_good() {
         ("pg_promoter.keep_alive", "'200ms'"),
         ("pg_promoter.keepalives_count", "3"),
         ("max_prepared_transactions", "5"),
+        ("autovacuum_naptime", "'1s'"),
     ];
     let (primary, standby) = pair("return", &settings, None);
     primary.query("CREATE ROLE app LOGIN; CREATE TABLE t (x int); GRANT ALL ON t TO app");
@@ -69,6 +70,23 @@ fn an_old_primary_coming_back_after_a_failover_fences_itself_for_good() {
         "{err}"
     );
     assert_eq!(primary.query("SELECT count(*) FROM t"), "0");
+    // Autovacuum goes on: its launcher reads the database list in transactions of its own, as
+    // no role, and ending it would make the postmaster restart the whole server.
+    let worker = status(&primary, "worker_pid");
+    primary.query("CREATE TABLE av AS SELECT generate_series(1, 1000) AS x");
+    let analyzed = "SELECT coalesce(sum(autoanalyze_count), 0) FROM pg_stat_user_tables WHERE relname = 'av'";
+    let done = testbed::try_wait_until(LONG, || primary.psql(analyzed).is_ok_and(|n| n != "0"));
+    let log = primary.log();
+    assert!(
+        done.is_some(),
+        "autovacuum analyzed nothing while fenced; log:\n{log}"
+    );
+    assert!(
+        !log.contains("terminating any other active server processes"),
+        "{log}"
+    );
+    assert_eq!(status(&primary, "worker_pid"), worker, "the server was restarted");
+    assert_eq!(status(&primary, "fenced"), "t");
 
     // For good: a restart stays fenced, even with the new primary out of reach.
     standby.stop_fast();
