@@ -536,16 +536,24 @@ fn a_second_winner_never_reuses_the_timeline_number_of_the_first() {
         psql_as(s1, "app", "INSERT INTO t VALUES (1)").is_ok()
     });
     let first = timeline(s1);
+    // p comes back while s1 leads, learns of s1's term and is fenced for good. Thawed only once
+    // s1 is cut off, p (on timeline 1 like s2, and holding its own member's grant again) could
+    // as well win the next term as s2: CI saw it, once.
+    p.thaw();
+    wait_until("p is fenced for good", LONG, || {
+        status(p, "fence_reason").contains("was failed over from")
+    });
     net.isolate(s1.host().unwrap());
     s2.append_conf("pg_promoter.priority = 1");
     s2.reload();
-    p.thaw();
     let promoted = testbed::try_wait_until(LONG, || s2.in_recovery() == Some(false));
     assert!(
         promoted.is_some(),
-        "s2 was not promoted; events:\n{:#?}\nlog:\n{}",
+        "s2 was not promoted; its events:\n{:#?}\nits log:\n{}\np's events:\n{:#?}\np's log:\n{}",
         events(s2),
-        s2.log_tail(30)
+        s2.log_tail(30),
+        events(p),
+        p.log_tail(60)
     );
     let second = timeline(s2);
     assert!(
@@ -575,6 +583,79 @@ fn a_second_winner_never_reuses_the_timeline_number_of_the_first() {
     wait_until("s2 takes ordinary commits", LONG, || {
         psql_as(s2, "app", "INSERT INTO t VALUES (2)").is_ok()
     });
+}
+
+/// A synchronous commit of a leader promoted onto timeline 2 is on its standby s2 alone once
+/// that leader is cut off. The old primary p, back on timeline 1, lacks it: it must not lead
+/// again. s2 refuses it for its newer timeline (a standby votes for a primary whatever their
+/// positions, which are read at different times), and s2 is elected instead.
+#[test]
+fn an_old_primary_back_on_an_older_timeline_is_refused_by_a_standby_with_newer_commits() {
+    let net = Net::new("elold");
+    let nodes = cluster("el-old", 2, None, Some(&net));
+    let (p, s1, s2) = (&nodes[0], &nodes[1], &nodes[2]);
+    s2.append_conf("pg_promoter.priority = 0");
+    s2.reload();
+    p.freeze();
+    wait_until("s1 is promoted", LONG, || s1.in_recovery() == Some(false));
+    s1.append_conf("synchronous_standby_names = '*'");
+    s1.reload();
+    wait_until("s2 streams from s1, synchronously", LONG, || {
+        s1.psql("SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'")
+            .as_deref()
+            == Ok("1")
+    });
+    wait_until("s1 acknowledges an ordinary commit", LONG, || {
+        psql_as(s1, "app", "INSERT INTO t VALUES (1)").is_ok()
+    });
+    net.isolate(s1.host().unwrap());
+    // s2 stands and loses while p is frozen: its member takes terms that no leader holds, so no
+    // member names s1's term to p once thawed (which would fence p for good at once).
+    s2.append_conf("pg_promoter.priority = 1");
+    s2.reload();
+    let term = |n: &Node| status(n, "term").parse::<i64>().unwrap_or(0);
+    wait_until("s2 stood in a term of its own", LONG, || term(s2) > 2);
+    s2.append_conf("pg_promoter.priority = 0");
+    s2.reload();
+    // No request of s2's is still waiting for p's answer when p is thawed (that would elect s2
+    // at once): its last election ended, and it stands no more.
+    wait_until("s2 lost its last election and stands no more", LONG, || {
+        let events = events(s2);
+        let last = events.iter().rposition(|(e, _)| e == "election_started");
+        last.is_some_and(|i| {
+            let after = &events[i..];
+            after.iter().any(|(e, _)| e == "election_lost")
+                && after
+                    .iter()
+                    .any(|(e, d)| e == "refused" && d.contains("priority is 0"))
+        })
+    });
+    p.thaw();
+    let refused = testbed::try_wait_until(LONG, || {
+        has_event(p, "election_lost", "s2 ranks higher (timeline 2")
+    });
+    assert!(
+        refused.is_some(),
+        "p was not refused for its timeline; p's events:\n{:#?}\ns2's events:\n{:#?}",
+        events(p),
+        events(s2)
+    );
+    assert!(psql_as(p, "app", "INSERT INTO t VALUES (2)").is_err());
+    s2.append_conf("pg_promoter.priority = 1");
+    s2.reload();
+    let promoted = testbed::try_wait_until(LONG, || s2.in_recovery() == Some(false));
+    assert!(
+        promoted.is_some(),
+        "s2 was not promoted; its events:\n{:#?}\np's events:\n{:#?}",
+        events(s2),
+        events(p)
+    );
+    wait_until("s2 takes ordinary commits", LONG, || {
+        psql_as(s2, "app", "INSERT INTO t VALUES (3)").is_ok()
+    });
+    assert_eq!(s2.query("SELECT count(*) FROM t WHERE id = 1"), "1");
+    assert_eq!(p.in_recovery(), Some(false));
+    assert!(psql_as(p, "app", "INSERT INTO t VALUES (4)").is_err());
 }
 
 /// A standby that stops between its placeholder history files and the end of its promotion

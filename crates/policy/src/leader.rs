@@ -416,7 +416,16 @@ pub fn vote(member: &Member, standing: &Standing, ballot: &Ballot, now: Micros) 
         Some(_) if ballot.claim.is_some_and(|c| c != highest) => Err(Refusal::TimelineTaken { highest }),
         Some(_) => Ok(()),
         None => match standing {
-            // A primary seeking to lead is ahead of its standbys, whatever their names.
+            // A primary on an older timeline than this standby's was failed over from: this
+            // standby holds what a newer leader wrote (its synchronous commits too), which that
+            // primary lacks, and would lose if it led again.
+            Standing::Standby { rank, .. }
+                if ballot.primary && rank.position.timeline > ballot.rank.position.timeline =>
+            {
+                Err(Refusal::Outranked { by: rank.clone() })
+            }
+            // A primary seeking to lead is ahead of its standbys on its timeline, whatever their
+            // names (the positions are read at different times: only timelines are compared).
             Standing::Standby { rank, .. } if !ballot.primary && outranks(rank, &ballot.rank) => {
                 Err(Refusal::Outranked { by: rank.clone() })
             }
@@ -987,6 +996,45 @@ mod tests {
         );
         b.primary = true;
         assert_eq!(vote(&member(3), &sees, &b, SEC).verdict, Ok(()));
+    }
+
+    #[test]
+    fn a_standby_on_a_newer_timeline_refuses_a_primary_on_an_older_one() {
+        // s2 streamed from a leader promoted onto timeline 2 (and acknowledged its synchronous
+        // commits); p, back on timeline 1, lacks them.
+        let on_two = Standing::Standby {
+            rank: Rank {
+                position: Position { timeline: 2, lsn: 5 },
+                ..rank("s2", 5, 1)
+            },
+            sees_primary: false,
+        };
+        let p = Ballot {
+            primary: true,
+            ..ballot(4, "p", 100)
+        };
+        let refused = vote(&member(3), &on_two, &p, SEC);
+        assert!(
+            matches!(refused.verdict, Err(Refusal::Outranked { ref by }) if by.name == "s2"),
+            "{refused:?}"
+        );
+        assert_eq!(refused.member.durable.voted_for, None);
+        // On one timeline the primary leads, even behind a position read later than its own.
+        let on_one = Standing::Standby {
+            rank: rank("s2", 500, 1),
+            sees_primary: true,
+        };
+        assert_eq!(vote(&member(3), &on_one, &p, SEC).verdict, Ok(()));
+        // A primary on a newer timeline than the standby's (promoted, the standby not yet
+        // following) is not refused for it.
+        let newer = Ballot {
+            rank: Rank {
+                position: Position { timeline: 3, lsn: 1 },
+                ..p.rank.clone()
+            },
+            ..p.clone()
+        };
+        assert_eq!(vote(&member(3), &on_two, &newer, SEC).verdict, Ok(()));
     }
 
     #[test]
