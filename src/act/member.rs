@@ -100,10 +100,10 @@ pub fn set_name(name: &str) {
     shmem::MEMBER.exclusive().name = FixedText::new(name);
 }
 
-/// The leader this member knows for its term, and its own name.
-pub fn leader_and_name() -> (Option<String>, Option<String>) {
+/// The leader this member knows for its term, that term (read together), and its own name.
+pub fn leader_and_name() -> (Option<String>, leader::Term, Option<String>) {
     let shared = shmem::MEMBER.share();
-    (text(&shared.leader), text(&shared.name))
+    (text(&shared.leader), shared.term, text(&shared.name))
 }
 
 /// This member's term, and the term it leads according to its state file.

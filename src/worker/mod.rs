@@ -433,7 +433,7 @@ impl Worker {
     /// What this member's state says of who leads, and whether this standby already streams
     /// from that leader (same host and port as its entry in the peers).
     fn leader(&self) -> Input {
-        let (leader, me) = member::leader_and_name();
+        let (leader, term, me) = member::leader_and_name();
         let settings = &self.node.settings;
         let target = |conninfo: &str| {
             probe::params(conninfo).ok().map(|params| {
@@ -449,6 +449,7 @@ impl Worker {
             });
         Input::Leader {
             leader,
+            term,
             me,
             upstream_is_leader,
         }

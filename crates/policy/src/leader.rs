@@ -230,8 +230,12 @@ pub enum Refusal {
     StaleTerm { current: Term, leader: Option<String> },
     /// The member started recently and may have forgotten a lease it granted.
     Starting { left: Micros },
-    /// The member granted `leader` a lease that still holds.
-    LeaseHeld { leader: String, left: Micros },
+    /// The member granted `leader` a lease of `term` that still holds.
+    LeaseHeld {
+        leader: String,
+        term: Term,
+        left: Micros,
+    },
     /// The member, a standby, still sees the primary.
     SeesPrimary,
     /// The member voted for someone else in this term.
@@ -248,8 +252,9 @@ pub enum Refusal {
     Remote {
         code: String,
         reason: String,
-        /// The leader the member knows.
+        /// The leader the member knows, of `term`, the member's own.
         leader: Option<String>,
+        term: Term,
     },
     /// The member could not be asked.
     Unreachable(String),
@@ -267,7 +272,7 @@ impl Refusal {
                 None => format!("term {current} is newer"),
             },
             Refusal::Starting { left } => format!("started recently: no vote for {} ms", ms(left)),
-            Refusal::LeaseHeld { leader, left } => {
+            Refusal::LeaseHeld { leader, left, .. } => {
                 format!("its lease to {leader} holds for {} ms more", ms(left))
             }
             Refusal::SeesPrimary => "it still sees the primary".into(),
@@ -307,16 +312,18 @@ impl Refusal {
         }
     }
 
-    /// The leader whose lease the member still grants, when that is why it refused: a live
-    /// leader, which a candidate that lost can follow.
-    pub fn lease_holder(&self) -> Option<&str> {
+    /// The leader whose lease the member still grants, and the lease's term, when that is why
+    /// it refused: a live leader, which a candidate that lost can follow.
+    pub fn lease_holder(&self) -> Option<(&str, Term)> {
         match self {
-            Refusal::LeaseHeld { leader, .. } => Some(leader),
+            Refusal::LeaseHeld { leader, term, .. } => Some((leader, *term)),
+            // A member with a live grant takes no other term: its own is the lease's.
             Refusal::Remote {
                 code,
                 leader: Some(leader),
+                term,
                 ..
-            } if code == "lease_held" => Some(leader),
+            } if code == "lease_held" => Some((leader, *term)),
             _ => None,
         }
     }
@@ -341,6 +348,7 @@ impl Refusal {
                 code: code.to_string(),
                 reason: reason.to_string(),
                 leader,
+                term,
             },
         }
     }
@@ -380,6 +388,7 @@ pub fn vote(member: &Member, standing: &Standing, ballot: &Ballot, now: Micros) 
     if let Some(g) = member.live_grant(now).filter(|g| g.leader != ballot.rank.name) {
         return refuse(Refusal::LeaseHeld {
             leader: g.leader.clone(),
+            term: g.term,
             left: g.until - now,
         });
     }
@@ -834,6 +843,7 @@ mod tests {
             a.verdict,
             Err(Refusal::LeaseHeld {
                 leader: "p".into(),
+                term: 3,
                 left: SEC
             })
         );

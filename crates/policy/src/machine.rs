@@ -167,10 +167,12 @@ pub enum Input {
         answers: Answers,
         error: Option<Refusal>,
     },
-    /// What this member's state says of who leads (on a change): the leader it knows, its own
-    /// name, and whether its upstream (`primary_conninfo`) already is that leader.
+    /// What this member's state says of who leads (on a change): the leader it knows, the
+    /// member's term (the one that leader leads), its own name, and whether its upstream
+    /// (`primary_conninfo`) already is that leader.
     Leader {
         leader: Option<String>,
+        term: Term,
         me: Option<String>,
         upstream_is_leader: bool,
     },
@@ -227,6 +229,9 @@ pub struct Node {
     pub following: Option<String>,
     /// The leader this member's state named at the last [`Input::Leader`] (`None` before one).
     pub leader_seen: Option<Option<String>>,
+    /// The newest term whose leader this member's state ever named: a lease of an older term
+    /// is an old leader's, not one to follow.
+    pub leader_term: Term,
     /// The histories of the primary's timeline and this standby's, as last read.
     pub histories: Option<crate::rewind::Histories>,
     /// The primary's timeline and this standby's whose histories could not be read (recorded
@@ -250,6 +255,7 @@ impl Node {
             leading: leading::State::default(),
             following: None,
             leader_seen: None,
+            leader_term: 0,
             histories: None,
             history_failed: None,
             slots_after_promotion: Vec::new(),
@@ -439,6 +445,7 @@ pub fn step(node: &Node, input: Input, local: &Local) -> Step {
         ),
         Input::Leader {
             leader,
+            term,
             me,
             upstream_is_leader,
         } => {
@@ -451,6 +458,9 @@ pub fn step(node: &Node, input: Input, local: &Local) -> Step {
             let upstream_down = node.standby.failures >= node.settings.keepalives_count.max(1);
             let upstream_superseded = node.standby.upstream_is_primary;
             next.leader_seen = Some(leader.clone());
+            if leader.is_some() {
+                next.leader_term = node.leader_term.max(term);
+            }
             next.follow_retry = false;
             let target = leader
                 .filter(|l| Some(l) != me.as_ref())
@@ -723,7 +733,11 @@ fn election(
             node.standby.phase = Phase::Refusing;
         }
         if own_grant_outlasts_a_lease(node, me, &refusal, local) {
-            let leader = refusal.lease_holder().unwrap_or_default().to_string();
+            let leader = refusal
+                .lease_holder()
+                .map(|(l, _)| l)
+                .unwrap_or_default()
+                .to_string();
             let why = format!(
                 "this server's own member has renewed {leader}'s lease of a newer term past the end it first \
                  had: {leader} leads, and this primary leads no term"
@@ -772,11 +786,15 @@ fn election(
                 // Members refused for a live leader's lease: follow it now. This standby may
                 // never learn it as a member, when its own candidacies took it past that
                 // leader's term (it then refuses the leader's leases as stale). Not the leader
-                // it knows already: that is the one whose lease outlives it (its upstream).
+                // it knows already: that is the one whose lease outlives it (its upstream). Not
+                // a lease of a term older than a leader it knew: an old primary back, whose own
+                // member alone renewed it, and which may be fenced for good next.
                 let known = node.leader_seen.clone().flatten();
                 let holder = answers
                     .iter()
                     .filter_map(|(_, v)| v.as_ref().err()?.lease_holder())
+                    .filter(|(_, term)| *term >= node.leader_term)
+                    .map(|(l, _)| l)
                     .find(|l| *l != me && known.as_deref() != Some(*l))
                     .and_then(|l| node.settings.peers.iter().find(|p| p.name == l));
                 if let Some(peer) = holder.filter(|p| node.following.as_ref() != Some(&p.name)) {
@@ -791,6 +809,7 @@ fn election(
             let holders: Vec<&str> = answers
                 .iter()
                 .filter_map(|(_, v)| v.as_ref().err()?.lease_holder())
+                .map(|(l, _)| l)
                 .filter(|l| *l != me)
                 .collect();
             let majority = holders
@@ -815,7 +834,9 @@ fn election(
 /// end (a switchover by hand goes on once it has).
 fn own_grant_outlasts_a_lease(node: &mut Node, me: &str, refusal: &Refusal, local: &Local) -> bool {
     let holder = match refusal {
-        Refusal::LeaseHeld { leader, left } if leader != me && !local.in_recovery => Some((leader, *left)),
+        Refusal::LeaseHeld { leader, left, .. } if leader != me && !local.in_recovery => {
+            Some((leader, *left))
+        }
         _ => None,
     };
     let Some((holder, left)) = holder else {
@@ -1569,12 +1590,13 @@ mod tests {
             ],
             error: None,
         };
-        let remote = crate::leader::Refusal::Remote {
+        let remote = |term| crate::leader::Refusal::Remote {
             code: "lease_held".into(),
             reason: "its lease to s1 holds for 300 ms more".into(),
             leader: Some("s1".into()),
+            term,
         };
-        let lost_to_s1 = step(&steps[2].state, lost(remote), &standby_at(T0));
+        let lost_to_s1 = step(&steps[2].state, lost(remote(5)), &standby_at(T0));
         assert_eq!(
             lost_to_s1.actions,
             vec![Action::Follow {
@@ -1587,17 +1609,49 @@ mod tests {
         // The leader it knows already holds the lease: that is its dead upstream, not news.
         let mut knows_s1 = steps[2].state.clone();
         knows_s1.leader_seen = Some(Some("s1".into()));
-        let remote = crate::leader::Refusal::Remote {
-            code: "lease_held".into(),
-            reason: "its lease to s1 holds for 300 ms more".into(),
-            leader: Some("s1".into()),
-        };
-        assert!(step(&knows_s1, lost(remote), &standby_at(T0)).actions.is_empty());
+        assert!(step(&knows_s1, lost(remote(5)), &standby_at(T0))
+            .actions
+            .is_empty());
+        // A lease of a term older than a leader it knew: an old primary back, renewed by its own
+        // member alone (the chaos of a CI run: the standby followed it, and stood no more).
+        let knew_term_6 = step(
+            &steps[2].state,
+            Input::Leader {
+                leader: Some("p".into()),
+                term: 6,
+                me: Some("s2".into()),
+                upstream_is_leader: true,
+            },
+            &standby_at(T0),
+        );
+        assert_eq!(knew_term_6.state.leader_term, 6);
+        let forgot = step(
+            &knew_term_6.state,
+            Input::Leader {
+                leader: None,
+                term: 9,
+                me: Some("s2".into()),
+                upstream_is_leader: false,
+            },
+            &standby_at(T0),
+        );
+        assert_eq!(forgot.state.leader_term, 6, "a term with no leader known");
+        assert!(step(&forgot.state, lost(remote(5)), &standby_at(T0))
+            .actions
+            .is_empty());
+        assert_eq!(
+            step(&forgot.state, lost(remote(6)), &standby_at(T0))
+                .state
+                .following
+                .as_deref(),
+            Some("s1")
+        );
         // Another refusal names no live leader: nothing to follow.
         let other = crate::leader::Refusal::Remote {
             code: "already_voted".into(),
             reason: "it voted for s1 in term 9".into(),
             leader: Some("s1".into()),
+            term: 9,
         };
         assert!(step(&steps[2].state, lost(other), &standby_at(T0))
             .actions
@@ -1717,6 +1771,7 @@ mod tests {
         let held = |leader: &str| {
             Err(crate::leader::Refusal::LeaseHeld {
                 leader: leader.into(),
+                term: 4,
                 left: SEC,
             })
         };
@@ -1777,6 +1832,7 @@ mod tests {
             answers: Vec::new(),
             error: Some(Refusal::LeaseHeld {
                 leader: leader.into(),
+                term: 4,
                 left: 5 * SEC,
             }),
         };
@@ -1916,6 +1972,7 @@ mod tests {
     fn leader(name: &str, upstream_is_leader: bool) -> Input {
         Input::Leader {
             leader: Some(name.into()),
+            term: 1,
             me: Some("s2".into()),
             upstream_is_leader,
         }
@@ -1939,6 +1996,7 @@ mod tests {
         // A new cluster's first leader is not a change: a cascade stays.
         let none = Input::Leader {
             leader: None,
+            term: 1,
             me: Some("s2".into()),
             upstream_is_leader: false,
         };

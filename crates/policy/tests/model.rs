@@ -190,7 +190,9 @@ fn key(v: &Result<(), Refusal>) -> Key<'_> {
         Err(r) => match r {
             Refusal::StaleTerm { current, leader } => (1, *current, leader.as_deref(), None),
             Refusal::Starting { left } => (2, *left as u64, None, None),
-            Refusal::LeaseHeld { leader, left } => (3, *left as u64, Some(leader), None),
+            Refusal::LeaseHeld { leader, term, left } => {
+                (3, *left as u64, Some(leader), Some((0, *term, 0, "")))
+            }
             Refusal::SeesPrimary => (4, 0, None, None),
             Refusal::AlreadyVoted { term, candidate } => (5, *term, Some(candidate), None),
             Refusal::Outranked { by } => (
@@ -218,7 +220,11 @@ fn key(v: &Result<(), Refusal>) -> Key<'_> {
 fn normalized(v: Result<(), Refusal>) -> Result<(), Refusal> {
     v.map_err(|r| match r {
         Refusal::Starting { .. } => Refusal::Starting { left: 0 },
-        Refusal::LeaseHeld { leader, .. } => Refusal::LeaseHeld { leader, left: 0 },
+        Refusal::LeaseHeld { leader, term, .. } => Refusal::LeaseHeld {
+            leader,
+            term,
+            left: 0,
+        },
         r => r,
     })
 }
