@@ -449,7 +449,8 @@ fn pg_promoter_promote(force: default!(bool, false)) -> bool {
 }
 
 /// Checks a server with the worker's own non-blocking code: whether it is reachable (it
-/// answered, even to refuse us), its role, timeline and WAL position, and the error. It can be
+/// answered, even to refuse us, and is not a fenced primary), its role, timeline and WAL
+/// position, and the error. It can be
 /// cancelled like any query. A witness runs it for a standby; a DBA can run it by hand.
 #[allow(clippy::type_complexity)]
 #[pg_extern(volatile)]
@@ -496,6 +497,7 @@ fn pg_promoter_probe(
         .unwrap_or_else(|_| unreachable!("interrupts raise an ERROR"));
     let elapsed_ms = start.elapsed().as_secs_f64() * 1000.0;
     let row = match (&outcome, classify(&outcome)) {
+        // A fenced primary answered, but counts as down: not reachable, and the error says why.
         (
             Outcome::Answered {
                 in_recovery,
@@ -503,15 +505,21 @@ fn pg_promoter_probe(
                 timeline,
                 ..
             },
-            _,
-        ) => (
-            Some(true),
-            Some(if *in_recovery { "standby" } else { "primary" }.to_string()),
-            timeline.map(|t| t as i32),
-            lsn.map(Lsn),
-            None,
-            elapsed_ms,
-        ),
+            verdict,
+        ) => {
+            let down = match verdict {
+                Verdict::Down(reason) => Some(reason),
+                _ => None,
+            };
+            (
+                Some(down.is_none()),
+                Some(if *in_recovery { "standby" } else { "primary" }.to_string()),
+                timeline.map(|t| t as i32),
+                lsn.map(Lsn),
+                down,
+                elapsed_ms,
+            )
+        }
         (_, Verdict::Misconfigured(reason)) => (Some(true), None, None, None, Some(reason), elapsed_ms),
         (_, Verdict::Down(reason)) => (Some(false), None, None, None, Some(reason), elapsed_ms),
         // Its name did not resolve: nothing was tried, so nothing is known.

@@ -762,6 +762,63 @@ fn an_old_primary_restarted_while_cut_off_is_fenced_for_good_once_healed() {
     });
 }
 
+/// The chaos of a CI run (smoke seed 3): a standby cut off while the others failed over stood
+/// alone into terms past the winner's. Healed, its check reached the old primary, fenced for good
+/// but answering, and took it for alive: it stood no more, and its member refused the winner's
+/// leases as stale, so it never learnt of the winner. A primary that answers fenced is down: the
+/// standby stands, is refused for the winner's lease, and follows the winner.
+#[test]
+fn a_standby_cut_off_during_a_failover_follows_the_winner_not_the_fenced_old_primary() {
+    let net = Net::new("elfnc");
+    let nodes = cluster("el-fnc", 2, None, Some(&net));
+    let (p, s1, s2) = (&nodes[0], &nodes[1], &nodes[2]);
+    net.isolate(s1.host().unwrap());
+    // p's worker stops, its server answers: its lease lapses, and its member votes for s2, which
+    // is promoted by hand and stands as a primary (the chaos run froze p instead, and s2 won the
+    // race to p's member once p was thawed).
+    signal_worker(p, "-STOP");
+    wait_until("p's lease lapses", LONG, || {
+        psql_as(p, "app", "INSERT INTO t VALUES (1)").is_err()
+    });
+    assert_eq!(s2.query("SELECT pg_promoter_promote()"), "t");
+    let term = |n: &Node| status(n, "term").parse::<i64>().unwrap_or(0);
+    let elected = testbed::try_wait_until(LONG, || psql_as(s2, "app", "INSERT INTO t VALUES (2)").is_ok());
+    assert!(
+        elected.is_some(),
+        "s2 does not lead; its events:\n{:#?}",
+        events(s2)
+    );
+    let won = term(s2);
+    wait_until(
+        "s1's lone candidacies take it past the winner's term",
+        LONG,
+        || term(s1) > won + 1,
+    );
+    signal_worker(p, "-CONT");
+    let fenced = testbed::try_wait_until(LONG, || state(p) == "fenced");
+    assert!(fenced.is_some(), "p is not fenced; its events:\n{:#?}", events(p));
+    net.heal_all();
+    for i in 3..=10 {
+        psql_as(s2, "app", &format!("INSERT INTO t VALUES ({i})")).expect("s2 takes ordinary commits");
+    }
+    let rows = count(s2);
+    let followed = testbed::try_wait_until(LONG, || count(s1) == rows);
+    assert!(
+        followed.is_some(),
+        "s1 does not follow s2 with every row ({rows:?}): it has {:?}; its events:\n{:#?}\nlog:\n{}",
+        count(s1),
+        events(s1),
+        s1.log_tail(30)
+    );
+    assert!(
+        has_event(s1, "check_failed", "the primary answered fenced"),
+        "{:#?}",
+        events(s1)
+    );
+    assert_eq!(s1.in_recovery(), Some(true));
+    assert!(psql_as(p, "app", "INSERT INTO t VALUES (900)").is_err());
+}
+
 #[test]
 fn a_standby_started_on_the_old_primary_follows_the_leader() {
     let net = Net::new("elold");

@@ -51,6 +51,19 @@ fn an_old_primary_coming_back_after_a_failover_fences_itself_for_good() {
         "fenced",
         "rejoin it with pg_rewind or a new base backup"
     ));
+    // What the other nodes' checks read: a primary that answers fenced counts as down.
+    assert_eq!(primary.query("SHOW pg_promoter.fenced"), "on");
+    assert_eq!(standby.query("SHOW pg_promoter.fenced"), "off");
+    let err = primary.psql("SET pg_promoter.fenced = off").unwrap_err();
+    assert!(err.contains("cannot be changed"), "{err}");
+    let probe = standby.query(&format!(
+        "SELECT reachable, role, error FROM pg_promoter_probe('{}')",
+        primary.conninfo()
+    ));
+    assert_eq!(
+        probe, "f|primary|the primary answered fenced: it takes no ordinary writes",
+        "{probe}"
+    );
 
     let err = psql_as(&primary, "app", "INSERT INTO t VALUES (1)").unwrap_err();
     assert!(

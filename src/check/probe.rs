@@ -17,14 +17,16 @@ use crate::pg::latch::{wait, wait_any, Interrupted, Socket};
 use crate::pg::libpq::{self, Conn, PgResult, Poll, Progress};
 
 /// Whether the server is in recovery, its WAL position (received, on a standby) and timeline
-/// (exact on a primary, from its WAL file name; the WAL receiver's on a standby).
+/// (exact on a primary, from its WAL file name; the WAL receiver's on a standby), when it
+/// started, and whether pg_promoter fenced it (NULL where the library is not loaded).
 pub const CHECK_QUERY: &CStr = c"SELECT pg_catalog.pg_is_in_recovery(), \
     CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.pg_last_wal_receive_lsn() \
     ELSE pg_catalog.pg_current_wal_lsn() END, \
     CASE WHEN pg_catalog.pg_is_in_recovery() \
     THEN (SELECT received_tli FROM pg_catalog.pg_stat_get_wal_receiver()) \
     ELSE ('x' || substr(pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn()), 1, 8))::bit(32)::int END, \
-    (extract(epoch FROM pg_catalog.pg_postmaster_start_time()) * 1000000)::int8";
+    (extract(epoch FROM pg_catalog.pg_postmaster_start_time()) * 1000000)::int8, \
+    pg_catalog.current_setting('pg_promoter.fenced', true)::bool";
 
 /// Result rows as text (`None` for NULL), or why there are none.
 pub type Rows = Result<Vec<Vec<Option<String>>>, Outcome>;
@@ -390,5 +392,6 @@ pub(crate) fn answered(rows: &[Vec<Option<String>>]) -> Outcome {
         lsn: cell(1).as_deref().and_then(lsn::parse),
         timeline: cell(2).and_then(|t| t.parse().ok()),
         started: cell(3).and_then(|t| t.parse().ok()),
+        fenced: cell(4).as_deref() == Some("t"),
     }
 }

@@ -29,6 +29,8 @@ static PRE_PROMOTE_COMMAND: GucSetting<Option<CString>> = GucSetting::<Option<CS
 static POST_PROMOTE_COMMAND: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
 static COMMAND_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(30_000);
 static PRIORITY: GucSetting<i32> = GucSetting::<i32>::new(1);
+/// Never set: its show hook reads the fence from shared memory.
+static FENCED: GucSetting<bool> = GucSetting::<bool>::new(false);
 
 /// A setting that holds conninfos: readable by superusers (and pg_read_all_settings) only, as
 /// primary_conninfo is, and out of `SHOW ALL` and `pg_settings`, whose `reset_val` and
@@ -187,6 +189,20 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::empty(),
     );
+    // SAFETY: the show hook below follows PostgreSQL's contract; the value cannot be set.
+    unsafe {
+        GucRegistry::define_bool_guc_with_hooks(
+            c"pg_promoter.fenced",
+            c"Shows whether pg_promoter has fenced this server.",
+            c"Read-only. Other nodes' checks read it: a primary that answers fenced counts as down.",
+            &FENCED,
+            GucContext::Internal,
+            GucFlags::DISALLOW_IN_FILE,
+            None,
+            None,
+            Some(show_fenced),
+        );
+    }
     versions::reserve_guc_prefix(c"pg_promoter");
 }
 
@@ -393,4 +409,14 @@ unsafe extern "C-unwind" fn show_peers() -> *const c_char {
 #[pgrx::pg_guard]
 unsafe extern "C-unwind" fn show_witnesses() -> *const c_char {
     show(members::mask(&text(&WITNESS_CONNINFO)))
+}
+
+/// The fence as shared memory holds it now, not as the GUC was set (it never is).
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn show_fenced() -> *const c_char {
+    if super::shmem::fenced() {
+        c"on".as_ptr()
+    } else {
+        c"off".as_ptr()
+    }
 }

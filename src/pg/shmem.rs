@@ -365,6 +365,11 @@ pub fn set_fence(fenced: bool, permanent: bool, reason: &str) {
     FENCED.get().store(fenced, Ordering::Release);
 }
 
+/// Whether this server is fenced; false where the library was not preloaded (no shared memory).
+pub fn fenced() -> bool {
+    AVAILABLE.load(Ordering::Relaxed) && FENCED.get().load(Ordering::Acquire)
+}
+
 /// Whether the fence is permanent, and its reason.
 pub fn read_fence() -> (bool, String) {
     let s = SHARED.share();

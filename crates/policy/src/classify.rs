@@ -3,7 +3,9 @@
 //! The rule, after pg_auto_failover's health check: a server that answers at all is alive, even
 //! when it refuses us (bad password, too many clients, unknown database). Such a server must
 //! never be failed over from, but the DBA must hear about it. Refused, timed out, connection
-//! lost, "shutting down" and "starting up" are failures.
+//! lost, "shutting down" and "starting up" are failures, and so is a primary that answers
+//! fenced: it takes no ordinary write, and it is fenced because the cluster has gone on, or may,
+//! without it (a standby that took it for alive would never stand, nor follow the new leader).
 
 /// What happened to one check, as the shell observed it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -15,6 +17,8 @@ pub enum Outcome {
         timeline: Option<u32>,
         /// When the server started (Unix microseconds): how a node recognises itself in a list.
         started: Option<i64>,
+        /// Whether pg_promoter has fenced the server (false where it is not loaded).
+        fenced: bool,
     },
     /// Connecting failed; libpq's message.
     ConnectFailed(String),
@@ -65,6 +69,11 @@ const ANSWERED_BY_SERVER: &[&str] = &[
 
 pub fn classify(outcome: &Outcome) -> Verdict {
     match outcome {
+        Outcome::Answered {
+            in_recovery: false,
+            fenced: true,
+            ..
+        } => Verdict::Down("the primary answered fenced: it takes no ordinary writes".into()),
         Outcome::Answered { .. } => Verdict::Alive,
         Outcome::TimedOut { connecting: true } => Verdict::Down("timed out while connecting".into()),
         Outcome::TimedOut { connecting: false } => Verdict::Down("timed out waiting for the answer".into()),
@@ -227,17 +236,26 @@ mod tests {
     }
 
     #[test]
-    fn an_answer_is_alive_whatever_it_says() {
+    fn an_answer_is_alive_unless_a_fenced_primary_gave_it() {
         for in_recovery in [false, true] {
-            assert_eq!(
-                classify(&Outcome::Answered {
+            for fenced in [false, true] {
+                let verdict = classify(&Outcome::Answered {
                     in_recovery,
                     lsn: None,
                     timeline: Some(1),
                     started: None,
-                }),
-                Verdict::Alive
-            );
+                    fenced,
+                });
+                if fenced && !in_recovery {
+                    assert!(matches!(verdict, Verdict::Down(r) if r.contains("fenced")));
+                } else {
+                    assert_eq!(
+                        verdict,
+                        Verdict::Alive,
+                        "in_recovery {in_recovery}, fenced {fenced}"
+                    );
+                }
+            }
         }
     }
 }

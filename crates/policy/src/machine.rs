@@ -1038,6 +1038,7 @@ mod tests {
             lsn: Some(0x3000),
             timeline: Some(1),
             started: Some(7),
+            fenced: false,
         }
     }
 
@@ -1316,6 +1317,7 @@ mod tests {
             lsn: Some(0x5000),
             timeline: Some(1),
             started: Some(8),
+            fenced: false,
         };
         let node = Node::new(settings(), T0 - SEC, false);
         let node = step(&node, Input::Checked(upstream), &standby_at(T0 - SEC)).state;
@@ -1443,6 +1445,7 @@ mod tests {
             lsn: None,
             timeline: Some(1),
             started: Some(99),
+            fenced: false,
         };
         let lost = || Outcome::TimedOut { connecting: true };
         // Two nodes: the standby is down; the primary's check of itself answers, then times out.
@@ -1719,6 +1722,42 @@ mod tests {
     }
 
     #[test]
+    fn a_primary_that_answers_fenced_is_down_and_its_standby_stands() {
+        // The chaos of a CI run: a standby cut off while the others failed over came back to an
+        // old primary fenced for good, took it for alive, and never stood nor followed the leader.
+        let node = Node {
+            settings: three_members(),
+            ..reached()
+        };
+        let fenced = Outcome::Answered {
+            in_recovery: false,
+            lsn: Some(0x3000),
+            timeline: Some(1),
+            started: Some(7),
+            fenced: true,
+        };
+        let steps = run(node, vec![Input::Checked(fenced); 3]);
+        assert_eq!(kinds(&steps[0]), vec![EventKind::CheckFailed]);
+        assert!(steps[0].events[0].detail.contains("fenced"));
+        assert_eq!(
+            steps[2].actions,
+            vec![Action::Stand {
+                term: 1,
+                primary: false,
+                known_timeline: 0
+            }]
+        );
+        // Unfenced, it is back.
+        let back = step(
+            &steps[1].state,
+            Input::Checked(answered()),
+            &standby_at(T0 + 2 * SEC),
+        );
+        assert_eq!(kinds(&back), vec![EventKind::PrimaryBack]);
+        assert!(back.actions.is_empty());
+    }
+
+    #[test]
     fn a_standby_that_loses_waits_before_standing_again_and_says_why() {
         let node = Node {
             settings: three_members(),
@@ -1991,6 +2030,7 @@ mod tests {
             lsn: None,
             timeline: None,
             started: Some(7),
+            fenced: false,
         });
         let node = step(&node, cascade, &local).state;
         // A new cluster's first leader is not a change: a cascade stays.
@@ -2060,6 +2100,7 @@ mod tests {
             lsn: None,
             timeline: None,
             started: Some(7),
+            fenced: false,
         });
         let checked = step(&node, cascade, &local);
         assert!(step(&checked.state, leader("s1", false), &local)
@@ -2089,6 +2130,7 @@ mod tests {
             lsn: Some(0x6000000),
             timeline: Some(timeline),
             started: Some(7),
+            fenced: false,
         })
     }
 

@@ -93,7 +93,9 @@ pub fn views(answers: &[Answer], me: Option<&str>) -> Vec<View> {
         .map(|a| View {
             name: a.name.clone(),
             peer: a.peer,
-            answered: matches!(classify(&a.outcome), Verdict::Alive | Verdict::Misconfigured(_)),
+            // A fenced primary that answers is reached all the same.
+            answered: matches!(a.outcome, Outcome::Answered { .. })
+                || matches!(classify(&a.outcome), Verdict::Misconfigured(_)),
             primary_timeline: match a.outcome {
                 Outcome::Answered {
                     in_recovery: false,
@@ -412,6 +414,7 @@ mod tests {
             lsn: None,
             timeline: Some(3),
             started: Some(started),
+            fenced: false,
         };
         let answers = [
             Answer {

@@ -510,7 +510,8 @@ pub const REGRESSIONS: [(u64, Setup, usize, u64, &str); 3] = [
         4,
         20,
         "a second winner promoted onto the timeline number the first had taken (two histories \
-         numbered 2)",
+         numbered 2); later, a standby cut off through the failover took the old primary, fenced \
+         but answering, for alive, and never followed the winner",
     ),
 ];
 
