@@ -32,9 +32,21 @@ pub fn state(node: &Node) -> String {
     status(node, "state")
 }
 
-/// `(event, detail)` pairs, oldest first.
+/// `(event, detail)` pairs, oldest first. A fence ends every session, superusers' too, so a read
+/// that meets one is made again.
 pub fn events(node: &Node) -> Vec<(String, String)> {
-    let out = node.query("SELECT event || '|' || detail FROM pg_promoter_events() ORDER BY seq");
+    let sql = "SELECT event || '|' || detail FROM pg_promoter_events() ORDER BY seq";
+    let mut out = node.psql(sql);
+    for _ in 0..5 {
+        match &out {
+            Err(e) if e.contains("terminating connection due to administrator command") => {
+                std::thread::sleep(Duration::from_millis(100));
+                out = node.psql(sql);
+            }
+            _ => break,
+        }
+    }
+    let out = out.unwrap_or_else(|e| panic!("{}: reading the events failed: {e}", node.name()));
     out.lines()
         .filter_map(|l| l.split_once('|'))
         .map(|(e, d)| (e.to_string(), d.to_string()))
