@@ -266,7 +266,16 @@ fn witness(name: &str) -> Node {
 fn with_a_witness_that_is_down_a_dead_primary_is_not_failed_over() {
     let nowhere = format!("'host=127.0.0.1 port={} user=postgres'", free_port());
     let settings = with(&[("pg_promoter.witness_conninfo", nowhere)]);
-    let (primary, standby) = pair("nowitness", &as_refs(&settings), None);
+    let primary = Node::primary("nowitness-p", &as_refs(&settings));
+    primary.query("CREATE EXTENSION pg_promoter");
+    let standby = Node::standby("nowitness-s", &primary, primary.port(), &as_refs(&settings));
+    // The primary reaches no majority of itself and the witness, so it fences itself: its
+    // standby counts it down from the start (it takes no ordinary write), and promotes no more
+    // than once it is dead.
+    wait_until("the standby sees the primary fenced", LONG, || {
+        has_event(&standby, "check_failed", "the primary answered fenced")
+    });
+    assert_eq!(primary.query("SHOW pg_promoter.fenced"), "on");
     primary.kill9();
     wait_until("the quorum refusal", LONG, || {
         has_event(&standby, "refused", "no majority")
@@ -278,9 +287,13 @@ fn with_a_witness_that_is_down_a_dead_primary_is_not_failed_over() {
         "witness witness1: cannot ask it"
     ));
     assert_stays_standby(&standby, Duration::from_secs(3));
-    assert!(standby
-        .log()
-        .contains("pg_promoter: refused: not promoting: no majority"));
+    let log = standby.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("pg_promoter: refused: not promoting") && l.contains("no majority")),
+        "{}",
+        standby.log_tail(30)
+    );
 }
 
 #[test]
