@@ -810,11 +810,8 @@ fn a_standby_cut_off_during_a_failover_follows_the_winner_not_the_fenced_old_pri
         events(s1),
         s1.log_tail(30)
     );
-    assert!(
-        has_event(s1, "check_failed", "the primary answered fenced"),
-        "{:#?}",
-        events(s1)
-    );
+    // Whether its first check after the heal met p fenced, or still timed out, depends on when
+    // the cut ends: the outcome above is what the rule must give (without it, s1 never follows).
     assert_eq!(s1.in_recovery(), Some(true));
     assert!(psql_as(p, "app", "INSERT INTO t VALUES (900)").is_err());
 }
