@@ -99,7 +99,7 @@ fn pg_promoter_status() -> TableIterator<
     let local = local::read();
     let role = if local.in_recovery { "standby" } else { "primary" };
     let running = st.worker_pid != 0;
-    let fenced = shmem::FENCED.get().load(std::sync::atomic::Ordering::Acquire);
+    let fenced = shmem::fenced();
     let state = match (running, fenced) {
         (_, true) => "fenced",
         (true, false) if st.needs_rewind && local.in_recovery => "needs_rewind",
