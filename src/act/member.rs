@@ -8,7 +8,9 @@ use std::time::Duration;
 use pgrx::prelude::*;
 
 use policy::fixed::FixedText;
-use policy::leader::{self, Ballot, Campaign, Durable, Grant, LeaseRequest, Member, Rank, Refusal, Standing};
+use policy::leader::{
+    self, Ballot, Campaign, Durable, Grant, LeaseRequest, Member, Rank, Refusal, Standing, Upstream,
+};
 use policy::schedule::silence_window;
 use policy::Settings;
 use policy::{Event, EventKind};
@@ -237,12 +239,15 @@ fn standing(settings: &Settings) -> Standing {
         return Standing::Witness;
     }
     let status = shmem::read_status();
-    let now = local::now();
-    let window = silence_window(settings.keep_alive, settings.keepalives_count);
-    let recent = |at: Option<i64>| at.is_some_and(|at| now - at < window);
-    // Its upstream counts only as a primary: a standby it cascades from hides nothing.
-    let sees_primary = status.primary_in_recovery != Some(true)
-        && (recent(facts.walrcv_last_msg) || (status.failures == 0 && recent(status.last_success_at)));
+    let sees_primary = leader::sees_primary(&Upstream {
+        now: local::now(),
+        window: silence_window(settings.keep_alive, settings.keepalives_count),
+        walrcv_last_msg: facts.walrcv_last_msg,
+        last_answer_at: status.last_success_at,
+        failures: status.failures,
+        in_recovery: status.primary_in_recovery,
+        fenced: status.primary_fenced,
+    });
     let mut rank = rank(settings, &name().unwrap_or_default());
     // A standby that will not stand (disabled, paused, never reached its primary) does not
     // refuse a candidate level with it in its own favour.

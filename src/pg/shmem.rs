@@ -30,6 +30,8 @@ pub struct Status {
     /// Since when the primary has answered the check only with refusals.
     pub refusing_since: Option<i64>,
     pub primary_in_recovery: Option<bool>,
+    /// The last answer came from a primary fenced by pg_promoter.
+    pub primary_fenced: bool,
     pub primary_lsn: Option<u64>,
     /// When `primary_lsn` was seen (it outlives a worker restart, as `ever_reached` does).
     pub primary_lsn_at: Option<i64>,
@@ -120,6 +122,7 @@ impl Status {
             last_error: FixedText::empty(),
             refusing_since: None,
             primary_in_recovery: None,
+            primary_fenced: false,
             primary_lsn: None,
             primary_lsn_at: None,
             promoted_at: None,

@@ -28,9 +28,13 @@ pub(super) fn observe(worker: &mut Worker) -> Result<Input, Interrupted> {
         st.last_check_at = Some(now);
         st.last_check_us = Some(took.as_micros() as i64);
         st.longest_check_us = st.last_check_us.max(st.longest_check_us);
-        if let Outcome::Answered { in_recovery, .. } = outcome {
+        if let Outcome::Answered {
+            in_recovery, fenced, ..
+        } = outcome
+        {
             st.last_success_at = Some(now);
             st.primary_in_recovery = Some(in_recovery);
+            st.primary_fenced = fenced && !in_recovery;
         }
     });
     Ok(Input::Checked(outcome))

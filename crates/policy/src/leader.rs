@@ -203,6 +203,33 @@ pub enum Standing {
     Standby { rank: Rank, sees_primary: bool },
 }
 
+/// What a standby's worker last saw of its upstream, as its member reads it when asked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Upstream {
+    pub now: Micros,
+    /// How long silence may last before the primary counts as gone (`silence_window`).
+    pub window: Micros,
+    /// When the WAL receiver last heard from the upstream.
+    pub walrcv_last_msg: Option<Micros>,
+    /// When a check last got an answer, and how many checks have failed since.
+    pub last_answer_at: Option<Micros>,
+    pub failures: u32,
+    /// What the last answer said: a standby this one cascades from, or a primary fenced by
+    /// pg_promoter.
+    pub in_recovery: Option<bool>,
+    pub fenced: bool,
+}
+
+/// Whether a standby still sees a primary that takes writes: its last check reached it, or its
+/// WAL receiver heard from it within the window. A standby it cascades from hides nothing, and
+/// a fenced primary that still streams takes no ordinary write: it refuses no candidate.
+pub fn sees_primary(u: &Upstream) -> bool {
+    let recent = |at: Option<Micros>| at.is_some_and(|at| u.now - at < u.window);
+    u.in_recovery != Some(true)
+        && !u.fenced
+        && (recent(u.walrcv_last_msg) || (u.failures == 0 && recent(u.last_answer_at)))
+}
+
 /// A candidate's request for a vote.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ballot {
@@ -670,6 +697,47 @@ mod tests {
     use crate::time::{MS, SEC};
 
     const LEASE: Duration = Duration::from_secs(2);
+
+    #[test]
+    fn a_standby_sees_a_primary_that_answers_or_streams_unless_it_is_fenced_or_a_standby() {
+        let now = 100 * SEC;
+        let seen = Upstream {
+            now,
+            window: 3 * SEC,
+            walrcv_last_msg: Some(now - 2 * SEC),
+            last_answer_at: None,
+            failures: 2,
+            in_recovery: Some(false),
+            fenced: false,
+        };
+        assert!(sees_primary(&seen));
+        // The WAL receiver's silence past the window, then an answer with no failure since.
+        let silent = Upstream {
+            walrcv_last_msg: Some(now - 3 * SEC),
+            ..seen
+        };
+        assert!(!sees_primary(&silent));
+        let answered = Upstream {
+            last_answer_at: Some(now - SEC),
+            ..silent
+        };
+        assert!(!sees_primary(&answered));
+        assert!(sees_primary(&Upstream {
+            failures: 0,
+            ..answered
+        }));
+        // Nothing answered yet: the WAL receiver alone tells.
+        assert!(sees_primary(&Upstream {
+            in_recovery: None,
+            ..seen
+        }));
+        // The chaos run's seed 3047: a fenced primary that streams takes no ordinary write.
+        assert!(!sees_primary(&Upstream { fenced: true, ..seen }));
+        assert!(!sees_primary(&Upstream {
+            in_recovery: Some(true),
+            ..seen
+        }));
+    }
 
     fn rank(name: &str, lsn: u64, priority: u32) -> Rank {
         Rank {

@@ -329,6 +329,14 @@ pub fn step(node: &Node, input: Input, local: &Local) -> Step {
             next.settings = settings;
         }
         Input::Checked(outcome) => {
+            next.standby.upstream_fenced = matches!(
+                outcome,
+                Outcome::Answered {
+                    in_recovery: false,
+                    fenced: true,
+                    ..
+                }
+            );
             if let Outcome::Answered {
                 in_recovery,
                 lsn,
@@ -1006,7 +1014,7 @@ mod tests {
     use crate::members::Member;
     use crate::primary::Fence;
     use crate::standby::Phase;
-    use crate::time::SEC;
+    use crate::time::{MS, SEC};
 
     const T0: Micros = 1_000 * SEC;
 
@@ -1719,6 +1727,56 @@ mod tests {
         assert!(late.actions.is_empty());
         assert_eq!(late.state.standby.phase, Phase::Refusing);
         assert_eq!(kinds(&late), vec![EventKind::PromoteFailed]);
+    }
+
+    #[test]
+    fn a_standby_streaming_from_a_fenced_primary_stands_with_leadership_only() {
+        // The chaos run's seed 3047: a standby led the newer term while it still streamed from
+        // the old leader, fenced by that term; its WAL receiver held the promotion back for good.
+        let fenced = Outcome::Answered {
+            in_recovery: false,
+            lsn: Some(0x3000),
+            timeline: Some(2),
+            started: Some(7),
+            fenced: true,
+        };
+        let streaming = |settings: Settings, outcome: Outcome| {
+            let mut node = Node {
+                settings,
+                ..reached()
+            };
+            let mut last = None;
+            for i in 0..3 {
+                let local = Local {
+                    walrcv_last_msg: Some(T0 + i * SEC - 100 * MS),
+                    ..standby_at(T0 + i * SEC)
+                };
+                let s = step(&node, Input::Checked(outcome.clone()), &local);
+                node = s.state.clone();
+                last = Some(s);
+            }
+            last.unwrap()
+        };
+        let stood = streaming(three_members(), fenced.clone());
+        assert_eq!(stood.state.standby.phase, Phase::Electing);
+        assert!(matches!(stood.actions[..], [Action::Stand { .. }]));
+        // A primary that streams and is not fenced is alive, leadership or not.
+        let timed_out = Outcome::TimedOut { connecting: true };
+        let held = streaming(three_members(), timed_out);
+        assert_eq!(held.state.standby.phase, Phase::Refusing);
+        assert!(held
+            .events
+            .iter()
+            .any(|e| e.detail.contains("the WAL receiver heard")));
+        // Without leadership a fence may lift at the next check: the primary that streams is
+        // alive.
+        let held = streaming(settings(), fenced);
+        assert_eq!(held.state.standby.phase, Phase::Refusing);
+        assert!(held
+            .events
+            .iter()
+            .any(|e| e.detail.contains("the WAL receiver heard")));
+        assert!(!held.actions.contains(&Action::Promote));
     }
 
     #[test]

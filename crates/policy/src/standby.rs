@@ -220,6 +220,9 @@ pub struct State {
     /// The last answer of the checked server said it is a primary (with leadership, one that is
     /// not the leader is an old primary: a standby streaming from it follows the leader).
     pub upstream_is_primary: bool,
+    /// The last check answered, and said the checked server is a primary fenced by pg_promoter:
+    /// its WAL receiver hearing from it then proves it alive, not that it takes writes.
+    pub upstream_fenced: bool,
     /// Why this standby cannot follow its primary's timeline, when it cannot.
     pub needs_rewind: Option<String>,
     /// Why that is not known while the primary is on a newer timeline (its history unread).
@@ -244,6 +247,7 @@ impl State {
             manual: false,
             upstream_is_standby: false,
             upstream_is_primary: false,
+            upstream_fenced: false,
             needs_rewind: None,
             rewind_unknown: None,
         }
@@ -258,7 +262,12 @@ pub const WARN_EVERY: Micros = 60 * SEC;
 /// The guards that hold an automatic promotion back now, in a fixed order.
 pub fn guards(state: &State, facts: &Facts, settings: &Settings) -> Vec<Guard> {
     let window = silence_window(settings.keep_alive, settings.keepalives_count);
-    let walrcv_alive = facts.walrcv_last_msg.is_some_and(|at| facts.now - at < window);
+    // With leadership, a fenced primary that still streams is no reason to wait: the election
+    // keeps two primaries apart (no majority votes while the old leader's lease holds, and a
+    // vote refuses its renewal). Without leadership its fence may lift at any moment, so a
+    // primary that streams is alive.
+    let fenced_upstream = state.upstream_fenced && crate::leading::active(settings);
+    let walrcv_alive = !fenced_upstream && facts.walrcv_last_msg.is_some_and(|at| facts.now - at < window);
     [
         (facts.promotion_under_way, Guard::PromotionUnderWay),
         (facts.promotion_pending, Guard::PromotionPending),

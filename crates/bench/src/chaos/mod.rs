@@ -480,7 +480,7 @@ pub type Run = (u64, Setup, usize, Duration);
 /// The schedules that once found a violation of pg_promoter's, each with the hosts it was drawn
 /// for, its length in seconds and what it found; `bench chaos --regressions` runs them again
 /// (CI does).
-pub const REGRESSIONS: [(u64, Setup, usize, u64, &str); 3] = [
+pub const REGRESSIONS: [(u64, Setup, usize, u64, &str); 4] = [
     (
         1054,
         Setup::PgPromoter {
@@ -512,6 +512,17 @@ pub const REGRESSIONS: [(u64, Setup, usize, u64, &str); 3] = [
         "a second winner promoted onto the timeline number the first had taken (two histories \
          numbered 2); later, a standby cut off through the failover took the old primary, fenced \
          but answering, for alive, and never followed the winner",
+    ),
+    (
+        3047,
+        Setup::PgPromoter {
+            witness: false,
+            synchronous: false,
+        },
+        4,
+        60,
+        "a standby elected leader while it still streamed from the old leader, fenced by its term, \
+         never promoted: its WAL receiver's contact held it back",
     ),
 ];
 
