@@ -222,7 +222,8 @@ pub struct Upstream {
 
 /// Whether a standby still sees a primary that takes writes: its last check reached it, or its
 /// WAL receiver heard from it within the window. A standby it cascades from hides nothing, and
-/// a fenced primary that still streams takes no ordinary write: it refuses no candidate.
+/// a primary that last answered fenced takes no ordinary write, even while it streams: a
+/// standby that streams from it refuses no candidate for it.
 pub fn sees_primary(u: &Upstream) -> bool {
     let recent = |at: Option<Micros>| at.is_some_and(|at| u.now - at < u.window);
     u.in_recovery != Some(true)

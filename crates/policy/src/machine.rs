@@ -329,23 +329,17 @@ pub fn step(node: &Node, input: Input, local: &Local) -> Step {
             next.settings = settings;
         }
         Input::Checked(outcome) => {
-            next.standby.upstream_fenced = matches!(
-                outcome,
-                Outcome::Answered {
-                    in_recovery: false,
-                    fenced: true,
-                    ..
-                }
-            );
             if let Outcome::Answered {
                 in_recovery,
                 lsn,
                 timeline,
+                fenced,
                 ..
             } = outcome
             {
                 next.standby.upstream_is_standby = in_recovery;
                 next.standby.upstream_is_primary = !in_recovery;
+                next.standby.upstream_fenced = fenced && !in_recovery;
                 if lsn.is_some() {
                     next.standby.primary_lsn = lsn;
                     next.standby.primary_lsn_at = Some(now);
@@ -1740,43 +1734,52 @@ mod tests {
             started: Some(7),
             fenced: true,
         };
-        let streaming = |settings: Settings, outcome: Outcome| {
+        // Checks one a second, the WAL receiver hearing from the upstream before each.
+        let streaming = |settings: Settings, outcomes: Vec<Outcome>| {
             let mut node = Node {
                 settings,
                 ..reached()
             };
             let mut last = None;
-            for i in 0..3 {
+            for (i, outcome) in (0..).zip(outcomes) {
                 let local = Local {
                     walrcv_last_msg: Some(T0 + i * SEC - 100 * MS),
                     ..standby_at(T0 + i * SEC)
                 };
-                let s = step(&node, Input::Checked(outcome.clone()), &local);
+                let s = step(&node, Input::Checked(outcome), &local);
                 node = s.state.clone();
                 last = Some(s);
             }
             last.unwrap()
         };
-        let stood = streaming(three_members(), fenced.clone());
-        assert_eq!(stood.state.standby.phase, Phase::Electing);
-        assert!(matches!(stood.actions[..], [Action::Stand { .. }]));
-        // A primary that streams and is not fenced is alive, leadership or not.
+        let stands = |step: &Step| {
+            step.state.standby.phase == Phase::Electing && matches!(step.actions[..], [Action::Stand { .. }])
+        };
+        let held = |step: &Step| {
+            step.state.standby.phase == Phase::Refusing
+                && step
+                    .events
+                    .iter()
+                    .any(|e| e.detail.contains("the WAL receiver heard"))
+                && !step.actions.contains(&Action::Promote)
+        };
         let timed_out = Outcome::TimedOut { connecting: true };
-        let held = streaming(three_members(), timed_out);
-        assert_eq!(held.state.standby.phase, Phase::Refusing);
-        assert!(held
-            .events
-            .iter()
-            .any(|e| e.detail.contains("the WAL receiver heard")));
-        // Without leadership a fence may lift at the next check: the primary that streams is
-        // alive.
-        let held = streaming(settings(), fenced);
-        assert_eq!(held.state.standby.phase, Phase::Refusing);
-        assert!(held
-            .events
-            .iter()
-            .any(|e| e.detail.contains("the WAL receiver heard")));
-        assert!(!held.actions.contains(&Action::Promote));
+        assert!(stands(&streaming(three_members(), vec![fenced.clone(); 3])));
+        // The last answer holds through checks that get none, as whether it came from a standby.
+        let then_silent = vec![fenced.clone(), timed_out.clone(), timed_out.clone()];
+        assert!(stands(&streaming(three_members(), then_silent)));
+        // A primary that streams and last answered unfenced is alive, leadership or not.
+        assert!(held(&streaming(three_members(), vec![timed_out.clone(); 3])));
+        let unfenced = vec![
+            fenced.clone(),
+            answered(),
+            timed_out.clone(),
+            timed_out.clone(),
+            timed_out,
+        ];
+        assert!(held(&streaming(three_members(), unfenced)));
+        // Without leadership a fence may lift at the next check: a primary that streams is alive.
+        assert!(held(&streaming(settings(), vec![fenced; 3])));
     }
 
     #[test]

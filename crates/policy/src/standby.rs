@@ -220,8 +220,9 @@ pub struct State {
     /// The last answer of the checked server said it is a primary (with leadership, one that is
     /// not the leader is an old primary: a standby streaming from it follows the leader).
     pub upstream_is_primary: bool,
-    /// The last check answered, and said the checked server is a primary fenced by pg_promoter:
-    /// its WAL receiver hearing from it then proves it alive, not that it takes writes.
+    /// The last answer of the checked server said it is a primary fenced by pg_promoter (as the
+    /// flags above, it holds through failed checks): hearing its WAL proves it alive, not that
+    /// it takes writes.
     pub upstream_fenced: bool,
     /// Why this standby cannot follow its primary's timeline, when it cannot.
     pub needs_rewind: Option<String>,
