@@ -269,7 +269,8 @@ fn watch(
 ) -> bool {
     let stall = Duration::from_millis(soak.stall_ms);
     let mut standby = Client::new(standby);
-    let mut next_stall = Instant::now() + Duration::from_secs(2);
+    let watched = Instant::now();
+    let mut next_stall = watched + Duration::from_secs(2);
     let mut last_stall_ms = None;
     while Instant::now() < end {
         if variant == Variant::Stalls && Instant::now() >= next_stall {
@@ -296,9 +297,11 @@ fn watch(
                      ORDER BY seq DESC LIMIT 6",
                     Duration::from_secs(5),
                 );
+                // The rounds before this one, and this one's time so far.
                 soak.why.push(format!(
                     "false failover {}, {:.0} s into the soak:",
-                    soak.failovers, soak.soaked_secs
+                    soak.failovers,
+                    soak.soaked_secs + watched.elapsed().as_secs_f64()
                 ));
                 let lines: Vec<String> = events
                     .map(|rows| rows.into_iter().rev().filter_map(|r| r[0].clone()).collect())
